@@ -1,0 +1,231 @@
+"""Core types: turns, episodes, the ``TextEnv`` base class and the ``Policy`` protocol.
+
+Every task env subclasses :class:`TextEnv` and implements three small hooks
+(``_reset``, ``_step``, ``context_turns``); the base class owns what is common to all tasks
+(TASKS.md §1): action normalisation, the turn history in ``info["turns"]``, seeding,
+the common ``info`` keys and the step-after-end ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+EPISODE_FORMAT = "lmrlgym.episode/1"
+# Observations and actions can be any unicode text; this charset is only used to *sample*
+# strings (e.g. by Gymnasium's checker). `contains` accepts every str, see `AnyText`.
+_SAMPLE_CHARSET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.?!'-\n"
+
+
+class Turn(NamedTuple):
+    """One utterance of an episode. A tuple, so ``text, is_action = turn[:2]`` works too."""
+
+    text: str
+    is_action: bool
+    reward: float = 0.0
+
+
+@dataclasses.dataclass
+class Episode:
+    """One episode as stored in a dataset (TASKS.md §11.1)."""
+
+    task: str
+    turns: list[Turn]
+    terminated: bool
+    truncated: bool
+    success: bool
+    seed: int | None = None
+    policy: str = ""
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ret(self) -> float:
+        """Undiscounted return: the sum of the action turns' rewards."""
+        return float(sum(t.reward for t in self.turns))
+
+    @property
+    def n_actions(self) -> int:
+        return sum(1 for t in self.turns if t.is_action)
+
+    @property
+    def actions(self) -> list[str]:
+        return [t.text for t in self.turns if t.is_action]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": EPISODE_FORMAT,
+            "task": self.task,
+            "env_kwargs": self.env_kwargs,
+            "seed": self.seed,
+            "reset_options": self.reset_options,
+            "policy": self.policy,
+            "turns": [
+                {"text": t.text, "is_action": t.is_action, "reward": float(t.reward)}
+                for t in self.turns
+            ],
+            "terminated": self.terminated,
+            "truncated": self.truncated,
+            "return": self.ret,
+            "success": self.success,
+            "meta": self.meta,
+        }
+
+
+def normalize_action(action: str) -> str:
+    """Cut at the first newline, strip trailing whitespace, end with exactly one newline."""
+    return action.split("\n", 1)[0].rstrip() + "\n"
+
+
+class AnyText(spaces.Text):
+    """A Text space that contains every ``str`` (of any length and charset).
+
+    Gymnasium's ``Text`` only admits strings over its sample charset; our envs accept any action
+    string (illegal ones are penalised, not rejected) and emit arbitrary unicode observations.
+    """
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str)
+
+
+class TextEnv(gym.Env[str, str]):
+    """Base class of every lmrlgym env: Gymnasium semantics, text in and text out.
+
+    Subclasses implement:
+
+    - ``_reset(rng, options) -> (text, info)``: start an episode; ``text`` is the first env text.
+    - ``_step(action) -> (text, reward, terminated, truncated, info)``: ``action`` is already
+      normalised (one line ending in ``"\\n"``); return the stored form of the action (canonical
+      spelling when recognised) in ``info["action"]`` if it differs, plus ``illegal``/``success``.
+    - ``context_turns(turns) -> list[Turn]`` (static/pure): the turns the policy sees next.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+    #: Whether a partner or opponent samples (set per instance by envs with LM partners).
+    deterministic: bool = True
+    #: (min, max) of the per-episode return, checked by `check_env`.
+    return_range: tuple[float, float] = (-float("inf"), float("inf"))
+
+    def __init__(self, render_mode: str | None = None, max_obs_length: int = 1_000_000):
+        self.render_mode = render_mode
+        self.observation_space = AnyText(max_length=max_obs_length, charset=_SAMPLE_CHARSET)
+        self.action_space = AnyText(max_length=64, charset=_SAMPLE_CHARSET)
+        self.reward_range = self.return_range
+        self._turns: list[Turn] = []
+        self._done = True
+        self._seed_stream: np.random.Generator | None = None
+        self._episode_seed: int | None = None
+        self._success = False
+        self._last_info: dict[str, Any] = {}
+
+    # --- hooks for subclasses -------------------------------------------------------------
+    def _reset(self, rng: np.random.Generator, options: dict[str, Any]) -> tuple[str, dict]:
+        raise NotImplementedError
+
+    def _step(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        raise NotImplementedError
+
+    @staticmethod
+    def context_turns(turns: Sequence[Turn]) -> list[Turn]:
+        """Turns the policy conditions on next; the default is the whole transcript."""
+        return list(turns)
+
+    @classmethod
+    def evaluation_resets(cls, n_episodes: int, **env_kwargs: Any) -> list[tuple[int, dict]]:
+        """The task's evaluation protocol: ``(seed, reset options)`` of each episode.
+
+        Default: seeds ``0 .. n-1`` with no options. Tasks override it (Maze cycles the 25
+        start cells, 20Q every object equally often, Endgames the fixed test positions).
+        """
+        return [(i, {}) for i in range(n_episodes)]
+
+    # --- Gymnasium API --------------------------------------------------------------------
+    @classmethod
+    def window(cls, turns: Sequence[Turn]) -> str:
+        """The observation text for a history: the concatenation of ``context_turns``."""
+        return "".join(t.text for t in cls.context_turns(turns))
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Start an episode. ``seed=None`` draws the episode seed from the env's seed stream."""
+        super().reset(seed=seed)  # keeps Gymnasium's `np_random` contract for its checker
+        if seed is not None:
+            self._seed_stream = np.random.default_rng(seed)
+            episode_seed = int(seed)
+        else:
+            if self._seed_stream is None:
+                self._seed_stream = np.random.default_rng()
+            episode_seed = int(self._seed_stream.integers(2**31))
+        self._episode_seed = episode_seed
+        rng = np.random.default_rng(episode_seed)
+        text, extra = self._reset(rng, dict(options or {}))
+        self._turns = [Turn(_check_env_text(text), False, 0.0)]
+        self._done = False
+        self._success = False
+        info = self._info(extra, illegal=False)
+        return self.window(self._turns), info
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Apply one agent action (any string; illegal ones are penalised, never raised)."""
+        if self._done:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        if not isinstance(action, str):
+            raise TypeError(f"action must be a str, got {type(action).__name__}")
+        normalized = normalize_action(action)
+        text, reward, terminated, truncated, extra = self._step(normalized)
+        stored = extra.pop("action", normalized)
+        reward = float(reward)
+        self._turns.append(Turn(stored, True, reward))
+        self._turns.append(Turn(_check_env_text(text), False, 0.0))
+        self._success = self._success or bool(extra.pop("success", False))
+        self._done = bool(terminated or truncated)
+        info = self._info(extra, illegal=bool(extra.pop("illegal", False)))
+        return self.window(self._turns), reward, bool(terminated), bool(truncated), info
+
+    def render(self) -> str | None:
+        if self.render_mode == "ansi":
+            return "".join(("> " if t.is_action else "") + t.text for t in self._turns)
+        return None
+
+    # --- helpers ------------------------------------------------------------------------------
+    @property
+    def turns(self) -> list[Turn]:
+        return list(self._turns)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _info(self, extra: dict[str, Any], *, illegal: bool) -> dict[str, Any]:
+        info = {
+            "turns": list(self._turns),
+            "seed": self._episode_seed,
+            "deterministic": self.deterministic,
+            "illegal": illegal,
+            "success": self._success,
+        }
+        info.update(extra)
+        self._last_info = info
+        return info
+
+
+def _check_env_text(text: str) -> str:
+    # An env text ends with exactly one newline (TASKS.md §1); a bug here would silently change
+    # what the policy sees, so it fails loudly.
+    if not text.endswith("\n") or text.endswith("\n\n"):
+        raise AssertionError(f"env text must end with exactly one newline: {text[-40:]!r}")
+    return text
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything that maps a batch of observations to a batch of actions."""
+
+    def act(self, observations: list[str]) -> list[str]: ...

@@ -1,0 +1,60 @@
+"""Normalised scores: 0 = minimum return, 50 = dataset average, 100 = maximum (TASKS.md §10).
+
+Two constant sets. ``"paper"``: LMRL-Gym Table 5 (arXiv v1), for comparison with published
+numbers. ``"project"`` (default): computed by this project from its own datasets and its
+optimal or best scripted policies; each entry records its provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Constants:
+    """Return at score 0 (min), 50 (dataset average) and 100 (max), with where they come from."""
+
+    min: float
+    avg: float
+    max: float
+    source: str
+
+
+_T5 = "LMRL-Gym paper, Table 5 (arXiv v1)"
+PAPER: dict[str, Constants] = {
+    "Maze-FO-v0": Constants(-101, -83, -6.84, _T5),
+    "Maze-PO-v0": Constants(-101, -83, -25.75, _T5),
+    "TextNav-FO-v0": Constants(0, 0.26, 1, _T5),
+    "TextNav-PO-v0": Constants(0, 0.26, 1, _T5),
+    "Wordle-v0": Constants(-6, -4.12, -1.94, _T5),
+    "Chess-v0": Constants(-401, 0.21, 1, _T5),
+    "Endgames-v0": Constants(-1, 0.586, 1, _T5),
+    "TwentyQuestions-v0": Constants(-20, -17.3, -12.6, _T5),
+    "GuessCity-v0": Constants(-20, -18.8, -8.56, _T5),
+    # Car Dealer: the paper prints only a minimum of 0, so no paper constants exist.
+}
+
+# Project constants: one entry per task, filled in from the project's default dataset (avg)
+# and its optimal / best scripted policy (max) under the task's evaluation protocol.
+PROJECT: dict[str, Constants] = {}
+
+
+def score(raw: float, c: Constants) -> float:
+    """The piecewise-linear 0/50/100 rule; unclipped, so <0 and >100 are possible."""
+    if raw < c.avg:
+        return 50.0 * (raw - c.min) / (c.avg - c.min)
+    return 50.0 + 50.0 * (raw - c.avg) / (c.max - c.avg)
+
+
+def constants_for(task_id: str, constants: str = "project") -> Constants:
+    table = {"project": PROJECT, "paper": PAPER}.get(constants)
+    if table is None:
+        raise ValueError(f"constants must be 'project' or 'paper', got {constants!r}")
+    if task_id not in table:
+        raise KeyError(f"no {constants} normalisation constants for {task_id!r}")
+    return table[task_id]
+
+
+def normalized_score(task_id: str, raw_return: float, constants: str = "project") -> float:
+    """Normalised score of a mean raw return on ``task_id`` (see module docstring)."""
+    return score(raw_return, constants_for(task_id, constants))
