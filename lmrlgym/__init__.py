@@ -1,6 +1,7 @@
 """lmrlgym: multi-turn RL benchmark and toolkit for language models (LMRL-Gym in PyTorch)."""
 
 from lmrlgym import envs as _envs  # noqa: F401  (registers the ten task ids)
+from lmrlgym.checker import check_env
 from lmrlgym.core import Episode, Policy, TextEnv, Turn
 from lmrlgym.eval.normalize import normalized_score
 from lmrlgym.registry import EnvSpec, make, register, registry, spec
@@ -12,6 +13,7 @@ __all__ = [
     "Policy",
     "TextEnv",
     "Turn",
+    "check_env",
     "make",
     "normalized_score",
     "register",

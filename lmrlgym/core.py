@@ -119,7 +119,6 @@ class TextEnv(gym.Env[str, str]):
         self.reward_range = self.return_range
         self._turns: list[Turn] = []
         self._done = True
-        self._seed_stream: np.random.Generator | None = None
         self._episode_seed: int | None = None
         self._success = False
         self._last_info: dict[str, Any] = {}
@@ -155,14 +154,10 @@ class TextEnv(gym.Env[str, str]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[str, dict[str, Any]]:
         """Start an episode. ``seed=None`` draws the episode seed from the env's seed stream."""
-        super().reset(seed=seed)  # keeps Gymnasium's `np_random` contract for its checker
-        if seed is not None:
-            self._seed_stream = np.random.default_rng(seed)
-            episode_seed = int(seed)
-        else:
-            if self._seed_stream is None:
-                self._seed_stream = np.random.default_rng()
-            episode_seed = int(self._seed_stream.integers(2**31))
+        # Gymnasium's `np_random` is the seed stream: reseeded by an explicit seed (so
+        # `reset(seed=s); reset()` replays), drawn from OS entropy if never seeded.
+        super().reset(seed=seed)
+        episode_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31))
         self._episode_seed = episode_seed
         rng = np.random.default_rng(episode_seed)
         text, extra = self._reset(rng, dict(options or {}))

@@ -1,0 +1,48 @@
+# Two entry points: `make bench` (set up + embedded smoke benchmark) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch first, pinned to the CPU build on this machine's disk; pyproject asks only for a range
+# it satisfies, so nothing is reinstalled (an unpinned torch would pull a multi-GB CUDA build).
+TORCH  ?= torch==2.13.0
+
+.PHONY: bench test lint stockfish clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[chess,textnav]"
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# Stockfish is a system package: installed with apt when missing and possible, otherwise the
+# chess tasks are skipped (with this message, and again by the tests and `lmrlgym envs list`).
+stockfish:
+	@if command -v stockfish >/dev/null || [ -x /usr/games/stockfish ] || [ -n "$$LMRLGYM_STOCKFISH" ]; then \
+	  true; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing stockfish with apt-get"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q stockfish >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q stockfish >/dev/null 2>&1) || \
+	  echo "could not install stockfish; Chess/Endgames will be skipped (sudo apt-get install stockfish)"; \
+	else \
+	  echo "stockfish not found; Chess/Endgames will be skipped. Install: sudo apt-get install stockfish"; \
+	fi
+
+bench: $(VENV)/.core stockfish
+	$(BIN)/lmrlgym bench run --profile smoke
+
+test: $(VENV)/.dev stockfish
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check lmrlgym tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache

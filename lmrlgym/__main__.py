@@ -1,0 +1,3 @@
+from lmrlgym.cli import main
+
+main()

@@ -1,0 +1,348 @@
+"""The ``lmrlgym`` command line.
+
+``lmrlgym <group> <command> [options]``; every command is a typed function whose docstring and
+signature ``tyro`` turns into ``--help``. Heavy modules (torch, transformers, engines) are
+imported inside the commands, so ``lmrlgym --help`` is instant. Bad input exits with code 2 and
+a one-line error naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import tyro
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def envs_list(json_output: Annotated[bool, tyro.conf.arg(name="json")] = False) -> None:
+    """List the registered env ids, whether they can run here, and what is missing."""
+    from lmrlgym.registry import registry
+
+    rows = []
+    for s in registry.values():
+        missing = s.missing()
+        rows.append(
+            {
+                "id": s.id,
+                "status": "ok" if not missing else "missing deps",
+                "deterministic": not s.nondeterministic,
+                "missing": [f"{r.name} ({r.install})" for r in missing],
+                "description": s.description,
+            }
+        )
+    if json_output:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    _table(
+        ["id", "status", "deterministic", "description / missing"],
+        [
+            [r["id"], r["status"], "yes" if r["deterministic"] else "no (default opponent)",
+             "; ".join(r["missing"]) or r["description"]]
+            for r in rows
+        ],
+    )
+
+
+def envs_check(
+    id: tyro.conf.Positional[str | None] = None,
+    all: bool = False,
+) -> None:
+    """Run the env contract checker (`lmrlgym.check_env`) and Gymnasium's own checker.
+
+    Args:
+        id: Env id to check.
+        all: Check every registered id (ids with missing optional dependencies are skipped).
+    """
+    import warnings
+
+    import gymnasium
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+
+    from lmrlgym.checker import check_env
+    from lmrlgym.registry import make, registry, spec
+
+    if all == (id is not None):
+        raise UsageError("give exactly one of ID or --all")
+    ids = list(registry) if all else [spec(id).id]
+    failed = 0
+    for env_id in ids:
+        missing = registry[env_id].missing()
+        if missing:
+            print(f"SKIP {env_id}: needs " + "; ".join(f"{r.name}: {r.install}" for r in missing))
+            continue
+        try:
+            env = make(env_id)
+            check_env(env)
+            env.close()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                genv = gymnasium.make(f"lmrlgym/{env_id}")
+                gym_check_env(genv.unwrapped, skip_render_check=True)
+                genv.close()
+            print(f"ok   {env_id}")
+        except AssertionError as e:
+            failed += 1
+            print(f"FAIL {env_id}: {e}")
+    if failed:
+        raise SystemExit(1)
+
+
+def play(
+    id: tyro.conf.Positional[str],
+    policy: str | None = None,
+    seed: int | None = None,
+    episodes: int = 1,
+) -> None:
+    """Play an env in the terminal, or watch a scripted policy play it.
+
+    Args:
+        id: Env id, e.g. Maze-FO-v0.
+        policy: Watch this scripted behaviour policy (e.g. maze-optimal) instead of typing.
+        seed: Episode seed (default: random, printed so the episode can be replayed).
+        episodes: Number of episodes to play.
+    """
+    import numpy as np
+
+    from lmrlgym.data.policies import make_policy
+    from lmrlgym.registry import make
+
+    env = make(id)
+    bot = make_policy(policy, id) if policy else None
+    rng = np.random.default_rng(seed)
+    try:
+        for _ in range(episodes):
+            options = bot.reset_options(env, rng) if bot else {}
+            obs, info = env.reset(seed=seed, options=options)
+            print(f"--- {id}, seed {info['seed']} ---")
+            print(obs, end="")
+            ret, done, shown = 0.0, False, len(info["turns"])
+            while not done:
+                if bot:
+                    action = bot.act(env, obs, info, rng)
+                    print(f"> {action.rstrip()}")
+                else:
+                    try:
+                        action = input("> ")
+                    except EOFError:
+                        print()
+                        return
+                obs, reward, terminated, truncated, info = env.step(action)
+                ret += reward
+                done = terminated or truncated
+                # Print only what is new since the last step (dialogue windows grow).
+                print("".join(t.text for t in info["turns"][shown + 1 :]), end="")
+                shown = len(info["turns"])
+                print(f"  [reward {reward:+g}, return {ret:+g}]")
+            end = "terminated" if terminated else "truncated"
+            print(f"--- {end}; return {ret:+g}; success {info['success']} ---")
+            seed = None if seed is None else seed + 1
+    finally:
+        if bot:
+            bot.close()
+        env.close()
+
+
+def data_generate(
+    task: str,
+    out: Path,
+    episodes: int = 1000,
+    policy: str | None = None,
+    seed: int = 1_000_000,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> None:
+    """Generate an offline dataset (JSONL shards + manifest.json) with a behaviour policy.
+
+    Args:
+        task: Env id, e.g. Wordle-v0.
+        out: Output directory.
+        episodes: Number of episodes.
+        policy: Behaviour policy spec, e.g. "maze-mixture(p_solver=0.3)" (default: the task's).
+        seed: Base seed: episode i uses env seed `seed + i` (data seeds start at 1,000,000).
+        workers: Worker processes (one env, and engine, each).
+        overwrite: Replace an existing non-empty output directory.
+    """
+    from tqdm import tqdm
+
+    from lmrlgym.data.generate import generate_dataset
+
+    # delay: bad input fails before a bar is drawn
+    with tqdm(total=episodes, desc=f"{task} data", unit="ep", delay=0.5) as bar:
+        manifest = generate_dataset(
+            task, out, episodes, policy, seed, workers, overwrite=overwrite, progress=bar.update
+        )
+    _print_stats(manifest)
+    print(f"wrote {out}")
+
+
+def data_stats(
+    path: tyro.conf.Positional[Path],
+    json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
+    skip_bad: bool = False,
+) -> None:
+    """Recompute a dataset's statistics from its files (and compare with its manifest).
+
+    Args:
+        path: Dataset directory (or a single .jsonl file).
+        skip_bad: Skip malformed lines (reporting how many) instead of failing on the first.
+    """
+    from lmrlgym.data.io import DatasetError, read_episodes, read_manifest
+    from lmrlgym.data.stats import episode_stats
+
+    episodes, skipped = read_episodes(path, skip_bad=skip_bad)
+    stats = episode_stats(episodes)
+    stats["tasks"] = sorted({ep.task for ep in episodes})
+    stats["skipped_lines"] = skipped
+    manifest = None
+    if path.is_dir():
+        try:
+            manifest = read_manifest(path)
+        except DatasetError as e:
+            print(f"warning: {e}", file=sys.stderr)
+    if manifest:
+        stats["generator"] = manifest.get("generator")
+        stats["manifest_matches"] = all(
+            abs(manifest.get(k, float("nan")) - stats[k]) < 1e-9
+            for k in ("episodes", "success_rate", "return_mean", "length_mean")
+        )
+    if json_output:
+        print(json.dumps(stats))
+    else:
+        _print_stats(stats)
+
+
+def bench_envs(
+    tasks: tuple[str, ...] = (),
+    min_steps: int = 2000,
+    min_seconds: float = 1.0,
+    seed: int = 0,
+    json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
+) -> None:
+    """Measure env steps/s with a seeded random (or default behaviour) policy.
+
+    Args:
+        tasks: Env ids (default: every registered id whose dependencies are installed).
+        min_steps: Run at least this many steps per env.
+        min_seconds: Run at least this long per env (env time only).
+        seed: Seed of the first episode.
+    """
+    from lmrlgym.bench.env_speed import bench_env
+    from lmrlgym.registry import registry, spec
+
+    ids = [spec(t).id for t in tasks] or [s.id for s in registry.values() if not s.missing()]
+    rows = []
+    for env_id in ids:
+        row = bench_env(env_id, min_steps=min_steps, min_seconds=min_seconds, seed=seed)
+        rows.append(row)
+        if json_output:
+            print(json.dumps(row), flush=True)
+    if not json_output:
+        _table(
+            ["env", "steps/s", "reset ms", "steps", "policy"],
+            [[r["env"], f"{r['steps_per_s']:,.0f}", f"{r['reset_ms']:.2f}", r["steps"],
+              r["policy"]] for r in rows],
+        )
+
+
+# --- dispatch ----------------------------------------------------------------------------------
+
+# group -> command -> function or "module:function" (imported only when that command runs).
+COMMANDS: dict[str, dict[str, Callable[..., Any] | str]] = {
+    "envs": {"list": envs_list, "check": envs_check},
+    "play": {"": play},
+    "data": {"generate": data_generate, "stats": data_stats},
+    "bench": {"envs": bench_envs},
+}
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2)."""
+
+
+def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
+    if callable(target):
+        return target
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _usage() -> str:
+    lines = ["usage: lmrlgym <command> [options]   (add --help to any command)", "", "commands:"]
+    for group, cmds in COMMANDS.items():
+        for cmd, fn in cmds.items():
+            doc = "" if isinstance(fn, str) else (fn.__doc__ or "").strip().splitlines()[0]
+            lines.append(f"  {(group + ' ' + cmd).strip():<22} {doc}")
+    return "\n".join(lines)
+
+
+def _pick(name: str, options: list[str], what: str) -> str:
+    if name in options:
+        return name
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UsageError(f"unknown {what} {name!r}.{hint} Valid: {', '.join(options)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    try:
+        group = _pick(argv[0], list(COMMANDS), "command")
+        cmds = COMMANDS[group]
+        if "" in cmds:
+            cmd, rest = "", argv[1:]
+        elif len(argv) < 2 or argv[1] in ("-h", "--help"):
+            print(f"usage: lmrlgym {group} {{{','.join(cmds)}}} [options]")
+            return
+        else:
+            cmd, rest = _pick(argv[1], list(cmds), f"'{group}' command"), argv[2:]
+        fn = _resolve(cmds[cmd])
+        prog = f"lmrlgym {group} {cmd}".strip()
+        if getattr(fn, "takes_argv", False):  # commands that parse their own argv (train)
+            fn(rest, prog=prog)
+        else:
+            tyro.cli(fn, args=rest, prog=prog)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (UsageError, ValueError, KeyError, FileExistsError, FileNotFoundError,
+            PermissionError, NotADirectoryError, ImportError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"lmrlgym: error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# --- output helpers ----------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> None:
+    """A plain aligned table (readable in CI logs and pipes, unlike box drawing)."""
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for k, r in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _print_stats(stats: dict[str, Any]) -> None:
+    keys = ["episodes", "success_rate", "return_mean", "return_std", "length_mean",
+            "length_std", "generator", "skipped_lines"]
+    _table(["statistic", "value"], [[k, _fmt(stats[k])] for k in keys if k in stats])
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    main()
