@@ -76,11 +76,11 @@ def _rollout(env: TextEnv, seed: int, n_steps: int, max_turns: int | None) -> li
             _fail(f"{where}: the second-to-last turn must be the action, carrying the step reward")
         ret += reward
         trace.append((obs, reward, terminated, truncated, _strip(info)))
+        if max_turns is not None and steps > max_turns:
+            _fail(f"{where}: the episode did not end within max_turns={max_turns} agent turns")
         if terminated or truncated:
             if not lo - 1e-9 <= ret <= hi + 1e-9:
                 _fail(f"{where}: episode return {ret} outside return_range {env.return_range}")
-            if max_turns is not None and steps > max_turns:
-                _fail(f"{where}: episode lasted {steps} agent turns > max_turns {max_turns}")
             try:
                 env.step("move up")
             except RuntimeError:

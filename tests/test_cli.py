@@ -1,0 +1,77 @@
+"""The CLI from the outside: exit codes, error messages, and nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "lmrlgym", *args], capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("envs list", "envs check", "play", "data generate", "data stats", "bench envs"):
+        assert cmd in out.stdout
+
+
+def test_envs_list_json():
+    out = run("envs", "list", "--json")
+    assert out.returncode == 0
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["id"] for r in rows][:2] == ["Maze-FO-v0", "Maze-PO-v0"]
+    assert all({"id", "status", "missing"} <= set(r) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope"], "unknown command 'nope'"),
+        (["envs", "lst"], "Did you mean 'list'"),
+        (["data", "generate", "--task", "Maze-F0-v0", "--out", "{out}"], "Did you mean 'Maze-FO-v0'"),
+        (["data", "generate", "--task", "Maze-FO-v0", "--out", "{out}", "--episodes", "-3"],
+         "--episodes must be positive"),
+        (["data", "generate", "--task", "Maze-FO-v0", "--out", "{out}", "--policy", "bogus"],
+         "unknown policy 'bogus'"),
+        (["data", "generate", "--task", "Maze-FO-v0", "--out", "/proc/nope/x"], "error"),
+        (["data", "stats", "{out}"], "dataset not found"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
+    out_dir = tmp_path / "ds"
+    out = run(*[a.replace("{out}", str(out_dir)) for a in args])
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_generate_then_stats_and_refuse_overwrite(tmp_path):
+    out_dir = tmp_path / "ds"
+    gen = run("data", "generate", "--task", "Maze-FO-v0", "--policy", "maze-random",
+              "--episodes", "20", "--out", str(out_dir))
+    assert gen.returncode == 0, gen.stderr
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    stats = run("data", "stats", str(out_dir), "--json")
+    got = json.loads(stats.stdout)
+    assert got["episodes"] == manifest["episodes"] == 20
+    assert got["manifest_matches"] is True
+    again = run("data", "generate", "--task", "Maze-FO-v0", "--episodes", "5", "--out",
+                str(out_dir))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert json.loads((out_dir / "manifest.json").read_text()) == manifest
+
+
+def test_play_with_scripted_policy():
+    out = run("play", "Maze-FO-v0", "--policy", "maze-optimal", "--seed", "0")
+    assert out.returncode == 0, out.stderr
+    assert "Success" in out.stdout and "return" in out.stdout
+
+
+def test_play_reads_stdin_until_eof():
+    out = run("play", "Maze-FO-v0", "--seed", "3", input="move up\nfly\n")
+    assert out.returncode == 0, out.stderr
+    assert "reward -4" in out.stdout  # the unrecognised "fly"
