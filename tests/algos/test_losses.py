@@ -1,0 +1,118 @@
+"""BC, MC and ILQL losses against hand-computed values (ALGORITHMS.md §3.1, §3.3, §3.4)."""
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmrlgym.algos.bc import bc_loss
+from lmrlgym.algos.common import EmptyActionBatch
+from lmrlgym.algos.ilql import ILQLConfig, ilql_loss
+from lmrlgym.algos.mc import MCConfig, mc_loss
+
+
+def batch(ids, mask, rewards=None, turn_end=None, returns=None):
+    T = len(ids)
+    zeros = [0.0] * T
+    return SimpleNamespace(
+        input_ids=torch.tensor([ids]),
+        attention_mask=torch.ones(1, T, dtype=torch.long),
+        action_mask=torch.tensor([mask], dtype=torch.bool),
+        rewards=torch.tensor([rewards or zeros]),
+        turn_end=torch.tensor([turn_end or [False] * T]),
+        returns=torch.tensor([returns or zeros]),
+    )
+
+
+def lse(xs):
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+# Row: BOS(0) env(1) action tokens 2, 0 -> action steps at slots 1 and 2.
+ROW = dict(ids=[0, 1, 2, 0], mask=[0, 0, 1, 1])
+
+
+def test_bc_loss_is_mean_nll_of_action_tokens():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]])  # (n=2, V=3)
+    loss, m = bc_loss(logits, batch(**ROW))
+    nll = [lse([0, 1, 2]) - 2.0, lse([3, 0, 0]) - 3.0]
+    assert loss.item() == pytest.approx(sum(nll) / 2)
+    assert m["train/token_acc"].item() == 1.0
+
+
+def test_bc_loss_raises_on_batch_without_actions():
+    with pytest.raises(EmptyActionBatch):
+        bc_loss(torch.zeros(0, 3), batch(ids=[0, 1, 2], mask=[0, 0, 0]))
+
+
+def test_mc_loss_hand_computed():
+    b = batch(**ROW, returns=[0.0, 0.0, -1.0, 2.0])
+    q = torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.0]])  # Q(s, a): 1.0 and 1.0
+    lm = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    cfg = MCConfig(cql_weight=0.5, bc_weight=2.0)
+    loss, m = mc_loss(q, lm, b, cfg)
+    q_loss = (0.5 * (1.0 + 1.0) ** 2 + 0.5 * (1.0 - 2.0) ** 2) / 2
+    cql = ((lse([0, 0.5, 1]) - 1.0) + (lse([1, 0, 0]) - 1.0)) / 2
+    bc = math.log(3)
+    assert m["train/q_loss"].item() == pytest.approx(q_loss)
+    assert m["train/cql_loss"].item() == pytest.approx(cql)
+    assert loss.item() == pytest.approx(q_loss + 0.5 * cql + 2.0 * bc, rel=1e-6)
+    assert m["train/q_abs_err"].item() == pytest.approx(1.5)
+    loss0, m0 = mc_loss(q, None, b, dataclasses.replace(cfg, bc_weight=0.0))
+    assert "train/bc_loss" not in m0 and loss0.item() == pytest.approx(q_loss + 0.5 * cql)
+
+
+def test_ilql_loss_hand_computed_chain_with_turn_discount():
+    # One action turn of two tokens (slots 1, 2), reward 1 on its last token; next state is the
+    # row's bootstrap v_boot = 0.5 (not terminal). Turn discounting: γ only after slot 2.
+    b = batch(ids=[0, 1, 2, 0], mask=[0, 0, 1, 1], rewards=[0, 0, 0, 1.0],
+              turn_end=[False, False, False, True])
+    g, tau = 0.9, 0.8
+    cfg = ILQLConfig(gamma=g, tau=tau, cql_weight=0.1, bc_weight=0.0)
+    q1 = torch.tensor([[0.0, 0.0, 1.0], [2.0, 0.0, 0.0]])  # Q1(s1, 2) = 1, Q1(s2, 0) = 2
+    q2 = torch.tensor([[0.0, 0.0, 3.0], [0.0, 0.0, 0.0]])  # Q2(s1, 2) = 3, Q2(s2, 0) = 0
+    tq1 = torch.tensor([[0.0, 0.0, 0.4], [1.0, 0.0, 0.0]])  # targets 0.4, 1.0
+    tq2 = torch.tensor([[0.0, 0.0, 0.6], [0.2, 0.0, 0.0]])  # targets 0.6, 0.2 -> min 0.4, 0.2
+    v = torch.tensor([[9.0, 0.3, 0.7, 5.0]])  # V(s1) = 0.3, V(s2) = 0.7
+    loss, m = ilql_loss(q1, q2, tq1, tq2, v, torch.tensor([0.5]), None, b, cfg)
+    y = [0.0 + 1.0 * 0.7, 1.0 + g * 0.5]  # slot 1 -> V(s2) undiscounted; slot 2 -> reward + γ v_boot
+    q_loss = ((0.5 * (1 - y[0]) ** 2 + 0.5 * (2 - y[1]) ** 2) / 2
+              + (0.5 * (3 - y[0]) ** 2 + 0.5 * (0 - y[1]) ** 2) / 2)
+    # slot 1: q̄ = 0.4 ≥ V = 0.3 -> weight τ; slot 2: q̄ = 0.2 < V = 0.7 -> 1 − τ
+    v_loss = (tau * 0.5 * 0.1**2 + (1 - tau) * 0.5 * 0.5**2) / 2
+    cql = ((lse([0, 0, 1]) - 1) + (lse([2, 0, 0]) - 2)) / 2 + ((lse([0, 0, 3]) - 3) + (lse([0, 0, 0]) - 0)) / 2
+    assert m["train/td_target_mean"].item() == pytest.approx(sum(y) / 2)
+    assert m["train/q_loss"].item() == pytest.approx(q_loss)
+    assert m["train/v_loss"].item() == pytest.approx(v_loss)
+    assert m["train/cql_loss"].item() == pytest.approx(cql)
+    assert loss.item() == pytest.approx(q_loss + v_loss + 0.1 * cql, rel=1e-6)
+    assert m["train/advantage_mean"].item() == pytest.approx(((0.4 - 0.3) + (0.2 - 0.7)) / 2)
+
+
+def test_ilql_token_discount_and_terminal_bootstrap():
+    b = batch(ids=[0, 1, 2, 0], mask=[0, 0, 1, 1], rewards=[0, 0, 0, 1.0],
+              turn_end=[False, False, False, True])
+    cfg = ILQLConfig(gamma=0.9, discount_mode="token", cql_weight=0.0, bc_weight=0.0)
+    z = torch.zeros(2, 3)
+    v = torch.tensor([[0.0, 0.0, 0.7, 0.0]])
+    _, m = ilql_loss(z, z, z, z, v, torch.tensor([0.0]), None, b, cfg)  # terminal: v_boot = 0
+    assert m["train/td_target_mean"].item() == pytest.approx((0.9 * 0.7 + 1.0) / 2)
+
+
+def test_expectile_fits_mean_at_half_and_max_near_one():
+    # Three action steps whose min target Q is 1, 2 and 6; V is one shared scalar fit by ilql_loss.
+    b = batch(ids=[0, 1, 2, 0], mask=[0, 1, 1, 1])
+    targets = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0], [6.0, 0.0, 0.0]])  # a = 1, 2, 0
+    z = torch.zeros(3, 3)
+    for tau, expect in ((0.5, 3.0), (0.999, 6.0)):
+        cfg = ILQLConfig(tau=tau, cql_weight=0.0, bc_weight=0.0)
+        v = torch.zeros((), requires_grad=True)
+        opt = torch.optim.SGD([v], lr=1.0)
+        for _ in range(400):
+            loss, _ = ilql_loss(z, z, targets, targets, v.expand(1, 4), torch.zeros(1), None, b, cfg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert v.item() == pytest.approx(expect, abs=0.05)
