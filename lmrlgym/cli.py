@@ -251,6 +251,73 @@ def bench_envs(
         )
 
 
+def bench_run(
+    profile: str = "smoke",
+    out: Path | None = None,
+    tasks: tuple[str, ...] = (),
+    methods: tuple[str, ...] = (),
+    dry_run: bool = False,
+) -> None:
+    """Run (or resume) the benchmark grid and print the results table.
+
+    Writes results.json, results.md, scores.png and learning_curves.png to the output
+    directory. Finished cells are skipped; corrupted ones are rerun with a warning.
+
+    Args:
+        profile: smoke (make bench, minutes), cpu (README table), or full (paper scale, GPUs).
+        out: Output directory (default: bench_out/<profile>).
+        tasks: Only these tasks (default: the profile's).
+        methods: Only these methods (BC runs too when an RL method needs its init).
+        dry_run: Print every cell with its resolved config instead of running.
+    """
+    import time as _time
+
+    from tqdm import tqdm
+
+    from lmrlgym.bench.run import describe_grid, run_grid
+
+    out = out or Path("bench_out") / profile
+    if dry_run:
+        print(describe_grid(profile, out, list(tasks) or None, list(methods) or None))
+        return
+    t0 = _time.time()
+    bar = None
+
+    def progress(cell, i, n):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=n, desc="bench", unit="cell")
+        bar.set_postfix_str(cell.key)
+        bar.n = i
+        bar.refresh()
+
+    results = run_grid(profile, out, list(tasks) or None, list(methods) or None, progress)
+    if bar is not None:
+        bar.n = bar.total
+        bar.close()
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/results.json, results.md, scores.png, learning_curves.png "
+          f"in {_time.time() - t0:.0f} s ({len(results['cells'])} cells)")
+
+
+def bench_compare(results: tyro.conf.Positional[Path]) -> None:
+    """Print our scores next to the paper's Table 2 and flag method orderings that differ.
+
+    Args:
+        results: A results.json written by `lmrlgym bench run`.
+    """
+    from lmrlgym.bench.report import comparison_table, load_results, ordering_flags
+
+    data = load_results(results)
+    agg = data["summary"]
+    print(comparison_table(agg))
+    flags = ordering_flags(agg)
+    print("Orderings that differ from the paper:" if flags else "All method orderings match "
+          "the paper where both cells exist.")
+    for f in flags:
+        print(f"  - {f}")
+
+
 # --- dispatch ----------------------------------------------------------------------------------
 
 # group -> command -> function or "module:function" (imported only when that command runs).
@@ -258,7 +325,7 @@ COMMANDS: dict[str, dict[str, Callable[..., Any] | str]] = {
     "envs": {"list": envs_list, "check": envs_check},
     "play": {"": play},
     "data": {"generate": data_generate, "stats": data_stats},
-    "bench": {"envs": bench_envs},
+    "bench": {"run": bench_run, "compare": bench_compare, "envs": bench_envs},
 }
 
 

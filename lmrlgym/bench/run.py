@@ -1,0 +1,313 @@
+"""``lmrlgym bench run``: the task x method x seed grid, resumable, with references and a report.
+
+Layout of an output directory::
+
+    <out>/data/<task>/            the task's offline dataset (default behaviour policy)
+    <out>/runs/<task>__<method>__<seed>/   one training run per cell (resumable)
+    <out>/cells/<task>__<method>__<seed>.json   the cell's evaluation summary (written last)
+    <out>/results.json, results.md, scores.png, learning_curves.png
+
+A cell whose JSON exists with the same config hash is skipped; a corrupted or partial cell (or
+dataset) is recomputed with a warning. Runs with a checkpoint resume instead of restarting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import platform
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lmrlgym.bench import presets
+from lmrlgym.bench.report import (
+    aggregate,
+    comparison_table,
+    markdown_table,
+    ordering_flags,
+    plot_learning_curves,
+    plot_scores,
+)
+from lmrlgym.data.io import DatasetError, read_manifest, write_json
+from lmrlgym.registry import registry
+
+# method -> (module, config class). RL methods start from the same seed's BC run (§2.1).
+METHOD_CONFIGS: dict[str, tuple[str, str]] = {
+    "bc": ("lmrlgym.algos.bc", "BCConfig"),
+    "filtered_bc": ("lmrlgym.algos.filtered_bc", "FilteredBCConfig"),
+    "mc": ("lmrlgym.algos.mc", "MCConfig"),
+    "ilql": ("lmrlgym.algos.ilql", "ILQLConfig"),
+    "ppo": ("lmrlgym.algos.ppo", "PPOConfig"),
+    "online_filtered_bc": ("lmrlgym.algos.online_filtered_bc", "OnlineFilteredBCConfig"),
+}
+NEEDS_BC_INIT = {"mc", "ilql", "ppo", "online_filtered_bc"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    task: str
+    method: str  # a key of METHOD_CONFIGS, or "behaviour" / "optimal" (scripted references)
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}__{self.method}__{self.seed}"
+
+
+def config_hash(obj: Any) -> str:
+    """Hash of a cell's settings (config fields except output paths) for resumability."""
+    d = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+    for k in ("out", "resume", "data", "init_from", "init"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _read_cell(path: Path, want_hash: str) -> dict[str, Any] | None:
+    """A finished cell's summary, or None (missing, corrupted or from other settings)."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "normalized_score" not in data:
+            raise ValueError("missing normalized_score")
+    except (ValueError, OSError) as e:
+        warnings.warn(f"{path}: corrupted cell result ({e}); rerunning the cell", stacklevel=2)
+        return None
+    if data.get("config_hash") != want_hash:
+        warnings.warn(f"{path}: settings changed since it was run; rerunning the cell",
+                      stacklevel=2)
+        return None
+    return data
+
+
+def ensure_dataset(profile: presets.Profile, task: str, out: Path) -> Path:
+    """Generate the task's dataset once; regenerate it (with a warning) if it is incomplete."""
+    from lmrlgym.data.generate import DATA_SEED_BASE, generate_dataset
+    from lmrlgym.data.policies import default_policy
+
+    path = out / "data" / task
+    n = profile.data_episodes(task)
+    policy = default_policy(task)
+    try:
+        manifest = read_manifest(path)
+        if manifest.get("episodes") == n and manifest.get("base_seed") == DATA_SEED_BASE:
+            return path
+        warnings.warn(f"{path}: dataset has other settings; regenerating", stacklevel=2)
+    except DatasetError:
+        if path.exists():
+            warnings.warn(f"{path}: incomplete dataset (no valid manifest); regenerating",
+                          stacklevel=2)
+    generate_dataset(task, path, n, policy, DATA_SEED_BASE, workers=profile.data_workers,
+                     overwrite=True)
+    return path
+
+
+def _summary_fields(summary: dict[str, Any]) -> dict[str, Any]:
+    keep = ("mean_return", "ci95", "success_rate", "normalized_score", "paper_normalized_score",
+            "episodes", "illegal_rate", "episode_length")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def run_reference(profile: presets.Profile, cell: Cell, out: Path) -> dict[str, Any]:
+    """Evaluate a scripted reference policy (behaviour or optimum) under the eval protocol."""
+    from lmrlgym.data.policies import DEFAULT_POLICY, OPTIMAL_POLICY, make_policy
+    from lmrlgym.eval.evaluate import evaluate
+
+    spec = (DEFAULT_POLICY if cell.method == "behaviour" else OPTIMAL_POLICY)[cell.task]
+    policy = make_policy(spec, cell.task)
+    try:
+        result = evaluate(policy, cell.task, profile.eval_episodes(cell.task), seed=cell.seed,
+                          env_kwargs=profile.env_kwargs(cell.task),
+                          out_dir=out / "evals" / cell.key)
+    finally:
+        policy.close()
+    return {"policy": spec, **_summary_fields(result.summary)}
+
+
+def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> dict[str, Any]:
+    """Train one cell (resuming if a checkpoint exists), then evaluate its final policy."""
+    from lmrlgym.algos.common import latest_checkpoint, load_policy
+    from lmrlgym.eval.evaluate import evaluate
+
+    config = cell_config(profile, cell, out, data)
+    run_dir = Path(config.out)
+    if run_dir.exists() and latest_checkpoint(run_dir) is not None:
+        config = dataclasses.replace(config, resume=str(run_dir))
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # started but never checkpointed: nothing to keep
+    module = importlib.import_module(METHOD_CONFIGS[cell.method][0])
+    module.train(config)
+    policy = load_policy(run_dir, **profile.decoding(cell.task))
+    result = evaluate(policy, cell.task, profile.eval_episodes(cell.task), seed=cell.seed,
+                      env_kwargs=profile.env_kwargs(cell.task), out_dir=out / "evals" / cell.key)
+    return {"run_dir": str(run_dir), **_summary_fields(result.summary)}
+
+
+def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> Any:
+    module_name, cls_name = METHOD_CONFIGS[cell.method]
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {
+        "task": cell.task,
+        "data": str(data),
+        "seed": cell.seed,
+        "out": str(out / "runs" / cell.key),
+        **profile.overrides(cell.task, cell.method),
+    }
+    if cell.method in NEEDS_BC_INIT:
+        values["init_from"] = str(out / "runs" / Cell(cell.task, "bc", cell.seed).key)
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(f"preset {profile.name}/{cell.task}/{cell.method} sets unknown "
+                         f"{cls_name} fields: {sorted(unknown)}")
+    return cls(**values)
+
+
+def plan(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None) -> list[Cell]:
+    """The cells to run, in dependency order (references, then BC before the methods using it)."""
+    cells: list[Cell] = []
+    for task in profile.tasks:
+        if tasks and task not in tasks:
+            continue
+        missing = registry[task].missing()
+        if missing:
+            warnings.warn(f"skipping {task}: needs " + "; ".join(
+                f"{r.name} ({r.install})" for r in missing), stacklevel=2)
+            continue
+        cells += [Cell(task, ref, 0) for ref in ("behaviour", "optimal")]
+        for seed in profile.seeds:
+            for method in profile.methods(task):
+                if not methods or method in methods or (
+                    method == "bc" and set(methods) & NEEDS_BC_INIT
+                ):
+                    cells.append(Cell(task, method, seed))
+    return cells
+
+
+def describe_grid(
+    profile_name: str, out: Path, tasks: list[str] | None, methods: list[str] | None
+) -> str:
+    """Every planned cell with its resolved config (``bench run --dry-run``)."""
+    profile = presets.get_profile(profile_name)
+    _validate(profile, tasks, methods)
+    lines = []
+    for cell in plan(profile, tasks, methods):
+        if cell.method in METHOD_CONFIGS:
+            config = cell_config(profile, cell, out, out / "data" / cell.task)
+            lines.append(f"{cell.key}: {config}")
+        else:
+            lines.append(f"{cell.key}: scripted reference, "
+                         f"{profile.eval_episodes(cell.task)} eval episodes")
+    return "\n".join(lines)
+
+
+def run_grid(
+    profile_name: str,
+    out: Path,
+    tasks: list[str] | None = None,
+    methods: list[str] | None = None,
+    progress: Callable[[Cell, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the grid and write the results; returns the results dict."""
+    profile = presets.get_profile(profile_name)
+    _validate(profile, tasks, methods)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cells").mkdir(exist_ok=True)
+    cells = plan(profile, tasks, methods)
+    results = []
+    for i, cell in enumerate(cells):
+        if progress:
+            progress(cell, i, len(cells))
+        if cell.method in METHOD_CONFIGS:
+            data = ensure_dataset(profile, cell.task, out)
+            h = config_hash(cell_config(profile, cell, out, data))
+        else:
+            h = config_hash({"cell": cell.key, "eval": profile.eval_episodes(cell.task)})
+        path = out / "cells" / f"{cell.key}.json"
+        done = _read_cell(path, h)
+        if done is None:
+            t0 = time.time()
+            if cell.method in METHOD_CONFIGS:
+                summary = run_method(profile, cell, out, data)
+            else:
+                summary = run_reference(profile, cell, out)
+            done = {**dataclasses.asdict(cell), **summary, "config_hash": h,
+                    "seconds": time.time() - t0}
+            write_json(path, done)
+        results.append(done)
+    return write_report(profile, out, results)
+
+
+def _validate(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None) -> None:
+    for t in tasks or []:
+        if t not in profile.tasks:
+            raise ValueError(f"unknown task {t!r} for profile {profile.name!r}; valid: "
+                             f"{', '.join(profile.tasks)}")
+    for m in methods or []:
+        if m not in METHOD_CONFIGS:
+            raise ValueError(f"unknown method {m!r}; valid: {', '.join(METHOD_CONFIGS)}")
+
+
+def _curves(results: list[dict[str, Any]]) -> dict[str, dict[str, list[list[tuple[float, float]]]]]:
+    curves: dict[str, dict[str, list[list[tuple[float, float]]]]] = {}
+    for r in results:
+        run_dir = r.get("run_dir")
+        metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
+        if not metrics or not metrics.exists():
+            continue
+        pts = []
+        for line in metrics.read_text().splitlines():
+            try:
+                m = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "eval/return" in m:
+                pts.append((m.get("step", len(pts)), m["eval/return"]))
+        curves.setdefault(r["task"], {}).setdefault(r["method"], []).append(pts)
+    return curves
+
+
+def write_report(profile: presets.Profile, out: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
+    from lmrlgym import __version__
+
+    agg = aggregate(results)
+    flags = ordering_flags(agg)
+    data = {
+        "format": "lmrlgym.results/1",
+        "profile": profile.name,
+        "lmrlgym_version": __version__,
+        "machine": machine_info(),
+        "cells": results,
+        "summary": agg,
+        "ordering_differences_vs_paper": flags,
+    }
+    write_json(out / "results.json", data)
+    md = markdown_table(agg, title=f"lmrlgym `{profile.name}` profile")
+    md += "\n### Compared with the paper (Table 2)\n\n" + comparison_table(agg)
+    if flags:
+        md += "\nOrderings that differ from the paper:\n\n" + "".join(f"- {f}\n" for f in flags)
+    (out / "results.md").write_text(md, encoding="utf-8")
+    plot_scores(agg, out / "scores.png")
+    plot_learning_curves(_curves(results), out / "learning_curves.png")
+    return data
