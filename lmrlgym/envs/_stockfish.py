@@ -1,0 +1,280 @@
+"""Stockfish over UCI for the chess envs and the chess behaviour policies (TASKS.md §5).
+
+One :class:`Stockfish` object owns one engine process: started lazily, configured with the
+spec's fixed options (``Threads=1``, ``Hash=16``), given a fresh game (``ucinewgame``) on
+request, and closed by ``close()``, by garbage collection or at interpreter exit, so no engine
+outlives its owner. Every engine call has a watchdog: an engine that dies or stops answering
+raises :class:`EngineError` (never a hang) and is discarded; the next call starts a new one.
+
+Strength settings are parsed here once for both users:
+
+- ``elo:<E>``: ``UCI_LimitStrength`` with ``UCI_Elo=E`` (Stockfish 15.1 accepts 1350-2850).
+  Stockfish then picks a weakened move with a PRNG seeded from the clock, so it is
+  nondeterministic. In 15.1 the pick happens once depth ``1 + int(level)`` is reached, and
+  Elo 1350 gives level ~0.01, so the choice is made at depth 1 and a longer move time does not
+  change the move distribution (src/search.cpp, ``Skill::time_to_pick``).
+- ``skill:<0..20>``: the ``Skill Level`` option, the same weakening on the older scale
+  (nondeterministic below 20).
+- ``nodes:<N>``: full strength with ``N`` nodes per move: deterministic for one engine build
+  when every game starts from a fresh hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import weakref
+from typing import Any
+
+from lmrlgym.registry import DependencyNotInstalled, find_binary
+
+ENV_VAR = "LMRLGYM_STOCKFISH"
+INSTALL_HINT = (
+    "install it with `apt-get install stockfish` (Debian/Ubuntu; the binary lands in "
+    f"/usr/games) or set {ENV_VAR} to the path of a Stockfish binary"
+)
+#: Fixed engine options of every search (TASKS.md §5): one thread, so a node budget gives the
+#: same search on every machine; a small hash, so 2-core machines can run several engines.
+BASE_OPTIONS: dict[str, Any] = {"Threads": 1, "Hash": 16}
+#: Seconds an engine may take beyond the requested move time before it is declared hung.
+#: Node-limited searches have no move time; a 1e6-node search takes ~1-2 s on one slow core.
+WATCHDOG_SECONDS = 30.0
+
+
+class EngineError(RuntimeError):
+    """The engine process could not be started, died, or stopped answering."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Strength:
+    """How hard an engine plays: ``kind`` is ``elo``, ``skill`` or ``nodes``."""
+
+    kind: str
+    value: int
+    #: Seconds per move for ``elo``/``skill`` (None: use ``nodes``); ``nodes`` limits the search.
+    move_time: float | None = None
+    nodes: int | None = None
+
+    @property
+    def deterministic(self) -> bool:
+        return self.kind == "nodes" or (self.kind == "skill" and self.value == 20)
+
+    def options(self) -> dict[str, Any]:
+        """UCI options selecting this strength (every option is set, so none leaks over)."""
+        return {
+            "UCI_LimitStrength": self.kind == "elo",
+            "UCI_Elo": self.value if self.kind == "elo" else 1350,
+            "Skill Level": self.value if self.kind == "skill" else 20,
+        }
+
+    def limit(self) -> Any:
+        import chess.engine
+
+        if self.kind == "nodes":
+            return chess.engine.Limit(nodes=self.value)
+        if self.nodes is not None:
+            return chess.engine.Limit(nodes=self.nodes)
+        return chess.engine.Limit(time=self.move_time)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+def parse_strength(text: str, default_move_time: float = 0.1, default_nodes: int | None = None
+                   ) -> Strength:
+    """``"elo:1350"``, ``"elo:1350:100"`` (ms per move), ``"skill:5"`` or ``"nodes:2000"``.
+
+    ``elo``/``skill`` searches are limited by ``default_nodes`` when given, else by time.
+    Ranges are checked against the engine's advertised ones by :meth:`Stockfish.set_strength`.
+    """
+    m = re.fullmatch(r"(elo|skill|nodes):(\d+)(?::(\d+))?", text.strip())
+    if not m or (m.group(1) == "nodes" and m.group(3)):
+        raise ValueError(
+            f"bad engine strength {text!r}; expected elo:<E>[:<ms>], skill:<0-20> or nodes:<N>"
+        )
+    kind, value = m.group(1), int(m.group(2))
+    if kind == "nodes":
+        if value <= 0:
+            raise ValueError(f"node budget must be positive in {text!r}")
+        return Strength("nodes", value)
+    if kind == "skill" and not 0 <= value <= 20:
+        raise ValueError(f"skill level must be in 0..20, got {value} in {text!r}")
+    if m.group(3):
+        ms = int(m.group(3))
+        if ms <= 0:
+            raise ValueError(f"move time must be positive (ms) in {text!r}")
+        return Strength(kind, value, move_time=ms / 1000)
+    if default_nodes is not None:
+        return Strength(kind, value, nodes=default_nodes)
+    return Strength(kind, value, move_time=default_move_time)
+
+
+def stockfish_path() -> str:
+    """The engine binary: ``$LMRLGYM_STOCKFISH``, else ``stockfish`` on PATH, else /usr/games."""
+    path = find_binary("stockfish", ENV_VAR)
+    if path is None:
+        raise DependencyNotInstalled(f"Stockfish not found; {INSTALL_HINT}")
+    return path
+
+
+def _shutdown(box: list) -> None:
+    # Module-level so the finalizer holds no reference to the owner (else it never runs).
+    engine = box[0]
+    box[0] = None
+    if engine is None:
+        return
+    try:
+        engine.quit()  # waits for the process to exit, so it is reaped (no zombie)
+    except Exception:  # noqa: BLE001  (already dead or hung: closing the transport kills it)
+        engine.close()
+
+
+class Stockfish:
+    """One Stockfish process, restarted on demand after a crash; see the module docstring."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path or stockfish_path()
+        self._box: list = [None]  # the live chess.engine.SimpleEngine, or None
+        self._finalizer = weakref.finalize(self, _shutdown, self._box)
+        self._strength: Strength | None = None
+        self._game: object = object()
+        self.restarts = 0
+
+    # --- process ------------------------------------------------------------------------
+    def _engine(self) -> Any:
+        if self._box[0] is None:
+            self._box[0] = self._start()
+            if self._strength is not None:
+                self._box[0].configure(self._strength.options())
+        return self._box[0]
+
+    def _start(self) -> Any:
+        import chess.engine
+
+        try:
+            engine = chess.engine.SimpleEngine.popen_uci(self.path, timeout=WATCHDOG_SECONDS)
+        except (OSError, chess.engine.EngineError, asyncio.TimeoutError) as e:
+            raise EngineError(
+                f"could not start Stockfish at {self.path!r} ({type(e).__name__}: {e}); "
+                f"{INSTALL_HINT}"
+            ) from e
+        try:
+            engine.configure(BASE_OPTIONS)
+        except Exception as e:
+            engine.close()
+            raise EngineError(f"{self.path!r} rejected options {BASE_OPTIONS}: {e}") from e
+        return engine
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running engine (None when not started)."""
+        engine = self._box[0]
+        return None if engine is None else engine.transport.get_pid()
+
+    @property
+    def name(self) -> str:
+        """The engine's UCI ``id name``, e.g. ``Stockfish 15.1``."""
+        return self._call(lambda e: e.id.get("name", "unknown"))
+
+    def option_range(self, name: str) -> tuple[int, int]:
+        opt = self._call(lambda e: e.options[name])
+        return int(opt.min), int(opt.max)
+
+    def close(self) -> None:
+        """Stop the engine process (idempotent; a later call starts a new one)."""
+        _shutdown(self._box)
+
+    # --- games --------------------------------------------------------------------------
+    def set_strength(self, strength: Strength) -> None:
+        """Configure a strength, checking Elo/skill against the engine's advertised range."""
+        if strength.kind in ("elo", "skill"):
+            option = "UCI_Elo" if strength.kind == "elo" else "Skill Level"
+            lo, hi = self.option_range(option)
+            if not lo <= strength.value <= hi:
+                raise ValueError(
+                    f"{strength.kind} {strength.value} is outside {self.name}'s {option} range "
+                    f"{lo}..{hi}"
+                )
+        if strength != self._strength:
+            self._strength = strength
+            self._call(lambda e: e.configure(strength.options()))
+
+    def new_game(self) -> None:
+        """The next search starts a new game: python-chess sends ``ucinewgame`` (clears hash)."""
+        self._game = object()
+
+    def play(self, board: Any, strength: Strength | None = None) -> Any:
+        """The engine's move in ``board`` at ``strength`` (default: the last one set)."""
+        if strength is not None:
+            self.set_strength(strength)
+        if self._strength is None:
+            raise ValueError("no strength set; call set_strength() first")
+        limit = self._strength.limit()
+        game = self._game
+        result = self._call(
+            lambda e: _run(e, lambda: e.protocol.play(board, limit, game=game), limit)
+        )
+        if result.move is None:
+            raise EngineError(f"Stockfish returned no move for {board.fen()!r}")
+        return result.move
+
+    def analyse(self, board: Any, limit: Any) -> dict[str, Any]:
+        """``go`` with ``limit`` in a fresh game; returns python-chess's info dict."""
+        self.new_game()
+        game = self._game
+        return self._call(
+            lambda e: _run(e, lambda: e.protocol.analyse(board, limit, game=game), limit)
+        )
+
+    def info(self) -> dict[str, Any]:
+        """Name, path and options in force, for ``info["engine"]`` and manifests."""
+        strength = self._strength
+        return {
+            "name": self.name,
+            "options": {**BASE_OPTIONS, **(strength.options() if strength else {})},
+            "limit": None if strength is None else _limit_text(strength.limit()),
+        }
+
+    def _call(self, fn: Any) -> Any:
+        import chess.engine
+
+        engine = self._engine()
+        try:
+            return fn(engine)
+        except (chess.engine.EngineError, asyncio.TimeoutError, TimeoutError) as e:
+            # Dead or hung: discard this process (killing it if needed); the next call restarts.
+            pid = engine.transport.get_pid()
+            self._box[0] = None
+            self.restarts += 1
+            engine.close()
+            raise EngineError(
+                f"Stockfish (pid {pid}) died or stopped answering ({type(e).__name__}: {e}); "
+                "it will be restarted on next use"
+            ) from e
+
+
+def _run(engine: Any, make_coro: Any, limit: Any) -> Any:
+    # SimpleEngine.play has no timeout for node limits; this wraps every search in a watchdog.
+    import chess.engine
+
+    loop = engine.protocol.loop
+    if loop.is_closed() or engine.returncode.done():  # python-chess saw the process exit
+        raise chess.engine.EngineTerminatedError("engine process has exited")
+    inner = make_coro()
+    outer = asyncio.wait_for(inner, WATCHDOG_SECONDS + (limit.time or 0.0))
+    try:
+        future = asyncio.run_coroutine_threadsafe(outer, loop)
+    except RuntimeError as e:  # the loop closed in between: the process just died
+        outer.close()
+        inner.close()
+        raise chess.engine.EngineTerminatedError(f"engine event loop closed ({e})") from e
+    return future.result()
+
+
+def _limit_text(limit: Any) -> str:
+    if limit.nodes is not None:
+        return f"nodes={limit.nodes}"
+    if limit.depth is not None:
+        return f"depth={limit.depth}"
+    return f"movetime={int(round(limit.time * 1000))}ms"
