@@ -183,7 +183,7 @@ def po_context_turns(turns: Sequence[Turn]) -> list[Turn]:
 
 
 # --- the maze --------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity hash: used as a cache key
 class Maze:
     """A grid (True = wall) with its goal, plus tables derived once for fast stepping."""
 
@@ -329,6 +329,10 @@ class MazeEnv(TextEnv):
                 seed = len(starts) * k + i
             resets.append((seed, {"start": starts[i]}))
         return resets
+
+    def cell_text(self, cell: Cell) -> str:
+        """The env text shown on ``cell`` (FO or PO form; the goal shows ``Success``)."""
+        return SUCCESS_TEXT if cell == self.maze.goal else self._texts[cell]
 
     def optimal_command(self) -> str:
         """The shortest-path move from the true position (for scripted policies)."""
