@@ -12,8 +12,9 @@ import difflib
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -218,6 +219,63 @@ def data_stats(
         _print_stats(stats)
 
 
+def data_export(
+    path: tyro.conf.Positional[Path],
+    out: Path,
+    format: Literal["hf"] = "hf",
+) -> None:
+    """Export a dataset to Hugging Face `datasets` (save_to_disk folder + parquet file).
+
+    Args:
+        path: Dataset directory (JSONL shards).
+        out: Output directory (written completely or not at all).
+        format: Export format.
+    """
+    from lmrlgym.data.hf import export_hf
+    from lmrlgym.data.io import read_episodes
+
+    episodes, _ = read_episodes(path)
+    export_hf(episodes, out)
+    print(f"wrote {len(episodes)} episodes to {out}/hf and {out}/episodes.parquet")
+
+
+def data_import(
+    source: tyro.conf.Positional[Path],
+    out: Path,
+    format: Literal["hf", "original"] = "hf",
+    task: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Import episodes into a dataset directory (JSONL shards + manifest).
+
+    Args:
+        source: A Hugging Face export (folder or .parquet), or an original LMRL-Gym release file.
+        out: Output dataset directory.
+        format: hf (our export) or original (the LMRL-Gym release formats; needs --task).
+        task: Task id of an original file, e.g. Wordle-v0.
+        overwrite: Replace an existing non-empty output directory.
+    """
+    from lmrlgym.data.generate import write_dataset
+
+    if format == "original":
+        if task is None:
+            raise UsageError("--format original needs --task")
+        from lmrlgym.data.importers import import_original
+        from lmrlgym.registry import spec
+
+        spec(task)
+        episodes = import_original(task, source)
+        generator = f"original:{source.name}"
+    else:
+        from lmrlgym.data.hf import import_hf
+
+        episodes = import_hf(source)
+        generator = f"hf:{source}"
+    manifest = write_dataset(episodes, out, generator=generator, overwrite=overwrite)
+    _print_stats(manifest)
+    print(f"wrote {out}")
+
+
 def bench_envs(
     tasks: tuple[str, ...] = (),
     min_steps: int = 2000,
@@ -324,7 +382,8 @@ def bench_compare(results: tyro.conf.Positional[Path]) -> None:
 COMMANDS: dict[str, dict[str, Callable[..., Any] | str]] = {
     "envs": {"list": envs_list, "check": envs_check},
     "play": {"": play},
-    "data": {"generate": data_generate, "stats": data_stats},
+    "data": {"generate": data_generate, "stats": data_stats, "export": data_export,
+             "import": data_import},
     "bench": {"run": bench_run, "compare": bench_compare, "envs": bench_envs},
 }
 
@@ -396,7 +455,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> None:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for k, r in enumerate(cells):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
         if k == 0:
             print("  ".join("-" * w for w in widths))
 

@@ -12,7 +12,8 @@ import importlib
 import importlib.util
 import os
 import shutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lmrlgym.core import TextEnv
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-
 ALL_METHODS = ("bc", "filtered_bc", "mc", "ilql", "ppo", "online_filtered_bc")
 
 # Task families share the paper's hyperparameter columns.

@@ -28,16 +28,16 @@ REFERENCES: dict[str, str] = {"behaviour": "behaviour policy", "optimal": "scrip
 
 # LMRL-Gym paper, Table 2 (normalised scores; GPT-2 policies; one run per cell, no error bars).
 PAPER_TABLE2: dict[str, dict[str, float]] = {
-    "TwentyQuestions-v0": dict(zip(METHODS, (57.1, 77.1, 87.1, 82.9, 72.9, 55.2))),
-    "GuessCity-v0": dict(zip(METHODS, (30.0, 48.0, 88.0, 75.0, 49.9, 31.6))),
-    "CarDealer-v0": dict(zip(METHODS, (44.5, 54.8, 57.2, 46.3, 50.5, 40.4))),
-    "Maze-FO-v0": dict(zip(METHODS, (58.2, 68.9, 75.0, 99.9, 79.7, 57.4))),
-    "Maze-PO-v0": dict(zip(METHODS, (53.1, 50.1, 52.4, 76.3, 42.4, 53.1))),
-    "TextNav-FO-v0": dict(zip(METHODS, (53.7, 65.1, 71.9, 91.8, 87.1, 74.5))),
-    "TextNav-PO-v0": dict(zip(METHODS, (49.7, 60.5, 71.6, 83.7, 85.5, 68.4))),
-    "Wordle-v0": dict(zip(METHODS, (79.9, 79.1, 94.9, 97.7, 84.2, 95.2))),
-    "Chess-v0": dict(zip(METHODS, (47.2, 42.9, 46.5, 47.3, 48.0, 47.2))),
-    "Endgames-v0": dict(zip(METHODS, (35.1, 17.7, 50.2, 45.8, 77.5, 36.2))),
+    "TwentyQuestions-v0": dict(zip(METHODS, (57.1, 77.1, 87.1, 82.9, 72.9, 55.2), strict=False)),
+    "GuessCity-v0": dict(zip(METHODS, (30.0, 48.0, 88.0, 75.0, 49.9, 31.6), strict=False)),
+    "CarDealer-v0": dict(zip(METHODS, (44.5, 54.8, 57.2, 46.3, 50.5, 40.4), strict=False)),
+    "Maze-FO-v0": dict(zip(METHODS, (58.2, 68.9, 75.0, 99.9, 79.7, 57.4), strict=False)),
+    "Maze-PO-v0": dict(zip(METHODS, (53.1, 50.1, 52.4, 76.3, 42.4, 53.1), strict=False)),
+    "TextNav-FO-v0": dict(zip(METHODS, (53.7, 65.1, 71.9, 91.8, 87.1, 74.5), strict=False)),
+    "TextNav-PO-v0": dict(zip(METHODS, (49.7, 60.5, 71.6, 83.7, 85.5, 68.4), strict=False)),
+    "Wordle-v0": dict(zip(METHODS, (79.9, 79.1, 94.9, 97.7, 84.2, 95.2), strict=False)),
+    "Chess-v0": dict(zip(METHODS, (47.2, 42.9, 46.5, 47.3, 48.0, 47.2), strict=False)),
+    "Endgames-v0": dict(zip(METHODS, (35.1, 17.7, 50.2, 45.8, 77.5, 36.2), strict=False)),
 }
 
 # Two-sided 97.5 % Student-t quantiles for k - 1 = 1 .. 30 degrees of freedom.
@@ -188,12 +188,12 @@ def plot_learning_curves(curves: dict[str, dict[str, list[list[tuple[float, floa
     if not tasks:
         return
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
-    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for ax, task in zip(axes[0], tasks):
+    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for ax, task in zip(axes[0], tasks, strict=False):
         for method, runs in curves[task].items():
             for i, pts in enumerate(runs):
                 if pts:
-                    xs, ys = zip(*pts)
+                    xs, ys = zip(*pts, strict=False)
                     ax.plot(xs, ys, color=colors.get(method), alpha=0.8, marker=".",
                             label=METHODS.get(method, method) if i == 0 else None)
         ax.set_title(task)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lmrlgym.core import Episode, TextEnv
-from lmrlgym.data.io import MANIFEST, dumps_episode, read_episodes, write_json, write_shard
+from lmrlgym.data.io import MANIFEST, read_episodes, write_json, write_shard
 from lmrlgym.data.policies import BehaviourPolicy, make_policy
 from lmrlgym.data.stats import episode_stats
 
@@ -99,16 +99,7 @@ def generate_dataset(
     policy_spec = policy_spec or default_policy(task)
     policy = make_policy(policy_spec, task)  # validates name and settings before any work
     env_kwargs = dict(env_kwargs or {})
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
-        for p in out.iterdir():
-            if p.is_file() and (p.name == MANIFEST or p.name.endswith(".jsonl")):
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise PermissionError(f"{out} is not writable")
+    out = prepare_output(out, overwrite)
 
     jobs = []
     for k, start in enumerate(range(0, n_episodes, SHARD_SIZE)):
@@ -126,19 +117,57 @@ def generate_dataset(
                     progress(n)
 
     episodes, _ = read_episodes(out)
-    manifest = {
-        "format": "lmrlgym.dataset/1",
-        "task": task,
-        "env_kwargs": env_kwargs,
-        "generator": policy.name,
-        "base_seed": seed,
-        "shards": [job[4].name for job in jobs],
-        **episode_stats(episodes),
-        "policy_extra": policy.manifest_extra(),
-        "lmrlgym_version": _version(),
-    }
+    manifest = _manifest(episodes, policy.name, [job[4].name for job in jobs],
+                         env_kwargs=env_kwargs, base_seed=seed,
+                         policy_extra=policy.manifest_extra())
     policy.close()
     write_json(out / MANIFEST, manifest)  # written last: a manifest means a complete dataset
+    return manifest
+
+
+def prepare_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Create the output directory; refuse a non-empty one unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
+        for p in out.iterdir():
+            if p.is_file() and (p.name == MANIFEST or p.name.endswith(".jsonl")):
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"{out} is not writable")
+    return out
+
+
+def _manifest(episodes: list[Episode], generator: str, shards: list[str], **extra: Any) -> dict:
+    tasks = sorted({ep.task for ep in episodes})
+    return {
+        "format": "lmrlgym.dataset/1",
+        "task": tasks[0] if len(tasks) == 1 else tasks,
+        "generator": generator,
+        "shards": shards,
+        **extra,
+        **episode_stats(episodes),
+        "lmrlgym_version": _version(),
+    }
+
+
+def write_dataset(
+    episodes: list[Episode], out: str | os.PathLike, generator: str, overwrite: bool = False
+) -> dict[str, Any]:
+    """Write given episodes (e.g. imported ones) as a dataset directory; returns the manifest."""
+    if not episodes:
+        raise ValueError("no episodes to write")
+    out = prepare_output(out, overwrite)
+    shards = []
+    for k, start in enumerate(range(0, len(episodes), SHARD_SIZE)):
+        shards.append(f"shard-{k:05d}.jsonl")
+        write_shard(out / shards[-1], episodes[start : start + SHARD_SIZE])
+    manifest = _manifest(episodes, generator, shards)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -148,4 +177,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["DATA_SEED_BASE", "dumps_episode", "generate_dataset", "run_episode"]
+__all__ = ["DATA_SEED_BASE", "generate_dataset", "run_episode", "write_dataset"]
