@@ -219,7 +219,8 @@ def test_custom_and_named_grids():
         lmrlgym.make("Maze-FO-v0", grid="maze2d_medium")
     env = lmrlgym.make("Maze-PO-v0", grid=[[1, 1, 1, 1], [1, 0, 0, 1], [1, 1, 1, 1]], goal=(1, 2))
     assert env.reset(seed=0)[0] == "There are walls to your left, above you, below you.\n"
-    assert env.step("move right")[:3] == ("Success\n", 0.0, True)
+    obs, reward, terminated = env.step("move right")[:3]
+    assert obs.endswith("move right\nSuccess\n") and reward == 0.0 and terminated
     with pytest.raises(ValueError, match="not a free cell"):
         lmrlgym.make("Maze-FO-v0", grid=[[0, 1]], goal=(0, 1))
     with pytest.raises(ValueError, match="observability"):
