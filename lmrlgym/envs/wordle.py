@@ -84,6 +84,7 @@ FIRST_TEXT = "Wordle:\n"
 INVALID_TEXT = "\n"
 BLACK, YELLOW, GREEN = 0, 1, 2
 MARKS = "byg"  # indexed by BLACK, YELLOW, GREEN
+_EAGER_MATRIX = 1000  # answer lists up to this size precompute all feedback codes
 SOLVED_CODE = sum(GREEN * 3**i for i in range(WORD_LENGTH))
 WORD_LISTS = {
     "official_400": "wordle_official_400.txt",  # 431 words: the LMRL-Gym benchmark list
@@ -200,14 +201,19 @@ class Vocabulary:
     def __post_init__(self) -> None:
         self.index = {w: i for i, w in enumerate(self.answers)}
         self.letters = letter_codes(self.answers)  # (N, 5)
-        # (N, N) uint8: matrix[i, j] = code of guessing answer i when answer j is hidden.
-        self.matrix = feedback_codes(self.letters, self.letters)
         self._rows: dict[str, np.ndarray] = {}
+
+    @functools.cached_property
+    def matrix(self) -> np.ndarray:
+        """(N, N) uint8: ``matrix[i, j]`` = code of guessing answer i when answer j is hidden."""
+        return feedback_codes(self.letters, self.letters)
 
     def row(self, guess: str) -> np.ndarray:
         """(N,) feedback codes of ``guess`` against every answer."""
         i = self.index.get(guess)
-        if i is not None:
+        # Small lists build the whole matrix at once (0.1 s for 431 words); large ones (2,315
+        # answers: about a second) compute rows on demand unless a policy built the matrix.
+        if i is not None and (len(self.answers) <= _EAGER_MATRIX or "matrix" in self.__dict__):
             return self.matrix[i]
         row = self._rows.get(guess)
         if row is None:

@@ -66,7 +66,9 @@ def test_wall_sentences_none_one_several():
     assert wall_sentence(open_grid.walls, (1, 1)) == "There are no walls near you."
     maze = load_maze("double_t_maze")
     assert wall_sentence(maze.walls, (5, 6)) == "There is a wall above you."
-    assert wall_sentence(maze.walls, (1, 1)) == "There are walls to your left, above you, below you."
+    assert (
+        wall_sentence(maze.walls, (1, 1)) == "There are walls to your left, above you, below you."
+    )
     # The fixed order is right, left, above, below.
     assert wall_sentence(maze.walls, (1, 11)) == (
         "There are walls to your right, above you, below you."
