@@ -22,8 +22,10 @@ Strength settings are parsed here once for both users:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import re
+import threading
 import weakref
 from typing import Any
 
@@ -118,10 +120,15 @@ def stockfish_path() -> str:
     return path
 
 
-def _shutdown(box: list) -> None:
+class _Box:
+    """Holds the live ``SimpleEngine`` (or None); shared by an owner and its finalizer."""
+
+    engine: Any = None
+
+
+def _shutdown(box: _Box) -> None:
     # Module-level so the finalizer holds no reference to the owner (else it never runs).
-    engine = box[0]
-    box[0] = None
+    engine, box.engine = box.engine, None
     if engine is None:
         return
     try:
@@ -130,12 +137,28 @@ def _shutdown(box: list) -> None:
         engine.close()
 
 
+_LIVE: weakref.WeakSet[_Box] = weakref.WeakSet()
+
+
+def _shutdown_all() -> None:
+    for box in list(_LIVE):
+        _shutdown(box)
+
+
+# python-chess runs each engine's event loop on a non-daemon thread, and the interpreter joins
+# non-daemon threads *before* ordinary atexit handlers (and weakref finalizers) run: an engine
+# left open would hang the exit. threading's own pre-join hook (the one concurrent.futures
+# uses) closes them first; plain atexit is the fallback should that hook ever disappear.
+getattr(threading, "_register_atexit", atexit.register)(_shutdown_all)
+
+
 class Stockfish:
     """One Stockfish process, restarted on demand after a crash; see the module docstring."""
 
     def __init__(self, path: str | None = None):
         self.path = path or stockfish_path()
-        self._box: list = [None]  # the live chess.engine.SimpleEngine, or None
+        self._box = _Box()
+        _LIVE.add(self._box)
         self._finalizer = weakref.finalize(self, _shutdown, self._box)
         self._strength: Strength | None = None
         self._game: object = object()
@@ -143,11 +166,11 @@ class Stockfish:
 
     # --- process ------------------------------------------------------------------------
     def _engine(self) -> Any:
-        if self._box[0] is None:
-            self._box[0] = self._start()
+        if self._box.engine is None:
+            self._box.engine = self._start()
             if self._strength is not None:
-                self._box[0].configure(self._strength.options())
-        return self._box[0]
+                self._box.engine.configure(self._strength.options())
+        return self._box.engine
 
     def _start(self) -> Any:
         import chess.engine
@@ -169,7 +192,7 @@ class Stockfish:
     @property
     def pid(self) -> int | None:
         """Process id of the running engine (None when not started)."""
-        engine = self._box[0]
+        engine = self._box.engine
         return None if engine is None else engine.transport.get_pid()
 
     @property
@@ -245,7 +268,7 @@ class Stockfish:
         except (chess.engine.EngineError, asyncio.TimeoutError, TimeoutError) as e:
             # Dead or hung: discard this process (killing it if needed); the next call restarts.
             pid = engine.transport.get_pid()
-            self._box[0] = None
+            self._box.engine = None
             self.restarts += 1
             engine.close()
             raise EngineError(

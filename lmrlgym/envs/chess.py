@@ -175,7 +175,7 @@ def random_endgame(rng: np.random.Generator, kind: str) -> chess.Board:
         board = chess.Board(None)
         board.set_piece_at(int(squares[0]), chess.Piece(chess.KING, chess.WHITE))
         board.set_piece_at(int(squares[1]), chess.Piece(chess.KING, chess.BLACK))
-        for sq, symbol in zip(squares[2:], pieces):
+        for sq, symbol in zip(squares[2:], pieces, strict=True):
             board.set_piece_at(int(sq), chess.Piece.from_symbol(symbol))
         board.turn = chess.WHITE
         if board.is_valid() and not board.is_check() and not board.is_game_over():
@@ -270,6 +270,8 @@ class ChessEnv(TextEnv):
         self.return_range = (-float(max_steps), 1.0)
         self.reward_range = self.return_range
         self.eval_positions = str(eval_positions or EVAL_SET)
+        if mode == "endgame":  # load (and validate) now, so a bad file fails at make()
+            _positions_and_keys(self.eval_positions)
         self.opponent = opponent
         self._strength = parse_opponent(opponent)
         self._engine: Stockfish | None = None
