@@ -36,7 +36,33 @@ PAPER: dict[str, Constants] = {
 
 # Project constants: one entry per task, filled in from the project's default dataset (avg)
 # and its optimal / best scripted policy (max) under the task's evaluation protocol.
-PROJECT: dict[str, Constants] = {}
+PROJECT: dict[str, Constants] = {
+    # Maze (TASKS.md §2): avg = the unconfined behaviour policy under the evaluation protocol
+    # (the confined dataset's records are cut short, so its mean is not a policy's return).
+    "Maze-FO-v0": Constants(
+        -401.0, -51.46, -6.84,
+        "scripts/compute_constants.py maze: avg = maze-mixture(p_solver=0.15) unconfined, "
+        "evaluation protocol (800 episodes, 25 starts x 32, seeds 32*i+k), mean -51.4625 "
+        "+- 1.1517 (SE); max = maze-optimal on the same 800 episodes; min = true minimum; "
+        "lmrlgym 0.1.0, 2026-11-25",
+    ),
+    "Maze-PO-v0": Constants(
+        -401.0, -51.46, -7.24,
+        "scripts/compute_constants.py maze: avg = maze-mixture(p_solver=0.15) unconfined, "
+        "evaluation protocol (800 episodes, 25 starts x 32, seeds 32*i+k), mean -51.4625 "
+        "+- 1.1517 (SE); max = maze-belief (belief-MDP optimum) on the same 800 episodes; "
+        "min = true minimum; lmrlgym 0.1.0, 2026-11-25",
+    ),
+    # Wordle (TASKS.md §4): avg = the default dataset; max = wordle-greedy (a loose bound).
+    "Wordle-v0": Constants(
+        -6.0, -4.082, -1.926,
+        "scripts/compute_constants.py wordle: avg = wordle-mixture(p_smart=1/3) default "
+        "dataset, first 100000 episodes (seeds 1000000+i), mean -4.0825 +- 0.0050 (SE); "
+        "max = wordle-greedy, evaluation protocol (4096 episodes, seeds 0-4095), mean -1.9260 "
+        "+- 0.0096 (SE) (one episode per answer: -1.9374); min = true minimum; "
+        "lmrlgym 0.1.0, 2026-11-25",
+    ),
+}  # fmt: skip
 
 
 def score(raw: float, c: Constants) -> float:

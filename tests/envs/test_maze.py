@@ -260,3 +260,12 @@ def test_po_belief_optimum_is_minus_7_24():
 def test_fo_belief_policy_equals_shortest_path():
     env = lmrlgym.make("Maze-FO-v0")
     assert solve_beliefs(env.maze, env.cell_text).mean_return() == pytest.approx(-6.84)
+
+
+def test_project_constants_match_the_protocol():
+    """The PROJECT table's Maze entries are what scripts/compute_constants.py computes."""
+    from lmrlgym.eval.normalize import PROJECT
+    from scripts.compute_constants import maze
+
+    for task, c in maze().items():
+        assert (c.min, c.avg, c.max) == (PROJECT[task].min, PROJECT[task].avg, PROJECT[task].max)

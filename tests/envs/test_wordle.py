@@ -239,3 +239,16 @@ def test_greedy_opens_with_slate_and_averages_minus_1_94():
         assert first == "s l a t e\n" and info["success"]
         returns.append(ret)
     assert np.mean(returns) == pytest.approx(-1.935, abs=0.005)
+
+
+def test_project_constants_max_matches_the_protocol():
+    """PROJECT max = wordle-greedy's mean over seeds 0-4095 (scripts/compute_constants.py)."""
+    from lmrlgym.eval.normalize import PROJECT
+    from scripts.compute_constants import protocol_returns
+
+    policy = make_policy("wordle-greedy", "Wordle-v0")
+    returns = protocol_returns("Wordle-v0", policy, [(i, {}) for i in range(4096)])
+    assert round(float(returns.mean()), 3) == PROJECT["Wordle-v0"].max
+    assert PROJECT["Wordle-v0"].min == -6.0
+    # The dataset average is re-measured (on fewer episodes) in tests/data/test_maze_wordle_data.
+    assert PROJECT["Wordle-v0"].avg == pytest.approx(-4.09, abs=0.05)

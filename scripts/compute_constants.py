@@ -1,0 +1,175 @@
+"""Compute the project's normalisation constants (TASKS.md §10): one function per task.
+
+Each function returns ``{task_id: Constants}`` with a provenance string (script, policy and
+settings, episodes, package version, date); the printed entries are pasted into
+``lmrlgym/eval/normalize.py``'s ``PROJECT`` table. Everything is seeded, so a rerun with the same
+package version prints the same numbers (only the date changes).
+
+    python scripts/compute_constants.py                # every task
+    python scripts/compute_constants.py maze wordle    # some tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from collections.abc import Callable
+
+import numpy as np
+
+import lmrlgym
+from lmrlgym.data.generate import DATA_SEED_BASE, run_episode
+from lmrlgym.data.policies import BehaviourPolicy, make_policy
+from lmrlgym.eval.normalize import Constants
+
+SCRIPT = "scripts/compute_constants.py"
+
+
+def _stamp() -> str:
+    return f"lmrlgym {lmrlgym.__version__}, {datetime.date.today().isoformat()}"
+
+
+def protocol_returns(
+    task: str, policy: BehaviourPolicy, resets: list[tuple[int, dict]]
+) -> np.ndarray:
+    """Returns of a scripted policy on the task's evaluation episodes ``(seed, options)``.
+
+    The policy's generator is seeded from the episode seed as in dataset generation.
+    """
+    env = lmrlgym.make(task)
+    returns = []
+    for seed, options in resets:
+        rng = np.random.default_rng([seed, 1])
+        obs, info = env.reset(seed=seed, options=options)
+        done, ret = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(policy.act(env, obs, info, rng))
+            ret += reward
+            done = terminated or truncated
+        returns.append(ret)
+    env.close()
+    return np.array(returns)
+
+
+def _mean_se(x: np.ndarray) -> str:
+    return f"{x.mean():.4f} +- {x.std(ddof=1) / np.sqrt(len(x)):.4f} (SE)"
+
+
+def maze() -> dict[str, Constants]:
+    """TASKS.md §2. min -401 (true minimum); avg: the unconfined behaviour policy
+    ``maze-mixture(p_solver=0.15)`` under the evaluation protocol (25 starts x 32); max: the
+    optimum under the protocol (FO shortest path; PO belief-MDP optimum, -7.24)."""
+    out = {}
+    for task, optimal in (("Maze-FO-v0", "maze-optimal"), ("Maze-PO-v0", "maze-belief")):
+        env_cls = type(lmrlgym.make(task))
+        resets = env_cls.evaluation_resets(800)
+        behaviour = protocol_returns(task, make_policy("maze-mixture(p_solver=0.15)", task), resets)
+        best = protocol_returns(task, make_policy(optimal, task), resets)
+        source = (
+            f"{SCRIPT} maze: avg = maze-mixture(p_solver=0.15) unconfined, evaluation protocol "
+            f"(800 episodes, 25 starts x 32, seeds 32*i+k), mean {_mean_se(behaviour)}; "
+            f"max = {optimal} on the same 800 episodes; min = true minimum; {_stamp()}"
+        )
+        out[task] = Constants(
+            -401.0, round(float(behaviour.mean()), 2), round(float(best.mean()), 2), source
+        )
+    return out
+
+
+def wordle(n_dataset: int = 100_000) -> dict[str, Constants]:
+    """TASKS.md §4. min -6; avg: the default dataset (``wordle-mixture(p_smart=1/3)``, seeds
+    from 1,000,000; any default dataset starts with these episodes); max: ``wordle-greedy``
+    under the evaluation protocol (4,096 episodes, seeds 0-4095)."""
+    task = "Wordle-v0"
+    env = lmrlgym.make(task)
+    policy = make_policy("wordle-mixture", task)
+    data = np.array(
+        [run_episode(env, policy, DATA_SEED_BASE + i, task).ret for i in range(n_dataset)]
+    )
+    greedy = protocol_returns(
+        task, make_policy("wordle-greedy", task), [(i, {}) for i in range(4096)]
+    )
+    per_answer = protocol_returns(
+        task, make_policy("wordle-greedy", task), type(env).answer_resets()
+    )
+    source = (
+        f"{SCRIPT} wordle: avg = {policy.name} default dataset, first {n_dataset} episodes "
+        f"(seeds {DATA_SEED_BASE}+i), mean {_mean_se(data)}; max = wordle-greedy, evaluation "
+        f"protocol (4096 episodes, seeds 0-4095), mean {_mean_se(greedy)} (one episode per "
+        f"answer: {per_answer.mean():.4f}); min = true minimum; {_stamp()}"
+    )
+    return {
+        task: Constants(-6.0, round(float(data.mean()), 3), round(float(greedy.mean()), 3), source)
+    }
+
+
+# Stockfish 15.1 at Elo 1350 picks its weakened move once depth 1 is searched
+# (Skill::time_to_pick), so 10 ms per move plays the same move distribution as the default
+# 100 ms at a tenth of the cost; the chess functions measure with it (provenance says so).
+FAST_DEFAULT_OPPONENT = "stockfish-elo:1350:10"
+
+
+def _dataset_returns(task: str, n: int, env_kwargs: dict) -> tuple[str, np.ndarray, dict]:
+    """Returns of the first ``n`` episodes of the task's default dataset, plus its statistics."""
+    from lmrlgym.data.policies import default_policy
+    from lmrlgym.data.stats import episode_stats
+
+    env = lmrlgym.make(task, **env_kwargs)
+    policy = make_policy(default_policy(task), task)
+    episodes = [run_episode(env, policy, DATA_SEED_BASE + i, task) for i in range(n)]
+    policy.close()
+    env.close()
+    return policy.name, np.array([ep.ret for ep in episodes]), episode_stats(episodes)
+
+
+def _chess_constants(task: str, n: int) -> dict[str, Constants]:
+    # TASKS.md §5-6: min -400 (400 illegal moves), max 1 (a win), avg = default dataset's mean.
+    kwargs = {"opponent": FAST_DEFAULT_OPPONENT}
+    name, data, stats = _dataset_returns(task, n, kwargs)
+    source = (
+        f"{SCRIPT} {task.split('-')[0].lower()}: avg = {name} default dataset, first {n} "
+        f"episodes (seeds {DATA_SEED_BASE}+i) against {FAST_DEFAULT_OPPONENT} (the default "
+        f"opponent's move distribution), mean {_mean_se(data)}, success "
+        f"{stats['success_rate']:.3f}, length {stats['length_mean']:.1f}; Stockfish 15.1; "
+        f"min = 400 illegal moves; max = a win; {_stamp()}"
+    )
+    return {task: Constants(-400.0, round(float(data.mean()), 3), 1.0, source)}
+
+
+def chess(n_dataset: int = 200) -> dict[str, Constants]:
+    """TASKS.md §5. min -400; avg: the default ``chess-stockfish`` dataset; max 1."""
+    return _chess_constants("Chess-v0", n_dataset)
+
+
+def endgames(n_dataset: int = 400) -> dict[str, Constants]:
+    """TASKS.md §6. min -400; avg: the default ``endgame-epsilon`` dataset; max 1."""
+    return _chess_constants("Endgames-v0", n_dataset)
+
+
+TASKS: dict[str, Callable[[], dict[str, Constants]]] = {
+    "maze": maze, "wordle": wordle, "chess": chess, "endgames": endgames,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "tasks",
+        nargs="*",
+        metavar="TASK",
+        help=f"tasks to compute (default: all of {', '.join(TASKS)})",
+    )
+    args = parser.parse_args()
+    unknown = sorted(set(args.tasks) - set(TASKS))
+    if unknown:
+        parser.error(f"unknown tasks {unknown}; choose from {', '.join(TASKS)}")
+    for name in args.tasks or TASKS:
+        for task_id, c in TASKS[name]().items():
+            print(
+                f"    {task_id!r}: Constants(\n        {c.min!r}, {c.avg!r}, {c.max!r},\n"
+                f"        {c.source!r},\n    ),"
+            )
+
+
+if __name__ == "__main__":
+    main()
