@@ -1,0 +1,342 @@
+"""``render()``: the one text-to-tensor routine (ALGORITHMS.md §1.3-1.5, §1.7).
+
+Every consumer of episodes (BC, filtered BC, MC, ILQL, PPO, evaluation prompts) goes through
+the same per-turn tokenization, so the ids a model trains on equal the ids it reads and
+generates at rollout time:
+
+1. each turn is tokenized alone (``add_special_tokens=False``) and the pieces concatenated, so
+   no BPE merge crosses a turn boundary; an empty action turn is an error naming the record;
+2. one BOS starts every row, in training and at inference;
+3. rows follow the env's window (``context_turns``): while the env only appends and the prompt
+   fits the budget ``P``, later turns extend the same row (append-only form); otherwise a new
+   row starts from the last ``P - 1`` context tokens (chain form for replacing envs such as
+   Maze-FO), and the closed row links to it through ``next_ids``.
+
+Every action turn appears in exactly one row, so no reward is ever cut, and each action is
+trained on exactly the prompt (at most ``P`` tokens, BOS included) that the policy sees when it
+generates that action.
+
+``collate`` pads segments on the right into a :class:`Batch` of tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from lmrlgym.core import Episode, Turn
+
+ContextFn = Callable[[Sequence[Turn]], list[Turn]]
+DiscountMode = Literal["turn", "token"]
+
+
+class RenderError(ValueError):
+    """An episode that cannot be rendered (e.g. an empty action turn); names the record."""
+
+
+@dataclasses.dataclass
+class Segment:
+    """One training row (ALGORITHMS.md §1.3). ``L`` = row length, ``L'`` = ``len(next_ids)``."""
+
+    input_ids: Tensor  # (L,) long: BOS + context + action and env tokens
+    action_mask: Tensor  # (L,) bool: True on agent tokens
+    rewards: Tensor  # (L,) float: each action turn's reward on its last token, 0 elsewhere
+    turn_end: Tensor  # (L,) bool: True on the last token of each action turn
+    returns: Tensor  # (L,) float: return-to-go of each action token over the whole episode
+    next_ids: Tensor  # (L',) long, may be empty: BOS + the context after the row's last action
+    terminal: bool  # the episode terminated right after this row's last action
+    episode_id: int = 0  # grouping for GAE and logging
+    first_turn: int = 0  # index (among the episode's action turns) of the row's first action
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def _default_context(turns: Sequence[Turn]) -> list[Turn]:
+    return list(turns)
+
+
+class TokenCache:
+    """Per-turn token ids by text. Exact because each turn is tokenized alone; shared across
+    episodes it makes rendering a dataset with repeated texts (Maze cells) cheap."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self._ids: dict[str, list[int]] = {}
+
+    def __call__(self, text: str) -> list[int]:
+        ids = self._ids.get(text)
+        if ids is None:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            self._ids[text] = ids
+        return ids
+
+    def prefill(self, texts: Sequence[str]) -> None:
+        """Tokenize many new texts in one batched call (the fast tokenizer is parallel)."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._ids))
+        if new:
+            for text, ids in zip(new, self.tokenizer(new, add_special_tokens=False)["input_ids"],
+                                 strict=True):
+                self._ids[text] = list(ids)
+
+
+def turn_discounts(
+    action_lengths: Sequence[int], gamma: float, discount_mode: DiscountMode
+) -> list[float]:
+    """``d`` of each action token of an episode, flat over its turns (ALGORITHMS.md §1.7)."""
+    if discount_mode not in ("turn", "token"):
+        raise ValueError(f"discount_mode must be 'turn' or 'token', got {discount_mode!r}")
+    d: list[float] = []
+    for n in action_lengths:
+        if discount_mode == "token":
+            d.extend([gamma] * n)
+        else:
+            d.extend([1.0] * (n - 1) + [gamma])
+    return d
+
+
+def episode_returns(
+    action_lengths: Sequence[int], rewards: Sequence[float], gamma: float,
+    discount_mode: DiscountMode,
+) -> list[list[float]]:
+    """Return-to-go of every action token, per action turn: ``G_i = r_i + d_i G_next(i)``,
+    0 after the last action (pure Monte Carlo: no bootstrap, ALGORITHMS.md §3.3)."""
+    d = turn_discounts(action_lengths, gamma, discount_mode)
+    r: list[float] = []
+    for n, rew in zip(action_lengths, rewards, strict=True):
+        r.extend([0.0] * (n - 1) + [float(rew)])
+    g = [0.0] * len(r)
+    acc = 0.0
+    for k in reversed(range(len(r))):
+        acc = r[k] + d[k] * acc
+        g[k] = acc
+    out, start = [], 0
+    for n in action_lengths:
+        out.append(g[start : start + n])
+        start += n
+    return out
+
+
+class _Row:
+    """A row under construction: parallel python lists, turned into tensors once closed."""
+
+    def __init__(self, prompt: list[int], first_turn: int):
+        self.ids = list(prompt)
+        self.act = [False] * len(prompt)
+        self.rew = [0.0] * len(prompt)
+        self.end = [False] * len(prompt)
+        self.ret = [0.0] * len(prompt)
+        self.first_turn = first_turn
+
+    def add_env(self, ids: list[int]) -> None:
+        n = len(ids)
+        self.ids += ids
+        self.act += [False] * n
+        self.rew += [0.0] * n
+        self.end += [False] * n
+        self.ret += [0.0] * n
+
+    def add_action(self, ids: list[int], reward: float, returns: list[float]) -> None:
+        n = len(ids)
+        self.ids += ids
+        self.act += [True] * n
+        self.rew += [0.0] * (n - 1) + [float(reward)]
+        self.end += [False] * (n - 1) + [True]
+        self.ret += returns
+
+    def close(self, next_ids: list[int], terminal: bool, episode_id: int) -> Segment:
+        return Segment(
+            input_ids=torch.tensor(self.ids, dtype=torch.long),
+            action_mask=torch.tensor(self.act, dtype=torch.bool),
+            rewards=torch.tensor(self.rew, dtype=torch.float32),
+            turn_end=torch.tensor(self.end, dtype=torch.bool),
+            returns=torch.tensor(self.ret, dtype=torch.float32),
+            next_ids=torch.tensor(next_ids, dtype=torch.long),
+            terminal=terminal,
+            episode_id=episode_id,
+            first_turn=self.first_turn,
+        )
+
+
+def prompt_ids(
+    context: Sequence[Turn], tokens: Callable[[str], list[int]], bos_id: int,
+    max_context_tokens: int,
+) -> list[int]:
+    """``BOS + last (P - 1) tokens`` of a context, tokenized per turn: the inference prompt."""
+    ids = [i for t in context for i in tokens(t.text)]
+    return [bos_id] + ids[max(0, len(ids) - (max_context_tokens - 1)) :]
+
+
+def _extends(context: list[Turn], previous: list[Turn], action: Turn) -> list[Turn] | None:
+    """The new env turns when ``context == previous + [action] + new`` (the env only
+    appended), else None. Compared as (text, is_action), so rewards do not matter."""
+    head = [*previous, action]
+    if len(context) < len(head):
+        return None
+    if any((a.text, a.is_action) != (b.text, b.is_action) for a, b in zip(context, head, strict=False)):
+        return None
+    new = context[len(head) :]
+    if any(t.is_action for t in new):
+        return None
+    return new
+
+
+def render(
+    episode: Episode | Sequence[Turn],
+    tokenizer: PreTrainedTokenizerBase,
+    context_turns: ContextFn | None = None,
+    max_context_tokens: int = 1024,
+    gamma: float = 0.99,
+    discount_mode: DiscountMode = "turn",
+    *,
+    terminated: bool | None = None,
+    truncation_is_terminal: bool = False,
+    episode_id: int = 0,
+    record: str | None = None,
+    action_ids: Sequence[Sequence[int]] | None = None,
+    token_cache: TokenCache | None = None,
+) -> list[Segment]:
+    """Tokenize one episode into training rows (ALGORITHMS.md §1.3-1.4).
+
+    ``episode`` is an :class:`Episode` or a list of turns (then pass ``terminated``).
+    ``context_turns`` is the env's window (default: the whole transcript, append-only);
+    ``max_context_tokens`` is the prompt budget ``P`` including BOS. ``returns`` use
+    ``gamma`` with ``discount_mode`` ("turn": γ once per action turn, the default; "token": γ per
+    action token, the original's). ``truncation_is_terminal=True`` treats a truncated episode
+    as terminated (the original's behaviour, §1.8). ``action_ids`` replaces the tokenization
+    of each action turn by the ids actually sampled (online methods). ``record`` names the
+    episode in errors (e.g. ``"shard-00000.jsonl:17"``).
+    """
+    if isinstance(episode, Episode):
+        turns = list(episode.turns)
+        if terminated is None:
+            terminated = episode.terminated
+        truncation_is_terminal = truncation_is_terminal and episode.truncated
+        if record is None:
+            record = f"episode (task {episode.task!r}, seed {episode.seed})"
+    else:
+        turns = [t if isinstance(t, Turn) else Turn(*t) for t in episode]
+        if terminated is None:
+            raise TypeError("render(turns, ...) needs terminated=True/False (an Episode has it)")
+    record = record or f"episode {episode_id}"
+    terminal_at_end = bool(terminated) or truncation_is_terminal
+    if max_context_tokens < 2:
+        raise ValueError(f"max_context_tokens must be at least 2 (BOS + 1), got {max_context_tokens}")
+    context_fn = context_turns or _default_context
+    tokens = token_cache or TokenCache(tokenizer)
+    if isinstance(tokens, TokenCache):
+        tokens.prefill([t.text for t in turns])
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise ValueError("tokenizer has no bos_token; render() starts every row with BOS")
+
+    action_at = [k for k, t in enumerate(turns) if t.is_action]
+    if action_ids is not None and len(action_ids) != len(action_at):
+        raise RenderError(f"{record}: {len(action_ids)} action_ids for {len(action_at)} action turns")
+    a_ids: list[list[int]] = []
+    for j, k in enumerate(action_at):
+        ids = list(action_ids[j]) if action_ids is not None else tokens(turns[k].text)
+        if not ids:
+            raise RenderError(f"{record}: action turn {k} (action {j}) is empty: {turns[k].text!r}")
+        a_ids.append(ids)
+    if not action_at:
+        return []
+    returns = episode_returns([len(x) for x in a_ids], [turns[k].reward for k in action_at],
+                              gamma, discount_mode)
+
+    segments: list[Segment] = []
+    row: _Row | None = None
+    prev_ctx: list[Turn] = []
+    for j, k in enumerate(action_at):
+        ctx = context_fn(turns[:k])
+        new = _extends(ctx, prev_ctx, turns[action_at[j - 1]]) if row is not None else None
+        e = [i for t in new for i in tokens(t.text)] if new is not None else None
+        if row is not None and e is not None and len(row.ids) + len(e) <= max_context_tokens:
+            row.add_env(e)
+        else:
+            prompt = prompt_ids(ctx, tokens, bos, max_context_tokens)
+            if row is not None:
+                segments.append(row.close(prompt, False, episode_id))
+            row = _Row(prompt, j)
+        row.add_action(a_ids[j], turns[k].reward, returns[j])
+        prev_ctx = ctx
+
+    assert row is not None
+    if terminal_at_end:
+        segments.append(row.close([], True, episode_id))
+        return segments
+    # Not terminal: the final observation is the bootstrap state (ALGORITHMS.md §1.4 rule 4).
+    ctx = context_fn(turns)
+    new = _extends(ctx, prev_ctx, turns[action_at[-1]])
+    e = [i for t in new for i in tokens(t.text)] if new is not None else None
+    if e is not None and len(row.ids) + len(e) <= max_context_tokens:
+        row.add_env(e)
+        segments.append(row.close([], False, episode_id))
+    else:
+        segments.append(row.close(prompt_ids(ctx, tokens, bos, max_context_tokens), False, episode_id))
+    return segments
+
+
+@dataclasses.dataclass
+class Batch:
+    """Right-padded segments. ``B`` rows, ``T`` = longest row, ``T'`` = longest ``next_ids``
+    (0 when no row has one)."""
+
+    input_ids: Tensor  # (B, T) long, padded with pad_id
+    attention_mask: Tensor  # (B, T) long, 1 on real tokens
+    action_mask: Tensor  # (B, T) bool
+    rewards: Tensor  # (B, T) float32
+    turn_end: Tensor  # (B, T) bool
+    returns: Tensor  # (B, T) float32
+    next_ids: Tensor  # (B, T') long, BOS + next context, padded with pad_id
+    next_attention_mask: Tensor  # (B, T') long
+    has_next: Tensor  # (B,) bool: the row has next_ids (else bootstrap at its last real token)
+    terminal: Tensor  # (B,) bool
+    last_index: Tensor  # (B,) long: index of each row's last real token
+    episode_id: Tensor  # (B,) long
+    first_turn: Tensor  # (B,) long
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+
+    @property
+    def n_action_tokens(self) -> int:
+        return int((self.action_mask & self.attention_mask.bool()).sum())
+
+
+def _pad(seqs: Sequence[Tensor], value: float | int | bool, dtype: torch.dtype) -> Tensor:
+    width = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), width), value, dtype=dtype)
+    for b, s in enumerate(seqs):
+        out[b, : len(s)] = s
+    return out
+
+
+def collate(segments: Sequence[Segment], pad_id: int) -> Batch:
+    """Pad segments on the right into one :class:`Batch`."""
+    if not segments:
+        raise ValueError("collate() needs at least one segment")
+    lengths = torch.tensor([len(s) for s in segments], dtype=torch.long)
+    next_lengths = torch.tensor([len(s.next_ids) for s in segments], dtype=torch.long)
+    T = int(lengths.max())
+    Tn = int(next_lengths.max())
+    return Batch(
+        input_ids=_pad([s.input_ids for s in segments], pad_id, torch.long),
+        attention_mask=(torch.arange(T)[None, :] < lengths[:, None]).long(),
+        action_mask=_pad([s.action_mask for s in segments], False, torch.bool),
+        rewards=_pad([s.rewards for s in segments], 0.0, torch.float32),
+        turn_end=_pad([s.turn_end for s in segments], False, torch.bool),
+        returns=_pad([s.returns for s in segments], 0.0, torch.float32),
+        next_ids=_pad([s.next_ids for s in segments], pad_id, torch.long),
+        next_attention_mask=(torch.arange(Tn)[None, :] < next_lengths[:, None]).long(),
+        has_next=next_lengths > 0,
+        terminal=torch.tensor([s.terminal for s in segments], dtype=torch.bool),
+        last_index=lengths - 1,
+        episode_id=torch.tensor([s.episode_id for s in segments], dtype=torch.long),
+        first_turn=torch.tensor([s.first_turn for s in segments], dtype=torch.long),
+    )
