@@ -1,0 +1,187 @@
+"""PPO (ALGORITHMS.md §3.6): loss, KL controller and GAE against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from lmrlgym.algos.common import EmptyActionBatch
+from lmrlgym.algos.ppo import (
+    PPOConfig,
+    RowSteps,
+    StepTargets,
+    compute_advantages,
+    kl_coef_update,
+    ppo_loss,
+)
+
+CFG = PPOConfig(clip_range=0.2, value_clip_range=0.2, vf_coef=0.5)
+
+
+def targets(old_logp, old_v, adv, ret):
+    return StepTargets(*(torch.tensor(x, dtype=torch.float32) for x in (old_logp, old_v, adv, ret)))
+
+
+# --- the loss ----------------------------------------------------------------------------------
+
+
+def test_ratio_one_gives_minus_mean_advantage_and_no_kl():
+    tg = targets([-1.0, -2.0, -0.5], [0.0, 0.0, 0.0], [1.0, -2.0, 4.0], [0.0, 0.0, 0.0])
+    loss, m = ppo_loss(tg.old_logp.clone(), torch.zeros(3), tg, CFG)
+    assert m["train/pg_loss"].item() == pytest.approx(-(1.0 - 2.0 + 4.0) / 3)
+    assert m["train/value_loss"].item() == 0.0
+    assert m["train/approx_kl"].item() == 0.0
+    assert m["train/clip_frac"].item() == 0.0
+    assert loss.item() == pytest.approx(-1.0)
+
+
+def test_policy_gradient_is_zero_when_clipped_in_the_favoured_direction():
+    # ρ = e^0.5 ≈ 1.65 > 1 + ε with A > 0, and ρ = e^-0.5 ≈ 0.61 < 1 − ε with A < 0: both
+    # clipped, so no gradient; the third step (ρ = 1.1, A > 0) is inside the clip range.
+    old = torch.zeros(3)
+    logp = torch.tensor([0.5, -0.5, math.log(1.1)], requires_grad=True)
+    tg = targets(old.tolist(), [0.0] * 3, [2.0, -3.0, 1.0], [0.0] * 3)
+    loss, m = ppo_loss(logp, torch.zeros(3), tg, CFG)
+    loss.backward()
+    assert logp.grad[0].item() == 0.0
+    assert logp.grad[1].item() == 0.0
+    # d/dlogp of −A ρ / n = −A ρ / n = −1 · 1.1 / 3
+    assert logp.grad[2].item() == pytest.approx(-1.1 / 3)
+    # pg = max(−Aρ, −A clip(ρ)) per step: −2·1.2, 3·0.8, −1.1
+    assert m["train/pg_loss"].item() == pytest.approx((-2.4 + 2.4 - 1.1) / 3)
+    assert m["train/clip_frac"].item() == pytest.approx(2 / 3)
+
+
+def test_policy_gradient_flows_when_clipping_would_help_the_unfavoured_direction():
+    # A > 0 but ρ < 1 − ε: the unclipped term is larger (pessimistic), so the gradient flows.
+    logp = torch.tensor([-0.5], requires_grad=True)
+    tg = targets([0.0], [0.0], [1.0], [0.0])
+    loss, _ = ppo_loss(logp, torch.zeros(1), tg, CFG)
+    loss.backward()
+    assert logp.grad.item() == pytest.approx(-math.exp(-0.5))
+
+
+def test_value_clipping_hand_computed():
+    # old_v = 0, ε_v = 0.2: v = 0.5 is clipped to 0.2; target 1 -> max(0.25, 0.64) = 0.64
+    # (the clipped branch, whose gradient in v is 0). v = -0.1 is inside the range.
+    v = torch.tensor([0.5, -0.1], requires_grad=True)
+    tg = targets([0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 1.0])
+    loss, m = ppo_loss(torch.zeros(2), v, tg, CFG)
+    assert m["train/value_loss"].item() == pytest.approx(0.5 * (0.64 + 1.21) / 2)
+    loss.backward()
+    assert v.grad[0].item() == 0.0
+    # vf_coef · ½ · 2 (v − R) / n = 0.5 · (−1.1) / 2
+    assert v.grad[1].item() == pytest.approx(0.5 * -1.1 / 2)
+    assert loss.item() == pytest.approx(0.5 * m["train/value_loss"].item())
+
+
+def test_value_clipping_takes_the_larger_loss_when_the_clip_overshoots():
+    # v = 1.5, R = 1: unclipped (0.25) < clipped v_clip = 0.2 -> (0.8)² = 0.64.
+    tg = targets([0.0], [0.0], [0.0], [1.0])
+    _, m = ppo_loss(torch.zeros(1), torch.tensor([1.5]), tg, CFG)
+    assert m["train/value_loss"].item() == pytest.approx(0.5 * 0.64)
+
+
+def test_loss_raises_on_empty_batch():
+    tg = targets([], [], [], [])
+    with pytest.raises(EmptyActionBatch):
+        ppo_loss(torch.zeros(0), torch.zeros(0), tg, CFG)
+
+
+# --- the KL controller ------------------------------------------------------------------------
+
+
+def test_kl_coefficient_is_fixed_without_a_target():
+    assert kl_coef_update(0.1, 5.0, 512, PPOConfig()) == 0.1
+
+
+@pytest.mark.parametrize(
+    "kl_seq, expected",
+    [
+        (0.2, 0.5 * (1 + 0.2 * 1000 / 10_000)),  # error 1.0 clipped to +0.2
+        (0.09, 0.5 * (1 - 0.1 * 1000 / 10_000)),  # error −0.1
+        (0.0, 0.5 * (1 - 0.2 * 1000 / 10_000)),  # error −1 clipped to −0.2
+        (0.1, 0.5),  # on target
+    ],
+)
+def test_adaptive_kl_controller(kl_seq, expected):
+    cfg = PPOConfig(kl_target=0.1, kl_horizon=10_000)
+    assert kl_coef_update(0.5, kl_seq, 1000, cfg) == pytest.approx(expected)
+
+
+def test_adaptive_kl_needs_target_and_horizon():
+    with pytest.raises(ValueError, match="kl-target"):
+        PPOConfig(kl_target=0.1)
+
+
+# --- GAE over an episode's rows ---------------------------------------------------------------
+
+
+def row(eid, first, r, end, old_v, old_logp=None, ref_logp=None):
+    k = len(r)
+    f = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
+    return RowSteps(eid, first, f(r), torch.tensor(end), f(old_logp or [0.0] * k),
+                    f(ref_logp or [0.0] * k), f(old_v))
+
+
+# A 2-turn chain episode (Maze-FO style: one row per turn, 2 tokens per action). γ = λ = 0.5 in
+# turn mode: d = l = [1, .5, 1, .5]. Hand-computed backwards with V_boot = 0 (terminated):
+#   k=3: δ = 0 + .5·0 − 4 = −4;        A = −4
+#   k=2: δ = 0 + 1·4 − 3 = 1;          A = 1 + 1·1·(−4) = −3
+#   k=1: δ = −1 + .5·3 − 2 = −1.5;     A = −1.5 + .5·.5·(−3) = −2.25
+#   k=0: δ = 0 + 1·2 − 1 = 1;          A = 1 + 1·1·(−2.25) = −1.25
+CHAIN = [
+    row(7, 1, [0.0, 0.0], [False, True], [3.0, 4.0]),  # listed first: order comes from first_turn
+    row(7, 0, [0.0, -1.0], [False, True], [1.0, 2.0]),
+]
+GAE_CFG = PPOConfig(gamma=0.5, lam=0.5, whiten_advantages=False)
+
+
+def test_gae_over_chained_rows_hand_computed():
+    out = compute_advantages(CHAIN, {7: 0.0}, kl_coef=0.0, cfg=GAE_CFG)
+    assert out.adv[1].tolist() == pytest.approx([-1.25, -2.25])
+    assert out.adv[0].tolist() == pytest.approx([-3.0, -4.0])
+    assert out.ret[1].tolist() == pytest.approx([-0.25, -0.25])
+    assert out.ret[0].tolist() == pytest.approx([0.0, 0.0])
+    assert out.metrics["train/advantage_mean"] == pytest.approx(-10.5 / 4)
+
+
+def test_gae_bootstraps_truncated_episodes():
+    # V_boot = 2 on the last step: δ_3 = 0 + .5·2 − 4 = −3, so every A shifts by the
+    # discounted 1: A_3 −3, A_2 −2, A_1 = −1.5 + .25·(−2) = −2, A_0 = 1 − 2 = −1.
+    out = compute_advantages(CHAIN, {7: 2.0}, kl_coef=0.0, cfg=GAE_CFG)
+    assert out.adv[1].tolist() == pytest.approx([-1.0, -2.0])
+    assert out.adv[0].tolist() == pytest.approx([-2.0, -3.0])
+
+
+def test_token_discount_mode_discounts_every_token():
+    # d = l = .5 everywhere, V ≡ 0, one reward −1 on the last step:
+    # A_3 = −1, A_2 = .25·(−1), A_1 = .25²·(−1), A_0 = .25³·(−1).
+    rows = [row(0, 0, [0.0, 0.0, 0.0, -1.0], [False, True, False, True], [0.0] * 4)]
+    cfg = PPOConfig(gamma=0.5, lam=0.5, discount_mode="token", whiten_advantages=False)
+    out = compute_advantages(rows, {0: 0.0}, kl_coef=0.0, cfg=cfg)
+    assert out.adv[0].tolist() == pytest.approx([-(0.25**3), -(0.25**2), -0.25, -1.0])
+
+
+def test_kl_penalty_shapes_every_token_and_is_logged():
+    # old − ref = 1 on every token: r' = r − 0.5; k3(Δ = −1) = e^−1 per token.
+    rows = [row(7, t.first_turn, t.r.tolist(), t.end.tolist(), t.old_v.tolist(),
+                [-1.0, -1.0], [-2.0, -2.0]) for t in CHAIN]
+    out = compute_advantages(rows, {7: 0.0}, kl_coef=0.5, cfg=GAE_CFG)
+    assert out.metrics["train/shaped_reward_mean"] == pytest.approx(-0.25 - 0.5)
+    assert out.metrics["train/kl_ref"] == pytest.approx(math.exp(-1))
+    assert out.metrics["train/kl_seq"] == pytest.approx(4 * math.exp(-1))
+    assert out.metrics["train/kl_coef"] == 0.5
+    # Turn mode: the penalties of a turn's tokens add up undiscounted before γ.
+    plain = compute_advantages(CHAIN, {7: 0.0}, kl_coef=0.0, cfg=GAE_CFG)
+    assert out.adv[1][1].item() < plain.adv[1][1].item()
+
+
+def test_whitening_over_the_round():
+    two = CHAIN + [row(3, 0, [0.0, 5.0], [False, True], [0.0, 0.0])]
+    out = compute_advantages(two, {7: 0.0, 3: 0.0}, kl_coef=0.0, cfg=PPOConfig(gamma=0.5, lam=0.5))
+    flat = torch.cat(out.adv)
+    assert flat.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert flat.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
+    # Value targets stay raw: episode 3's R = A + V with A = [5, 5] (γ = 1 within the turn).
+    assert out.ret[2].tolist() == pytest.approx([5.0, 5.0])
