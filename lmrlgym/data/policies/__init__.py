@@ -136,11 +136,17 @@ OPTIMAL_POLICY["Wordle-v0"] = "wordle-greedy"
 register_policy("textnav-half-expert", "lmrlgym.data.policies.textnav:HalfExpert",
                 ("TextNav-FO-v0", "TextNav-PO-v0"))
 DEFAULT_POLICY.update({t: "textnav-half-expert" for t in ("TextNav-FO-v0", "TextNav-PO-v0")})
+register_policy("textnav-walkthrough", "lmrlgym.data.policies.textnav:Walkthrough",
+                ("TextNav-FO-v0", "TextNav-PO-v0"))
+OPTIMAL_POLICY.update({t: "textnav-walkthrough" for t in ("TextNav-FO-v0", "TextNav-PO-v0")})
 
 register_policy("chess-stockfish", "lmrlgym.data.policies.chess:ChessStockfish", ("Chess-v0",))
 DEFAULT_POLICY["Chess-v0"] = "chess-stockfish"
 register_policy("endgame-epsilon", "lmrlgym.data.policies.chess:EndgameEpsilon", ("Endgames-v0",))
 DEFAULT_POLICY["Endgames-v0"] = "endgame-epsilon"
+# The strongest scripted players: full-strength Stockfish, 20k nodes per move, no random moves.
+OPTIMAL_POLICY["Chess-v0"] = "chess-stockfish(strength='nodes:20000',epsilon=0.0)"
+OPTIMAL_POLICY["Endgames-v0"] = "endgame-epsilon(epsilon_dist=0.0,strength='nodes:20000')"
 
 register_policy("twentyq-splitter", "lmrlgym.data.policies.twenty_questions:Splitter",
                 ("TwentyQuestions-v0",))
@@ -150,3 +156,6 @@ DEFAULT_POLICY["GuessCity-v0"] = "guesscity-asker"
 
 register_policy("car-seller", "lmrlgym.data.policies.car_dealer:Seller", ("CarDealer-v0",))
 DEFAULT_POLICY["CarDealer-v0"] = "car-seller"
+register_policy("car-seller-expert", "lmrlgym.data.policies.car_dealer:ExpertSeller",
+                ("CarDealer-v0",))
+OPTIMAL_POLICY["CarDealer-v0"] = "car-seller-expert"
