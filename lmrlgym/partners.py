@@ -19,9 +19,16 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
+
+from lmrlgym.openai_api import (
+    auth_headers,
+    check_base_url,
+    check_retry_settings,
+    parse_openai_spec,
+    post_with_retries,
+)
 
 Message = dict[str, str]
 _ROLES = ("system", "user", "assistant")
@@ -203,14 +210,11 @@ class OpenAICompatible:
         backoff: float = 0.5,
     ):
         try:
-            import httpx
+            import httpx  # noqa: F401
         except ImportError as e:  # pragma: no cover - depends on the installation
             raise ImportError('OpenAICompatible needs httpx: pip install "lmrlgym[serve]"') from e
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
-        if max_retries < 0 or timeout <= 0:
-            raise ValueError(f"need max_retries >= 0 and timeout > 0, got {max_retries}, {timeout}")
-        self._httpx = httpx
+        check_base_url(base_url)
+        check_retry_settings(timeout, max_retries, backoff)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
@@ -220,43 +224,20 @@ class OpenAICompatible:
         self.max_tokens = int(max_tokens)
         self.backoff = float(backoff)
 
-    def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self.api_key_env, "")
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
     def complete(self, messages: list[Message]) -> str:
         check_messages(messages)
-        httpx = self._httpx
         body = {
             "model": self.model,
             "messages": list(messages),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                r = httpx.post(self.url, json=body, headers=self._headers(), timeout=self.timeout)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.timeout:g} s"
-                continue
-            except httpx.TransportError as e:
-                last = f"connection failed ({type(e).__name__}: {e})"
-                continue
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}: {r.text[:200]!r}"
-                continue
-            if r.status_code >= 400:
-                raise PartnerError(f"{self.url} answered HTTP {r.status_code}: {r.text[:300]!r}")
-            try:
-                return _reply_text(r.json())
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                last = f"malformed response ({e}): {r.text[:200]!r}"
-        raise PartnerError(
-            f"chat endpoint {self.url} failed after {self.max_retries + 1} attempts: {last}"
+        text, _ = post_with_retries(
+            self.url, body, _reply_text, headers=auth_headers(self.api_key_env),
+            timeout=self.timeout, max_retries=self.max_retries, backoff=self.backoff,
+            error=PartnerError,
         )
+        return text
 
 
 def _reply_text(payload: Any) -> str:
@@ -278,9 +259,7 @@ def make_partner(spec: str, **kwargs: Any) -> ChatPartner:
     """
     scheme, sep, rest = spec.partition(":")
     if sep and scheme == "openai":
-        base_url, slash, model = rest.rstrip("/").rpartition("/")
-        if not slash or not model or "://" not in base_url:
-            raise ValueError(f"bad partner spec {spec!r}; expected openai:<base_url>/<model>")
+        base_url, model = parse_openai_spec(spec, "partner spec")
         return OpenAICompatible(base_url, model, **kwargs)
     if sep and scheme == "hf":
         if not rest:
