@@ -355,42 +355,50 @@ def _word_re(alternatives: str) -> re.Pattern:
     return re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])", re.IGNORECASE)
 
 
-_BRAND_RES = {
-    b: _word_re(_alternatives([re.escape(n) for n in ns])) for b, ns in _BRAND_NAMES.items()
-}
-_TYPE_RES = {
-    t: _word_re(_alternatives([re.escape(n) for n in ns])) for t, ns in _TYPE_NAMES.items()
-}
+# name as written (lower case) -> what it names; one alternation regex per kind, for speed.
+_BRAND_LOOKUP = {n: b for b, ns in _BRAND_NAMES.items() for n in ns}
+_TYPE_LOOKUP = {n: t for t, ns in _TYPE_NAMES.items() for n in ns}
+_BRAND_RE = _word_re(_alternatives([re.escape(n) for n in _BRAND_LOOKUP]))
+_TYPE_RE = _word_re(_alternatives([re.escape(n) for n in _TYPE_LOOKUP]))
 _FEATURE_RES = {f: _word_re("|".join(ns)) for f, ns in _FEATURE_NAMES.items()}
 _NEGATIONS = frozenset({"no", "not", "without", "lacks", "lacking", "never", "none", "minus"})
 _CLAUSE_END = re.compile(r"[.,;:!?]")
 
 
 @functools.cache
-def _model_res() -> list[tuple[re.Pattern, str, str]]:
+def _models() -> tuple[re.Pattern, dict[str, tuple[str, str]]]:
     """Catalogue model names (case-sensitive: ``ES`` the Lexus, not ``es``) -> (brand, type)."""
-    return [
-        (re.compile(rf"(?<![\w-]){re.escape(c['model'])}(?![\w-])"), c["brand"], c["type"])
-        for c in car_catalogue()
-    ]
+    lookup = {c["model"]: (c["brand"], c["type"]) for c in car_catalogue()}
+    names = _alternatives([re.escape(n) for n in lookup])
+    return re.compile(rf"(?<![\w-])(?:{names})(?![\w-])"), lookup
 
 
-def _last(mentions: list[tuple[int, str]]) -> str | None:
-    return max(mentions)[1] if mentions else None
+def _last_mention(line: str, regex: re.Pattern, name_of: Any) -> tuple[int, str] | None:
+    """(position, name) of the last match of ``regex``; ``name_of`` maps the matched text."""
+    last = None
+    for m in regex.finditer(line):
+        last = (m.start(), name_of(m.group(0)))
+    return last
 
 
 def named_brand(line: str) -> str | None:
     """The last brand named (by name, short form or catalogue model), bare (``"Toyota"``)."""
-    mentions = [(m.start(), b) for b, r in _BRAND_RES.items() for m in r.finditer(line)]
-    mentions += [(m.start(), b) for r, b, _ in _model_res() for m in r.finditer(line)]
-    return _last(mentions)
+    model_re, models = _models()
+    mentions = [
+        _last_mention(line, _BRAND_RE, lambda text: _BRAND_LOOKUP[text.lower()]),
+        _last_mention(line, model_re, lambda text: models[text][0]),
+    ]
+    return max((m for m in mentions if m), default=(0, None))[1]
 
 
 def named_type(line: str) -> str | None:
     """The last car type named (a catalogue model names its type)."""
-    mentions = [(m.start(), t) for t, r in _TYPE_RES.items() for m in r.finditer(line)]
-    mentions += [(m.start(), t) for r, _, t in _model_res() for m in r.finditer(line)]
-    return _last(mentions)
+    model_re, models = _models()
+    mentions = [
+        _last_mention(line, _TYPE_RE, lambda text: _TYPE_LOOKUP[text.lower()]),
+        _last_mention(line, model_re, lambda text: models[text][1]),
+    ]
+    return max((m for m in mentions if m), default=(0, None))[1]
 
 
 def is_negated(line: str, start: int) -> bool:
