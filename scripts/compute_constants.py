@@ -153,6 +153,30 @@ def endgames(n_dataset: int = 300, workers: int = 2) -> dict[str, Constants]:
     return _chess_constants("Endgames-v0", n_dataset, workers)
 
 
+def car_dealer(n_dataset: int = 19_000) -> dict[str, Constants]:
+    """TASKS.md §9. min 0 (no sale); avg: the default ``car-seller`` dataset (the paper's 19k
+    dialogues, seeds from 1,000,000); max: the best scripted seller ``car-seller-expert`` under
+    the evaluation protocol (256 episodes, seeds 0-255)."""
+    from lmrlgym.data.policies import default_policy
+
+    task = "CarDealer-v0"
+    env = lmrlgym.make(task)
+    seller = make_policy(default_policy(task), task)
+    episodes = [run_episode(env, seller, DATA_SEED_BASE + i, task) for i in range(n_dataset)]
+    data = np.array([ep.ret for ep in episodes])
+    success = np.mean([ep.success for ep in episodes])
+    length = np.mean([ep.n_actions for ep in episodes])
+    expert = make_policy("car-seller-expert", task)
+    best = protocol_returns(task, expert, type(env).evaluation_resets(256))
+    source = (
+        f"{SCRIPT} car_dealer: avg = {seller.name} default dataset, first {n_dataset} episodes "
+        f"(seeds {DATA_SEED_BASE}+i), mean {_mean_se(data)}, success {success:.3f}, length "
+        f"{length:.2f}; max = {expert.name}, evaluation protocol (256 episodes, seeds 0-255), "
+        f"mean {_mean_se(best)}; min = no sale; {_stamp()}"
+    )
+    return {task: Constants(0.0, round(float(data.mean()), 3), round(float(best.mean()), 3), source)}
+
+
 TASKS: dict[str, Callable[[], dict[str, Constants]]] = {
     "maze": maze, "wordle": wordle, "chess": chess, "endgames": endgames,
     "car_dealer": car_dealer,
