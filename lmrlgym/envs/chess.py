@@ -277,7 +277,11 @@ class ChessEnv(TextEnv):
         self._engine: Stockfish | None = None
         if self._strength is not None:
             self._engine = Stockfish()
-            self._engine.set_strength(self._strength)  # checks the Elo range now, not mid-game
+            try:
+                self._engine.set_strength(self._strength)  # checks the Elo range now
+            except ValueError:
+                self._engine.close()
+                raise
             self.deterministic = self._strength.deterministic
         #: Engine name, options and search limit (None for ``random``); shown as info["engine"].
         self.engine_info = None if self._engine is None else self._engine.info()
