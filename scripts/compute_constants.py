@@ -177,9 +177,48 @@ def car_dealer(n_dataset: int = 19_000) -> dict[str, Constants]:
     return {task: Constants(0.0, round(float(data.mean()), 3), round(float(best.mean()), 3), source)}
 
 
+def _questions_constants(task: str, n_dataset: int, n_items: int) -> dict[str, Constants]:
+    # TASKS.md §7-8: min -20 (no correct guess in 20 questions); avg: the default dataset, its
+    # first n episodes (seeds from 1,000,000); max: the best scripted asker (OPTIMAL_POLICY)
+    # under the evaluation protocol (one episode per item, seed = index).
+    from lmrlgym.data.policies import OPTIMAL_POLICY, default_policy
+
+    env = lmrlgym.make(task)
+    behaviour = make_policy(default_policy(task), task)
+    episodes = [run_episode(env, behaviour, DATA_SEED_BASE + i, task) for i in range(n_dataset)]
+    data = np.array([ep.ret for ep in episodes])
+    success = np.mean([ep.success for ep in episodes])
+    length = np.mean([ep.n_actions for ep in episodes])
+    best_policy = make_policy(OPTIMAL_POLICY[task], task)
+    best = protocol_returns(task, best_policy, type(env).evaluation_resets(n_items))
+    source = (
+        f"{SCRIPT} {task}: avg = {behaviour.name} default dataset, first {n_dataset} episodes "
+        f"(seeds {DATA_SEED_BASE}+i), mean {_mean_se(data)}, success {success:.3f}, length "
+        f"{length:.2f}; max = {best_policy.name}, evaluation protocol ({n_items} episodes, one "
+        f"per item, seed = index), mean {_mean_se(best)}; min = no correct guess; {_stamp()}"
+    )
+    return {task: Constants(-20.0, round(float(data.mean()), 3), round(float(best.mean()), 3), source)}
+
+
+def twenty_questions(n_dataset: int = 10_000) -> dict[str, Constants]:
+    """TASKS.md §7. min -20; avg: the default ``twentyq-splitter`` dataset; max: the best
+    splitter (``p_info=1``) on all 158 objects."""
+    from lmrlgym.envs.twenty_questions import load_kb
+
+    return _questions_constants("TwentyQuestions-v0", n_dataset, len(load_kb().items))
+
+
+def guess_city(n_dataset: int = 10_000) -> dict[str, Constants]:
+    """TASKS.md §8. min -20; avg: the default ``guesscity-asker`` dataset; max: the best asker
+    (``p_info=1``, guessing as soon as one candidate remains) on all 100 cities."""
+    from lmrlgym.envs.guess_city import load_kb
+
+    return _questions_constants("GuessCity-v0", n_dataset, len(load_kb().cities))
+
+
 TASKS: dict[str, Callable[[], dict[str, Constants]]] = {
     "maze": maze, "wordle": wordle, "chess": chess, "endgames": endgames,
-    "car_dealer": car_dealer,
+    "car_dealer": car_dealer, "twenty_questions": twenty_questions, "guess_city": guess_city,
 }
 
 

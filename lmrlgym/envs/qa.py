@@ -180,9 +180,9 @@ def match_guess(norm: str, prefixes: Sequence[str], names: Mapping[str, str]) ->
 
 
 def mentions(norm: str, names: Iterable[str]) -> bool:
-    """Whether a normalised text contains any of ``names`` as whole words."""
+    """Whether a normalised text contains any of the normalised ``names`` as whole words."""
     padded = f" {norm} "
-    return any(f" {n} " in padded for n in (normalize(x) for x in names) if n)
+    return any(f" {n} " in padded for n in names if n)
 
 
 def first_line(text: str) -> str:

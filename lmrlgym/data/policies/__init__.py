@@ -151,8 +151,13 @@ OPTIMAL_POLICY["Endgames-v0"] = "endgame-epsilon(epsilon_dist=0.0,strength='node
 register_policy("twentyq-splitter", "lmrlgym.data.policies.twenty_questions:Splitter",
                 ("TwentyQuestions-v0",))
 DEFAULT_POLICY["TwentyQuestions-v0"] = "twentyq-splitter"
+# Always the most even split, guessing once at most 4 objects remain (the best guess_at: -6.95
+# on the 158 objects, vs -6.97 for 3 and -6.98 for 5).
+OPTIMAL_POLICY["TwentyQuestions-v0"] = "twentyq-splitter(p_info=1.0,guess_at=4)"
 register_policy("guesscity-asker", "lmrlgym.data.policies.guess_city:Asker", ("GuessCity-v0",))
 DEFAULT_POLICY["GuessCity-v0"] = "guesscity-asker"
+# Always the most informative question, guessing as soon as one candidate remains.
+OPTIMAL_POLICY["GuessCity-v0"] = "guesscity-asker(p_info=1.0,p_early=1.0)"
 
 register_policy("car-seller", "lmrlgym.data.policies.car_dealer:Seller", ("CarDealer-v0",))
 DEFAULT_POLICY["CarDealer-v0"] = "car-seller"
