@@ -69,6 +69,9 @@ class TokenCache:
         self.tokenizer = tokenizer
         self._ids: dict[str, list[int]] = {}
 
+    def __len__(self) -> int:
+        return len(self._ids)
+
     def __call__(self, text: str) -> list[int]:
         ids = self._ids.get(text)
         if ids is None:

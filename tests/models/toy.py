@@ -1,11 +1,13 @@
-"""Shared fixtures for model tests: a word-level toy tokenizer (ALGORITHMS.md §1.5) and a small
-trained BPE tokenizer."""
+"""Shared test helpers: a word-level toy tokenizer (ALGORITHMS.md §1.5), a toy append-only env
+and a scripted text policy for it."""
 
 from __future__ import annotations
 
+import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from lmrlgym.core import TextEnv
 from lmrlgym.models.tokenizer import BOS, EOS, PAD
 
 TOY_WORDS = ["Q:", "\n", "go", " left", "ok", "stop", "at", " 1,1", " 1,2", "right", "down",
@@ -21,3 +23,45 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
                                    pad_token=PAD, unk_token="<unk>",
                                    clean_up_tokenization_spaces=False)
+
+
+class EchoEnv(TextEnv):
+    """Append-only toy: the env repeats the action; ``"stop"`` ends it with reward +1, any
+    other action costs -1 (``"bad"`` is illegal and costs -2); truncated after ``max_steps``."""
+
+    return_range = (-8.0, 1.0)
+
+    def __init__(self, max_steps: int = 4, render_mode: str | None = None):
+        super().__init__(render_mode=render_mode)
+        self.max_steps = max_steps
+        self._n = 0
+
+    def _reset(self, rng: np.random.Generator, options: dict) -> tuple[str, dict]:
+        self._n = 0
+        start = int(options.get("start", rng.integers(10)))
+        return f"Say something {start}.\n", {}
+
+    def _step(self, action: str):
+        self._n += 1
+        word = action.strip()
+        if word == "stop":
+            return "Bye.\n", 1.0, True, False, {"success": True}
+        illegal = word == "bad"
+        return (f"You said {word}.\n", -2.0 if illegal else -1.0, False, self._n >= self.max_steps,
+                {"illegal": illegal})
+
+    @classmethod
+    def evaluation_resets(cls, n_episodes: int, **env_kwargs) -> list[tuple[int, dict]]:
+        return [(i, {"start": i % 3}) for i in range(n_episodes)]
+
+
+class ScriptedEcho:
+    """A text ``Policy`` whose k-th action in an episode is ``script[k]`` (by counting turns)."""
+
+    name = "scripted-echo"
+
+    def __init__(self, script: list[str]):
+        self.script = script
+
+    def act(self, observations: list[str]) -> list[str]:
+        return [self.script[min(obs.count("You said"), len(self.script) - 1)] for obs in observations]

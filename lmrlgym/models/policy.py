@@ -1,0 +1,252 @@
+"""``LMPolicy``: batched, KV-cached generation of one action per prompt (ALGORITHMS.md §4.1).
+
+Prompts are built exactly as ``render()`` builds training rows (per-turn tokenization, one BOS,
+the last ``P - 1`` context tokens), left-padded, with ``position_ids = cumsum(mask) - 1``, so
+a row's logits do not depend on its batch neighbours. Each row stops at its first generated
+token whose text contains ``"\\n"``; if ``max_new_tokens`` runs out first, a newline token is
+appended and the action is counted as truncated.
+
+Decoding: ancestral sampling at ``temperature`` 1 with no top-k/top-p by default (the
+original's effective setting); ``greedy``, ``top_k`` and ``top_p`` are available. Extra
+embedding rows beyond ``len(tokenizer)`` are sliced off, and special tokens (BOS/EOS/PAD),
+which never occur in an action during training, are never sampled. ``logits_adjust(h, logits)``
+is the hook for value-guided decoding (§3.5): it receives the LM head's input ``h`` (N, d) and
+the reference logits (N, V) of the rows still generating and returns the logits to sample from
+(before temperature). Sampling uses the policy's own seeded ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lmrlgym.core import Turn
+from lmrlgym.models.render import ContextFn, TokenCache, prompt_ids
+from lmrlgym.models.tokenizer import newline_id
+
+LogitsAdjust = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclasses.dataclass
+class Generation:
+    """The actions of one ``generate`` call, row-aligned with its prompts."""
+
+    texts: list[str]  # decoded actions, each ending at its first newline token
+    action_ids: list[list[int]]  # the generated ids (a forced newline included)
+    truncated: list[bool]  # max_new_tokens ran out and a newline was appended
+    prompt_ids: list[list[int]]  # the prompts as fed to the model (BOS included, unpadded)
+
+
+class LMPolicy:
+    """A causal LM as a text policy (the ``lmrlgym.core.Policy`` protocol, plus ``act_turns``).
+
+    ``context_turns`` is the env's window, used by :meth:`act_turns` (default: every turn);
+    ``max_context_tokens`` is the prompt budget ``P`` (BOS included) and ``max_new_tokens`` the
+    per-turn cap ``M``. ``use_cache=False`` recomputes the whole sequence at every token and
+    ``batch_size=1`` generates row by row: both only exist to measure their cost.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        context_turns: ContextFn | None = None,
+        max_context_tokens: int = 1024,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        logits_adjust: LogitsAdjust | None = None,
+        use_cache: bool = True,
+        batch_size: int = 64,
+        name: str = "lm",
+    ):
+        if max_context_tokens < 2:
+            raise ValueError(f"max_context_tokens must be at least 2, got {max_context_tokens}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        if not greedy and temperature <= 0:
+            raise ValueError(f"temperature must be positive (or use greedy), got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be positive, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        n_pos = getattr(model.config, "n_positions", None) or getattr(
+            model.config, "max_position_embeddings", None)
+        if n_pos is not None and max_context_tokens + max_new_tokens > n_pos:
+            raise ValueError(
+                f"max_context_tokens + max_new_tokens = {max_context_tokens + max_new_tokens} "
+                f"exceeds the model's {n_pos} positions"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context_turns = context_turns
+        self.max_context_tokens = max_context_tokens
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.greedy = greedy
+        self.top_k = top_k
+        self.top_p = top_p
+        self.seed = seed
+        self.logits_adjust = logits_adjust
+        self.use_cache = use_cache
+        self.batch_size = batch_size
+        self.name = name
+        self.n_vocab = len(tokenizer)
+        self.newline_id = newline_id(tokenizer)
+        self.bos_id = tokenizer.bos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.bos_id
+        self._tokens = TokenCache(tokenizer)
+        self._stops = self._stop_table()
+        self._banned = torch.tensor(sorted(set(tokenizer.all_special_ids) & set(range(self.n_vocab))),
+                                    dtype=torch.long)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last: Generation | None = None
+        self.n_actions = 0
+        self.n_truncated = 0
+
+    # --- the Policy protocol -----------------------------------------------------------------
+    def act(self, observations: list[str]) -> list[str]:
+        """One action per observation string, each tokenized as a single turn.
+
+        With the project's tokenizer this equals per-turn tokenization (every turn ends with a
+        newline, which is its own pre-token); prefer :meth:`act_turns` for other tokenizers.
+        """
+        return self.act_turns([[Turn(obs, False)] for obs in observations], window=False)
+
+    def act_turns(self, contexts: Sequence[Sequence[Turn]], window: bool = True) -> list[str]:
+        """One action per turn history. ``window=True`` applies ``context_turns`` first (pass
+        the full history); ``window=False`` takes each context as already windowed."""
+        prompts = []
+        for turns in contexts:
+            ctx = self.context_turns(turns) if (window and self.context_turns) else list(turns)
+            prompts.append(self.prompt(ctx))
+        return self.generate(prompts).texts
+
+    def prompt(self, context: Sequence[Turn]) -> list[int]:
+        """The prompt ids of a windowed context: exactly what ``render()`` puts before an action."""
+        if len(self._tokens) > 200_000:  # dialogue texts rarely repeat: bound the cache
+            self._tokens = TokenCache(self.tokenizer)
+        self._tokens.prefill([t.text for t in context])
+        return prompt_ids(context, self._tokens, self.bos_id, self.max_context_tokens)
+
+    @property
+    def decoding(self) -> dict[str, object]:
+        """The decoding settings, recorded with every evaluation."""
+        return {"greedy": self.greedy, "temperature": self.temperature, "top_k": self.top_k,
+                "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
+                "max_context_tokens": self.max_context_tokens, "seed": self.seed,
+                "value_guided": self.logits_adjust is not None}
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # --- generation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]]) -> Generation:
+        """Generate one action for each prompt (token ids, BOS first, at most ``P`` long)."""
+        was_training = self.model.training
+        self.model.eval()  # dropout off in every rollout (ALGORITHMS.md §2.4)
+        try:
+            texts: list[str] = []
+            ids: list[list[int]] = []
+            truncated: list[bool] = []
+            for start in range(0, len(prompts), self.batch_size):
+                chunk = [list(p) for p in prompts[start : start + self.batch_size]]
+                for p in chunk:
+                    if not p or len(p) > self.max_context_tokens:
+                        raise ValueError(f"prompt of {len(p)} tokens; must be 1..{self.max_context_tokens}")
+                gen, trunc = self._generate_batch(chunk)
+                ids += gen
+                truncated += trunc
+            texts = [self.tokenizer.decode(g, skip_special_tokens=False) for g in ids]
+        finally:
+            self.model.train(was_training)
+        self.n_actions += len(ids)
+        self.n_truncated += sum(truncated)
+        self.last = Generation(texts, ids, truncated, [list(p) for p in prompts])
+        return self.last
+
+    def _generate_batch(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[bool]]:
+        device = self.model.device
+        B = len(prompts)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, width), dtype=torch.long)
+        for b, p in enumerate(prompts):  # left padding
+            ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[b, width - len(p) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        out_ids: list[list[int]] = [[] for _ in range(B)]
+        done = torch.zeros(B, dtype=torch.bool)
+        cache = None
+        step_ids, step_mask = ids, mask
+        for _ in range(self.max_new_tokens):
+            if self.use_cache:
+                position = (step_mask.cumsum(1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+                out = self.model(ids, attention_mask=step_mask, position_ids=position, cache=cache,
+                                 use_cache=True, logits_to_keep=1,
+                                 output_hidden_states=self.logits_adjust is not None)
+                cache = out.cache
+            else:
+                position = (step_mask.cumsum(1) - 1).clamp(min=0)
+                out = self.model(step_ids, attention_mask=step_mask, position_ids=position,
+                                 use_cache=False, logits_to_keep=1,
+                                 output_hidden_states=self.logits_adjust is not None)
+            logits = out.logits[:, -1, : self.n_vocab].float()  # (B, V)
+            live = (~done).nonzero().squeeze(1)
+            nxt = torch.full((B,), self.pad_id, dtype=torch.long)
+            if self.logits_adjust is not None:
+                h = out.hidden_states[-1][:, -1]  # (B, d): the LM head's input
+                adjusted = self.logits_adjust(h[live.to(h.device)], logits[live.to(logits.device)])
+                nxt[live] = self._sample(adjusted.float().cpu())
+            else:
+                nxt[live] = self._sample(logits[live.to(logits.device)].cpu())
+            for b in live.tolist():
+                out_ids[b].append(int(nxt[b]))
+            done |= self._stops[nxt]  # finished rows were fed PAD, which never stops
+            if bool(done.all()):
+                break
+            ids = nxt[:, None].to(device)
+            step_mask = torch.cat([step_mask, torch.ones((B, 1), dtype=torch.long, device=device)], 1)
+            step_ids = torch.cat([step_ids, ids], 1)
+        truncated = [not bool(d) for d in done]
+        for b in range(B):
+            if truncated[b]:
+                out_ids[b].append(self.newline_id)
+        return out_ids, truncated
+
+    def _sample(self, logits: Tensor) -> Tensor:
+        """(N, V) float logits on CPU -> (N,) ids, with the policy's generator."""
+        if len(self._banned):
+            logits = logits.index_fill(1, self._banned, float("-inf"))
+        if self.greedy:
+            return logits.argmax(-1)
+        logits = logits / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[1]:
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p is not None and self.top_p < 1.0:
+            sorted_logits, order = logits.sort(-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+            drop = cum - sorted_logits.softmax(-1) >= self.top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+    def _stop_table(self) -> Tensor:
+        """(V,) bool: the tokens whose decoded text contains a newline."""
+        pieces = self.tokenizer.batch_decode([[i] for i in range(self.n_vocab)],
+                                             skip_special_tokens=False)
+        return torch.tensor(["\n" in p for p in pieces], dtype=torch.bool)
