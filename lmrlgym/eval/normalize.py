@@ -62,6 +62,16 @@ PROJECT: dict[str, Constants] = {
         "+- 0.0096 (SE) (one episode per answer: -1.9374); min = true minimum; "
         "lmrlgym 0.1.0, 2026-11-25",
     ),
+    # Car Dealer (TASKS.md §9): min = no sale; avg = the default dataset; max = the best
+    # scripted seller (text-only; the theoretical maximum is 1).
+    "CarDealer-v0": Constants(
+        0.0, 0.46, 0.972,
+        "scripts/compute_constants.py car_dealer: avg = car-seller(anchor=1.8,concession=0.3,"
+        "q_match=0.9) default dataset, first 19000 episodes (seeds 1000000+i), mean 0.4604 "
+        "+- 0.0033 (SE), success 0.526, length 7.46; max = car-seller-expert(questions=1), "
+        "evaluation protocol (256 episodes, seeds 0-255), mean 0.9717 +- 0.0016 (SE); "
+        "min = no sale; lmrlgym 0.1.0, 2026-11-25",
+    ),
 }  # fmt: skip
 
 
