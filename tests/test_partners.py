@@ -68,6 +68,13 @@ def server():
         state["bad"] += 1
         return JSONResponse({"error": "invalid key"}, status_code=401)
 
+    @app.post("/buyer/v1/chat/completions")
+    async def buyer(request: Request):
+        body = await request.json()
+        if "$20,000" in body["messages"][-1]["content"]:
+            return reply("Fine. Output: Decision=Accept MSRP=$20,000 Buy Price=$20,000")
+        return reply("How much is it?")
+
     @app.post("/slow/v1/chat/completions")
     async def slow(request: Request):
         await asyncio.sleep(2.0)
@@ -105,6 +112,20 @@ def test_make_partner_openai_spec(server):
     assert isinstance(p, OpenAICompatible)
     assert p.url == f"{url}/ok/v1/chat/completions"
     assert p.complete(MESSAGES) == "tiny-model|2|HELLO THERE|0.0"
+
+
+def test_car_dealer_with_an_http_buyer(server):
+    import lmrlgym
+
+    url, _ = server
+    env = lmrlgym.make("CarDealer-v0", buyer=f"openai:{url}/buyer/v1/buyer-model")
+    obs, info = env.reset(seed=0, options={"persona": {"budget": 30000}})
+    assert info["deterministic"] is False
+    obs, r, term, _, _ = env.step("A lovely Honda.")
+    assert (obs.endswith("A lovely Honda.\nHow much is it?\n"), r, term) == (True, 0.0, False)
+    obs, r, term, _, info = env.step("It is $20,000.")
+    assert obs.endswith("It is $20,000.\nFine.\n")
+    assert (r, term, info["decision"]["buy_price"]) == (20000 / 30000, True, 20000)
 
 
 def test_retries_then_succeeds(server):

@@ -686,6 +686,9 @@ LM_BUYER_INSTRUCTIONS = (
 )
 
 
+_SPEAKER_TAG = re.compile(r"^\s*(?:buyer|assistant)\s*:\s*", re.IGNORECASE)
+
+
 class LMBuyer:
     """A buyer played by a chat model: persona and rules in the system message, the seller as
     ``user`` and the buyer as ``assistant``."""
@@ -706,7 +709,8 @@ class LMBuyer:
         ]
 
     def reply(self, dialogue: Dialogue) -> str:
-        return self.partner.complete(self.messages(dialogue))
+        # Base models often echo a speaker tag; the transcript itself has none.
+        return _SPEAKER_TAG.sub("", self.partner.complete(self.messages(dialogue)))
 
 
 def make_buyer(buyer: Any) -> Buyer:

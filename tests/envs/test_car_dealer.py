@@ -449,7 +449,7 @@ class StubPartner:
 def test_lm_buyer_prompt_and_decision():
     partner = StubPartner(
         [
-            "Hello!\nI want a Toyota sedan.",
+            "Buyer: Hello!\nI want a Toyota sedan.",
             "Great. Output: Decision=Accept MSRP=$31,500 Buy Price=$28,500 (thanks)",
         ]
     )
