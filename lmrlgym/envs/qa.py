@@ -65,7 +65,7 @@ def plural_forms(name: str) -> set[str]:
     elif last.endswith("ves"):
         forms.update({last[:-3] + "f", last[:-3] + "fe"})
     elif last.endswith(("ches", "shes", "xes", "sses", "oes")):
-        forms.add(last[:-2])
+        forms.update({last[:-2], last[:-1]})  # peaches -> peach, shoes -> shoe
     elif last.endswith("s") and not last.endswith("ss") and len(last) > 3:
         forms.add(last[:-1])
     if last.endswith("y") and last[-2:-1] not in "aeiou":
