@@ -28,13 +28,21 @@ from typing import Any
 import numpy as np
 
 from lmrlgym.core import Episode, Policy, TextEnv
-from lmrlgym.data.io import write_json, write_shard
+from lmrlgym.data.io import dumps_episode, write_json, write_shard
 from lmrlgym.data.policies import BehaviourPolicy
 from lmrlgym.eval.normalize import PAPER, PROJECT, score
 
 BOOTSTRAP_RESAMPLES = 10_000
+#: Episodes of the ``full`` evaluation profile (ALGORITHMS.md §4.2): the CLI's default.
+PROTOCOL_EPISODES: dict[str, int] = {
+    "Maze-FO-v0": 800, "Maze-PO-v0": 800, "Wordle-v0": 4096, "Chess-v0": 1000,
+    "Endgames-v0": 645, "TextNav-FO-v0": 512, "TextNav-PO-v0": 512, "CarDealer-v0": 512,
+    "TwentyQuestions-v0": 500, "GuessCity-v0": 500,
+}
 SUMMARY_FILE = "eval_summary.json"
 EPISODES_FILE = "episodes.jsonl"
+#: Finished episodes, appended as they finish; removed once ``EPISODES_FILE`` is written.
+PARTIAL_FILE = "episodes.partial.jsonl"
 
 
 @dataclasses.dataclass
@@ -105,6 +113,9 @@ def evaluate(
     LM policy's sampler, so a call is reproducible. At most ``max_concurrent`` envs are open at
     once (an env is reused for the next episode). ``progress(k)`` is called with the number of
     episodes just finished.
+    With ``out_dir``, each finished episode is also appended to ``episodes.partial.jsonl`` as
+    it finishes, so a run that dies midway keeps them; the file is removed once
+    ``episodes.jsonl`` and ``eval_summary.json`` are written.
     """
     from lmrlgym.models.policy import LMPolicy
 
@@ -121,15 +132,19 @@ def evaluate(
     n_actions_before = getattr(policy, "n_actions", 0)
     n_truncated_before = getattr(policy, "n_truncated", 0)
 
-    if isinstance(policy, BehaviourPolicy):
-        episodes = _run_scripted(policy, task_name, resets, make, progress)
-        name = policy_name or policy.name
-    elif isinstance(policy, Policy):
-        episodes = _run_batched(policy, task_name, resets, make, progress, max_concurrent)
-        name = policy_name or getattr(policy, "name", type(policy).__name__)
-    else:
-        raise TypeError(f"cannot evaluate {type(policy).__name__}: it has neither act(observations) "
-                        "nor is it a BehaviourPolicy")
+    name = policy_name or getattr(policy, "name", type(policy).__name__)
+    keep = None if out_dir is None else _FinishedLog(Path(out_dir), name, env_kwargs)
+    try:
+        if isinstance(policy, BehaviourPolicy):
+            episodes = _run_scripted(policy, task_name, resets, make, progress, keep)
+        elif isinstance(policy, Policy):
+            episodes = _run_batched(policy, task_name, resets, make, progress, max_concurrent, keep)
+        else:
+            raise TypeError(f"cannot evaluate {type(policy).__name__}: it has neither "
+                            "act(observations) nor is it a BehaviourPolicy")
+    finally:
+        if keep is not None:
+            keep.close()
     for ep in episodes:
         ep.policy = name
         ep.env_kwargs = dict(env_kwargs)
@@ -145,7 +160,26 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
         write_shard(out / EPISODES_FILE, episodes)
         write_json(out / SUMMARY_FILE, summary)
+        (out / PARTIAL_FILE).unlink(missing_ok=True)
     return EvalResult(summary, episodes)
+
+
+class _FinishedLog:
+    """Appends each finished episode to ``PARTIAL_FILE`` (flushed), so an evaluation that dies
+    midway (e.g. a served model's endpoint going down) keeps the episodes it finished."""
+
+    def __init__(self, out: Path, policy_name: str, env_kwargs: dict[str, Any]):
+        out.mkdir(parents=True, exist_ok=True)
+        self.policy_name, self.env_kwargs = policy_name, env_kwargs
+        self._file = open(out / PARTIAL_FILE, "w", encoding="utf-8")  # noqa: SIM115
+
+    def __call__(self, ep: Episode) -> None:
+        ep.policy, ep.env_kwargs = self.policy_name, dict(self.env_kwargs)
+        self._file.write(dumps_episode(ep) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 # --- rollouts ------------------------------------------------------------------------------
@@ -161,7 +195,7 @@ class _Slot:
     done: bool = True
 
 
-def _run_batched(policy, task, resets, make, progress, max_concurrent) -> list[Episode]:
+def _run_batched(policy, task, resets, make, progress, max_concurrent, keep=None) -> list[Episode]:
     from lmrlgym.models.policy import LMPolicy
 
     episodes: list[Episode | None] = [None] * len(resets)
@@ -202,6 +236,8 @@ def _run_batched(policy, task, resets, make, progress, max_concurrent) -> list[E
                         seed=env_seed, reset_options=_jsonable(options),
                         meta={"illegal_actions": slot.illegal},
                     )
+                    if keep is not None:
+                        keep(episodes[slot.index])
                     finished += 1
                     slot.done = True
                     if next_index < len(resets):
@@ -215,7 +251,7 @@ def _run_batched(policy, task, resets, make, progress, max_concurrent) -> list[E
     return episodes  # type: ignore[return-value]
 
 
-def _run_scripted(policy, task, resets, make, progress) -> list[Episode]:
+def _run_scripted(policy, task, resets, make, progress, keep=None) -> list[Episode]:
     """Episode by episode (scripted policies keep per-episode state), as ``run_episode`` does
     but under the protocol: its reset options win over the policy's own (``reset_options``
     still runs, drawing from the same generator, to set up the policy's episode state), and
@@ -238,6 +274,8 @@ def _run_scripted(policy, task, resets, make, progress) -> list[Episode]:
                 reset_options=_jsonable(options),
                 meta={**policy.episode_meta(env, info), "illegal_actions": illegal},
             ))
+            if keep is not None:
+                keep(episodes[-1])
             if progress:
                 progress(1)
     finally:
