@@ -150,7 +150,7 @@ class HFCausalLM:
             ids = ids[:, -max(1, n_ctx - self.max_new_tokens) :]
         device = next(self.model.parameters()).device
         ids = ids.to(device)
-        eos = self.tokenizer.eos_token_id
+        eos = self._stop_ids()
         stops = self.stop + (() if self.uses_chat_template else _PLAIN_STOPS)
         new: list[int] = []
         past = None
@@ -160,7 +160,7 @@ class HFCausalLM:
                 past = out[self._cache_arg]
                 logits = out.logits[0, -1].float().cpu()  # (V,)
                 token = self._pick(logits)
-                if eos is not None and token == eos:
+                if token in eos:
                     break
                 new.append(token)
                 text = self.tokenizer.decode(new, skip_special_tokens=True)
@@ -171,6 +171,18 @@ class HFCausalLM:
         for s in stops:
             text = text.split(s, 1)[0]
         return text.strip()
+
+    def _stop_ids(self) -> set[int]:
+        """Token ids that end a reply: the tokenizer's EOS and the model's generation EOS ids
+        (chat models end a turn with their own token, e.g. ``<|im_end|>``)."""
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        for value in (self.tokenizer.eos_token_id, getattr(gen, "eos_token_id", None)):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
 
     def _pick(self, logits: Any) -> int:
         import torch
@@ -233,8 +245,13 @@ class OpenAICompatible:
             "max_tokens": self.max_tokens,
         }
         text, _ = post_with_retries(
-            self.url, body, _reply_text, headers=auth_headers(self.api_key_env),
-            timeout=self.timeout, max_retries=self.max_retries, backoff=self.backoff,
+            self.url,
+            body,
+            _reply_text,
+            headers=auth_headers(self.api_key_env),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
             error=PartnerError,
         )
         return text

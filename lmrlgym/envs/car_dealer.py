@@ -80,6 +80,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 from collections.abc import Sequence
 from importlib import resources
@@ -294,7 +295,7 @@ def parse_prices(line: str) -> list[int]:
             value *= 1000
         elif not m.group("dollar") and "," not in num and re.fullmatch(r"(19|20)\d\d", num):
             continue  # a model year
-        if value < 1000 or _UNIT_RE.match(line, m.end()):
+        if value < 1000 or not math.isfinite(value) or _UNIT_RE.match(line, m.end()):
             continue
         prices.append(int(round(value)))
     return prices

@@ -68,6 +68,7 @@ def make_env(**kwargs) -> CarDealerEnv:
         ("US$30,000", [30000]),
         ("$ 25,000.00", [25000]),
         ("", []),
+        ("9" * 400, []),  # beyond a float: not a price, and no crash
     ],
 )
 def test_parse_prices(line, prices):
@@ -365,6 +366,7 @@ SELLER_LINES = [
     "",
     "ünïcødé 🚗 ?",
     "a" * 5000,
+    "$" + "9" * 500,
     "It has no sunroof. $90,000.",
     "You got it, $9,000.",
 ]
