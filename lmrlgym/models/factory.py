@@ -74,6 +74,9 @@ def build_model(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            # GPT-2's tanh-approximated GELU as one fused kernel ("gelu_new" is the same
+            # function built from five elementwise ops: a third of CPU inference time).
+            activation_function="gelu_pytorch_tanh",
             **config_overrides,
         )
         return GPT2LMHeadModel(config)

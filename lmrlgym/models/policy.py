@@ -157,17 +157,15 @@ class LMPolicy:
         was_training = self.model.training
         self.model.eval()  # dropout off in every rollout (ALGORITHMS.md §2.4)
         try:
-            texts: list[str] = []
-            ids: list[list[int]] = []
-            truncated: list[bool] = []
-            for start in range(0, len(prompts), self.batch_size):
-                chunk = [list(p) for p in prompts[start : start + self.batch_size]]
-                for p in chunk:
-                    if not p or len(p) > self.max_context_tokens:
-                        raise ValueError(f"prompt of {len(p)} tokens; must be 1..{self.max_context_tokens}")
-                gen, trunc = self._generate_batch(chunk)
-                ids += gen
-                truncated += trunc
+            ids: list[list[int]] = [[] for _ in prompts]
+            truncated = [False] * len(prompts)
+            for p in prompts:
+                if not p or len(p) > self.max_context_tokens:
+                    raise ValueError(f"prompt of {len(p)} tokens; must be 1..{self.max_context_tokens}")
+            for chunk in self._chunks([len(p) for p in prompts]):
+                gen, trunc = self._generate_batch([list(prompts[i]) for i in chunk])
+                for i, g, t in zip(chunk, gen, trunc, strict=True):
+                    ids[i], truncated[i] = g, t
             texts = [self.tokenizer.decode(g, skip_special_tokens=False) for g in ids]
         finally:
             self.model.train(was_training)
@@ -175,6 +173,27 @@ class LMPolicy:
         self.n_truncated += sum(truncated)
         self.last = Generation(texts, ids, truncated, [list(p) for p in prompts])
         return self.last
+
+    def _chunks(self, lengths: list[int]) -> list[list[int]]:
+        """Prompt indices grouped by length into batches of at most ``batch_size``.
+
+        Prefill dominates CPU generation, and left padding to the longest prompt wastes it, so
+        a batch is closed once padding would exceed a quarter of its real tokens."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        chunks: list[list[int]] = []
+        cur: list[int] = []
+        real = 0
+        for i in order:
+            width = lengths[i]  # ascending order: the newest prompt is the longest
+            if cur and (len(cur) == self.batch_size
+                        or width * (len(cur) + 1) > 1.25 * (real + lengths[i])):
+                chunks.append(cur)
+                cur, real = [], 0
+            cur.append(i)
+            real += lengths[i]
+        if cur:
+            chunks.append(cur)
+        return chunks
 
     def _generate_batch(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[bool]]:
         device = self.model.device

@@ -141,3 +141,14 @@ def test_rollout_ids_equal_render_ids(tok, model, window, P):
     history = [Turn("Say something 3.\n", False), Turn("hello there\n", True, -1.0),
                Turn("You said hello there.\n", False)]
     assert pol.prompt([Turn("".join(t.text for t in history), False)]) == pol.prompt(history)
+
+
+def test_length_buckets_cover_every_prompt_once(tok, model):
+    pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=4, batch_size=5)
+    lengths = [3, 40, 4, 41, 39, 5, 3, 60, 2, 38, 38, 38, 38, 38, 38]
+    chunks = pol._chunks(lengths)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for c in chunks:
+        assert len(c) <= 5
+        widths = [lengths[i] for i in c]
+        assert len(c) == 1 or max(widths) * len(c) <= 1.25 * sum(widths)

@@ -1,0 +1,138 @@
+"""``lmrlgym bench rollout``: generated actions per second with and without batching and KV cache.
+
+The workload is the evaluation one: Maze-FO and Wordle prompts (taken from scripted episodes
+of the real envs, tokenized by a BPE tokenizer trained on their text) and one action of up to
+``max_new_tokens`` per prompt from a ``gpt2-mini`` preset. The model is untrained, so almost
+every action runs to the token cap: every mode generates the same number of tokens per action,
+and the rates compare the generation machinery alone. Modes:
+
+- ``unbatched-uncached``: one prompt at a time, the whole sequence recomputed per token;
+- ``unbatched-cached``: one prompt at a time with a KV cache;
+- ``batched-uncached``: all prompts in one left-padded batch, recomputed per token;
+- ``batched-cached``: one batch with a KV cache (what ``evaluate`` uses).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import torch
+import tyro
+
+MODES: dict[str, tuple[bool, bool]] = {  # mode -> (batched, use_cache)
+    "unbatched-uncached": (False, False),
+    "unbatched-cached": (False, True),
+    "batched-uncached": (True, False),
+    "batched-cached": (True, True),
+}
+
+
+def workload(n_prompts: int, seed: int = 0) -> tuple[Any, list[list[Any]]]:
+    """A tokenizer trained on Maze-FO and Wordle text, and ``n_prompts`` windowed contexts
+    (turn lists) drawn from scripted episodes, half from each task."""
+    from lmrlgym.data.policies import make_policy
+    from lmrlgym.eval.evaluate import evaluate
+    from lmrlgym.models.tokenizer import train_tokenizer
+    from lmrlgym.registry import make
+
+    contexts: list[list[Any]] = []
+    texts: list[str] = []
+    for task, policy in (("Maze-FO-v0", "maze-random"), ("Wordle-v0", "wordle-random")):
+        env = make(task)
+        episodes = evaluate(make_policy(policy, task), task, 25, seed=seed).episodes
+        for ep in episodes:
+            texts += [t.text for t in ep.turns]
+            for k, t in enumerate(ep.turns):
+                if t.is_action and len(contexts) < (n_prompts // 2 if task == "Maze-FO-v0" else n_prompts):
+                    contexts.append(env.context_turns(ep.turns[:k]))
+        env.close()
+    return train_tokenizer(texts, vocab_size=512), contexts
+
+
+def bench_rollout(
+    model: str = "gpt2-mini",
+    n_prompts: int = 64,
+    n_prompts_unbatched: int = 16,
+    max_new_tokens: int = 8,
+    max_context_tokens: int = 256,
+    modes: tuple[str, ...] = tuple(MODES),
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Generated actions/s per mode (list of dicts with ``mode`` and ``actions_per_s``).
+
+    Unbatched modes run ``n_prompts_unbatched`` prompts (they are slow and their rate does not
+    depend on the count); batched modes run all ``n_prompts`` in one batch.
+    """
+    from lmrlgym.models.factory import build_model
+    from lmrlgym.models.policy import LMPolicy
+
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; valid: {', '.join(MODES)}")
+    tok, contexts = workload(n_prompts, seed)
+    torch.manual_seed(seed)
+    lm = build_model(model, tok, dropout=0.0).eval()
+    rows = []
+    for mode in modes:
+        batched, use_cache = MODES[mode]
+        n = n_prompts if batched else min(n_prompts_unbatched, n_prompts)
+        policy = LMPolicy(lm, tok, max_context_tokens=max_context_tokens,
+                          max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache,
+                          batch_size=n if batched else 1)
+        prompts = [policy.prompt(c) for c in contexts[:n]]
+        policy.generate(prompts[:2])  # warm-up (allocations, kernels)
+        start = time.perf_counter()
+        gen = policy.generate(prompts)
+        seconds = time.perf_counter() - start
+        tokens = sum(len(ids) for ids in gen.action_ids)
+        rows.append({
+            "mode": mode, "actions_per_s": n / seconds, "tokens_per_s": tokens / seconds,
+            "actions": n, "tokens": tokens, "seconds": seconds, "batch_size": n if batched else 1,
+            "use_cache": use_cache, "model": model, "max_new_tokens": max_new_tokens,
+            "mean_prompt_tokens": sum(map(len, prompts)) / n, "threads": torch.get_num_threads(),
+        })
+    base = next((r["actions_per_s"] for r in rows if r["mode"] == "unbatched-uncached"), None)
+    for r in rows:
+        r["speedup_vs_unbatched_uncached"] = r["actions_per_s"] / base if base else None
+    return rows
+
+
+def rollout_main(
+    model: str = "gpt2-mini",
+    prompts: int = 64,
+    prompts_unbatched: int = 16,
+    max_new_tokens: int = 8,
+    threads: int | None = None,
+    seed: int = 0,
+    json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
+) -> None:
+    """Measure generated actions/s with and without batching and KV cache (Maze/Wordle prompts).
+
+    Args:
+        model: Model preset or local model directory.
+        prompts: Prompts in the batched modes (one batch).
+        prompts_unbatched: Prompts in the unbatched modes (one at a time).
+        max_new_tokens: Tokens per action (the untrained model almost always reaches the cap).
+        threads: torch intra-op threads (default: torch's choice; 1 is faster on a busy machine).
+        seed: Seed of the workload, model init and sampling.
+        json_output: One JSON object per mode (mode, actions_per_s, ...).
+    """
+    import json
+
+    if threads is not None:
+        if threads <= 0:
+            raise ValueError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    rows = bench_rollout(model, prompts, prompts_unbatched, max_new_tokens, seed=seed)
+    if json_output:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    header = ["mode", "actions/s", "tokens/s", "speedup", "actions", "batch"]
+    cells = [header] + [[r["mode"], f"{r['actions_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
+                         f"{r['speedup_vs_unbatched_uncached']:.1f}x", str(r["actions"]),
+                         str(r["batch_size"])] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    for c in cells:
+        print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip())

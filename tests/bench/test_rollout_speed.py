@@ -1,0 +1,25 @@
+"""bench rollout: every mode runs and reports its rate (no timing thresholds)."""
+
+import json
+
+import pytest
+
+from lmrlgym.bench.rollout_speed import MODES, bench_rollout, rollout_main
+
+
+def test_bench_rollout_reports_every_mode():
+    rows = bench_rollout("gpt2-tiny", n_prompts=4, n_prompts_unbatched=2, max_new_tokens=2)
+    assert [r["mode"] for r in rows] == list(MODES)
+    for r in rows:
+        assert r["actions_per_s"] > 0 and r["tokens"] >= r["actions"]
+        assert r["actions"] == (4 if r["batch_size"] > 1 else 2)
+    assert rows[0]["speedup_vs_unbatched_uncached"] == 1.0
+    with pytest.raises(ValueError, match="unknown modes"):
+        bench_rollout("gpt2-tiny", modes=("fast",))
+
+
+def test_rollout_main_json(capsys):
+    rollout_main("gpt2-tiny", prompts=2, prompts_unbatched=1, max_new_tokens=1, json_output=True)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["mode"] for r in rows} == set(MODES)
+    assert all("actions_per_s" in r for r in rows)
