@@ -247,6 +247,11 @@ def test_hf_stops_at_eos_and_stop_strings(tmp_path):
     assert p.complete(MESSAGES) == ""
     p = HFCausalLM(_tiny_lm(tmp_path / "user", favour="User"), temperature=0.0, stop=("User",))
     assert p.complete(MESSAGES) == ""
+    # A chat model's end-of-turn token (in its generation config) also ends the reply.
+    p = HFCausalLM(_tiny_lm(tmp_path / "yes", favour="yes"), temperature=0.0, max_new_tokens=3)
+    assert p.complete(MESSAGES) == "yes yes yes"
+    p.model.generation_config.eos_token_id = [VOCAB.index("<eos>"), VOCAB.index("yes")]
+    assert p.complete(MESSAGES) == ""
 
 
 def test_hf_sampling_is_seeded(tmp_path):
