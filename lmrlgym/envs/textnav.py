@@ -154,7 +154,7 @@ GRAMMAR = {
     "blend_descriptions": True,
 }
 #: Bumped whenever the build below changes, so old caches are not reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 MAX_TURNS = 15
 WIN_REWARD = 1.0
 HIDDEN_WORDS = ("examine", "look", "inventory")  # commands left out of the shown list
@@ -374,9 +374,11 @@ def build_game() -> Any:
         furniture[holder].add(items[name])
     maker.set_player(rooms[TARGET_ROOM])
     fridge = furniture["fridge", GOAL_ROOM]
-    win = Event(conditions={maker.new_fact("in", items[TARGET], fridge),
-                            maker.new_fact("closed", fridge)})  # fmt: skip
-    lose = Event(conditions={maker.new_fact("eaten", items[TARGET])})
+    # Lists, not sets: the order of the conditions is the order of the compiled checks, and a
+    # set's order changes with PYTHONHASHSEED (the compiled file would differ between builds).
+    win = Event(conditions=[maker.new_fact("in", items[TARGET], fridge),
+                            maker.new_fact("closed", fridge)])  # fmt: skip
+    lose = Event(conditions=[maker.new_fact("eaten", items[TARGET])])
     maker.quests = [Quest(win_events=[win], fail_events=[lose])]
     game = maker.build()
     game.objective = OBJECTIVE
@@ -490,6 +492,35 @@ def game_files(root: Path | None = None) -> dict[str, Path]:
 def _process_game_files() -> dict[str, Path]:
     # Resolved once per process (the cache check hashes eight small files).
     return game_files()
+
+
+# Valid actions per world state, shared by every engine of the process. TextWorld (1.7.0) derives
+# them from its logic rules after every action, about half of a step's time, although episodes
+# revisit few distinct states. The world state is its set of facts, so the memo is exact.
+_VALID_ACTIONS: dict[frozenset, list] = {}
+_VALID_ACTIONS_LIMIT = 100_000
+
+
+def _memoise_valid_actions(engine: Any) -> None:
+    """Route the state tracker's valid-action search through ``_VALID_ACTIONS``."""
+    wrapper = engine
+    while wrapper is not None and not hasattr(wrapper, "_game_progression"):
+        wrapper = getattr(wrapper, "_wrapped_env", None)
+    progression = getattr(wrapper, "_game_progression", None)
+    if progression is None:  # another TextWorld layout: stay correct, only slower
+        return
+    state = progression.state
+    search = state.all_applicable_actions
+
+    def applicable(rules: Any, mapping: Any = None) -> list:
+        key = frozenset(state.facts)
+        if key not in _VALID_ACTIONS:
+            if len(_VALID_ACTIONS) >= _VALID_ACTIONS_LIMIT:
+                _VALID_ACTIONS.clear()
+            _VALID_ACTIONS[key] = list(search(rules, mapping))
+        return _VALID_ACTIONS[key]
+
+    state.all_applicable_actions = applicable
 
 
 # --- the env ----------------------------------------------------------------------------------
@@ -613,6 +644,7 @@ class TextNavEnv(TextEnv):
         self.start_room = room
         self._engine = self._open(room)
         self._state = self._engine.reset()
+        _memoise_valid_actions(self._engine)
         if not self._names:  # entity id -> name, the same in every variant
             self._names = {key: info.name for key, info in self._state["game"].infos.items()}
         self._n_turns = 0
