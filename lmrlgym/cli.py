@@ -378,13 +378,63 @@ def bench_compare(results: tyro.conf.Positional[Path]) -> None:
 
 # --- dispatch ----------------------------------------------------------------------------------
 
+def serve(
+    run: tyro.conf.Positional[Path],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_name: str | None = None,
+    max_batch_size: int = 64,
+) -> None:
+    """Serve a trained run over the OpenAI-compatible API (/v1/completions, /v1/chat/completions).
+
+    Args:
+        run: Run directory written by `lmrlgym train`.
+        host: Interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it.
+        port: TCP port.
+        model_name: The `model` name clients must send (default: the run directory's name).
+        max_batch_size: Most concurrent requests generated as one batch.
+    """
+    from lmrlgym.serve import serve_main
+
+    serve_main(str(run), host=host, port=port, model_name=model_name,
+               max_batch_size=max_batch_size)
+
+
+def bench_rollout(argv: list[str], prog: str) -> None:
+    """Generated actions/s: in-process modes (batching x KV cache), or --policy openai:... ."""
+    if any(a == "--policy" or a.startswith("--policy=") for a in argv):
+        from lmrlgym.bench.served_speed import served_main
+
+        tyro.cli(served_main, args=argv, prog=prog)
+    else:
+        from lmrlgym.bench.rollout_speed import rollout_main
+
+        tyro.cli(rollout_main, args=argv, prog=prog)
+
+
+bench_rollout.takes_argv = True  # type: ignore[attr-defined]
+
+
 # group -> command -> function or "module:function" (imported only when that command runs).
 COMMANDS: dict[str, dict[str, Callable[..., Any] | str]] = {
     "envs": {"list": envs_list, "check": envs_check},
     "play": {"": play},
+    "train": {"": "lmrlgym.algos.cli:train_main"},
+    "eval": {"": "lmrlgym.eval.cli:eval_main"},
+    "serve": {"": serve},
     "data": {"generate": data_generate, "stats": data_stats, "export": data_export,
              "import": data_import},
-    "bench": {"run": bench_run, "compare": bench_compare, "envs": bench_envs},
+    "bench": {"run": bench_run, "compare": bench_compare, "envs": bench_envs,
+              "train": "lmrlgym.bench.train_speed:train_speed_main", "rollout": bench_rollout},
+}
+
+
+# One-line help for lazily imported commands (their modules are not imported for --help).
+DESCRIPTIONS = {
+    "train": "Train a policy: train bc|filtered_bc|mc|ilql|ppo|online_filtered_bc --task --data.",
+    "eval": "Evaluate a trained run (--run) or a scripted/served policy (--policy) on a task.",
+    "bench train": "Training tokens/s and MFU per algorithm on the default small model.",
+    "bench rollout": "Generated actions/s with/without batching and KV cache, or --policy openai:...",
 }
 
 
@@ -403,7 +453,8 @@ def _usage() -> str:
     lines = ["usage: lmrlgym <command> [options]   (add --help to any command)", "", "commands:"]
     for group, cmds in COMMANDS.items():
         for cmd, fn in cmds.items():
-            doc = "" if isinstance(fn, str) else (fn.__doc__ or "").strip().splitlines()[0]
+            doc = DESCRIPTIONS.get(f"{group} {cmd}".strip()) or (
+                "" if isinstance(fn, str) else (fn.__doc__ or "").strip().splitlines()[0])
             lines.append(f"  {(group + ' ' + cmd).strip():<22} {doc}")
     return "\n".join(lines)
 
