@@ -204,41 +204,43 @@ class LMPolicy:
         for b, p in enumerate(prompts):  # left padding
             ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[b, width - len(p) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        seq_ids, seq_mask = ids.to(device), mask.to(device)  # (n, t): the rows still generating
+        new_ids = seq_ids  # what the next forward pass reads: the prompt, then one token
+        rows = torch.arange(B)  # original index of each row still generating
         out_ids: list[list[int]] = [[] for _ in range(B)]
-        done = torch.zeros(B, dtype=torch.bool)
+        finished = [False] * B
         cache = None
-        step_ids, step_mask = ids, mask
+        want_h = self.logits_adjust is not None
         for _ in range(self.max_new_tokens):
+            position = (seq_mask.cumsum(1) - 1).clamp(min=0)
             if self.use_cache:
-                position = (step_mask.cumsum(1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-                out = self.model(ids, attention_mask=step_mask, position_ids=position, cache=cache,
-                                 use_cache=True, logits_to_keep=1,
-                                 output_hidden_states=self.logits_adjust is not None)
+                out = self.model(new_ids, attention_mask=seq_mask, cache=cache, use_cache=True,
+                                 position_ids=position[:, -new_ids.shape[1] :],
+                                 logits_to_keep=1, output_hidden_states=want_h)
                 cache = out.cache
             else:
-                position = (step_mask.cumsum(1) - 1).clamp(min=0)
-                out = self.model(step_ids, attention_mask=step_mask, position_ids=position,
-                                 use_cache=False, logits_to_keep=1,
-                                 output_hidden_states=self.logits_adjust is not None)
-            logits = out.logits[:, -1, : self.n_vocab].float()  # (B, V)
-            live = (~done).nonzero().squeeze(1)
-            nxt = torch.full((B,), self.pad_id, dtype=torch.long)
-            if self.logits_adjust is not None:
-                h = out.hidden_states[-1][:, -1]  # (B, d): the LM head's input
-                adjusted = self.logits_adjust(h[live.to(h.device)], logits[live.to(logits.device)])
-                nxt[live] = self._sample(adjusted.float().cpu())
-            else:
-                nxt[live] = self._sample(logits[live.to(logits.device)].cpu())
-            for b in live.tolist():
-                out_ids[b].append(int(nxt[b]))
-            done |= self._stops[nxt]  # finished rows were fed PAD, which never stops
-            if bool(done.all()):
+                out = self.model(seq_ids, attention_mask=seq_mask, position_ids=position,
+                                 use_cache=False, logits_to_keep=1, output_hidden_states=want_h)
+            logits = out.logits[:, -1, : self.n_vocab].float()  # (n, V)
+            if want_h:
+                logits = self.logits_adjust(out.hidden_states[-1][:, -1], logits).float()
+            nxt = self._sample(logits.cpu())  # (n,)
+            stop = self._stops[nxt]  # (n,) bool
+            for k, b in enumerate(rows.tolist()):
+                out_ids[b].append(int(nxt[k]))
+                finished[b] = bool(stop[k])
+            if bool(stop.all()):
                 break
-            ids = nxt[:, None].to(device)
-            step_mask = torch.cat([step_mask, torch.ones((B, 1), dtype=torch.long, device=device)], 1)
-            step_ids = torch.cat([step_ids, ids], 1)
-        truncated = [not bool(d) for d in done]
+            keep = (~stop).nonzero().squeeze(1)
+            if len(keep) < len(rows):  # drop finished rows, their cache entries included
+                rows, nxt = rows[keep], nxt[keep]
+                seq_ids, seq_mask = seq_ids[keep.to(device)], seq_mask[keep.to(device)]
+                if cache is not None:
+                    cache.batch_select_indices(keep.to(device))
+            new_ids = nxt[:, None].to(device)
+            seq_ids = torch.cat([seq_ids, new_ids], 1)
+            seq_mask = torch.cat([seq_mask, torch.ones_like(new_ids)], 1)
+        truncated = [not f for f in finished]
         for b in range(B):
             if truncated[b]:
                 out_ids[b].append(self.newline_id)
