@@ -177,7 +177,9 @@ def car_dealer(n_dataset: int = 19_000) -> dict[str, Constants]:
     return {task: Constants(0.0, round(float(data.mean()), 3), round(float(best.mean()), 3), source)}
 
 
-def _questions_constants(task: str, n_dataset: int, n_items: int) -> dict[str, Constants]:
+def _questions_constants(
+    name: str, task: str, n_dataset: int, n_items: int
+) -> dict[str, Constants]:
     # TASKS.md §7-8: min -20 (no correct guess in 20 questions); avg: the default dataset, its
     # first n episodes (seeds from 1,000,000); max: the best scripted asker (OPTIMAL_POLICY)
     # under the evaluation protocol (one episode per item, seed = index).
@@ -192,7 +194,7 @@ def _questions_constants(task: str, n_dataset: int, n_items: int) -> dict[str, C
     best_policy = make_policy(OPTIMAL_POLICY[task], task)
     best = protocol_returns(task, best_policy, type(env).evaluation_resets(n_items))
     source = (
-        f"{SCRIPT} {task}: avg = {behaviour.name} default dataset, first {n_dataset} episodes "
+        f"{SCRIPT} {name}: avg = {behaviour.name} default dataset, first {n_dataset} episodes "
         f"(seeds {DATA_SEED_BASE}+i), mean {_mean_se(data)}, success {success:.3f}, length "
         f"{length:.2f}; max = {best_policy.name}, evaluation protocol ({n_items} episodes, one "
         f"per item, seed = index), mean {_mean_se(best)}; min = no correct guess; {_stamp()}"
@@ -205,7 +207,9 @@ def twenty_questions(n_dataset: int = 10_000) -> dict[str, Constants]:
     splitter (``p_info=1``) on all 158 objects."""
     from lmrlgym.envs.twenty_questions import load_kb
 
-    return _questions_constants("TwentyQuestions-v0", n_dataset, len(load_kb().items))
+    return _questions_constants(
+        "twenty_questions", "TwentyQuestions-v0", n_dataset, len(load_kb().items)
+    )
 
 
 def guess_city(n_dataset: int = 10_000) -> dict[str, Constants]:
@@ -213,12 +217,57 @@ def guess_city(n_dataset: int = 10_000) -> dict[str, Constants]:
     (``p_info=1``, guessing as soon as one candidate remains) on all 100 cities."""
     from lmrlgym.envs.guess_city import load_kb
 
-    return _questions_constants("GuessCity-v0", n_dataset, len(load_kb().cities))
+    return _questions_constants("guess_city", "GuessCity-v0", n_dataset, len(load_kb().cities))
+
+
+def _textnav_chunk(job: tuple[str, list[int]]) -> list[tuple[float, bool, int]]:
+    """(return, success, length) of default-dataset episodes ``seeds``."""
+    from lmrlgym.data.policies import default_policy
+
+    task, seeds = job
+    env = lmrlgym.make(task)
+    policy = make_policy(default_policy(task), task)
+    episodes = [run_episode(env, policy, seed, task) for seed in seeds]
+    env.close()
+    return [(ep.ret, ep.success, ep.n_actions) for ep in episodes]
+
+
+def textnav(n_dataset: int = 2500, workers: int = 2) -> dict[str, Constants]:
+    """TASKS.md §3. min 0; avg: the default ``textnav-half-expert`` dataset (the paper's 2.5k
+    trajectories, seeds from 1,000,000); max: ``textnav-walkthrough`` under the evaluation
+    protocol (8 start rooms x 32, seeds 32*i+k), which wins every episode."""
+    import multiprocessing as mp
+
+    from lmrlgym.data.policies import OPTIMAL_POLICY, default_policy
+
+    out = {}
+    seeds = [DATA_SEED_BASE + i for i in range(n_dataset)]
+    for task in ("TextNav-FO-v0", "TextNav-PO-v0"):
+        jobs = [(task, seeds[k::workers]) for k in range(workers)]
+        with mp.get_context("spawn").Pool(workers) as pool:
+            rows = [row for chunk in pool.map(_textnav_chunk, jobs) for row in chunk]
+        data = np.array([r[0] for r in rows])
+        success = np.mean([r[1] for r in rows])
+        length = np.mean([r[2] for r in rows])
+        behaviour = make_policy(default_policy(task), task)
+        best_policy = make_policy(OPTIMAL_POLICY[task], task)
+        env_cls = type(lmrlgym.make(task))
+        best = protocol_returns(task, best_policy, env_cls.evaluation_resets(256))
+        source = (
+            f"{SCRIPT} textnav: avg = {behaviour.name} default dataset, first {n_dataset} "
+            f"episodes (seeds {DATA_SEED_BASE}+i), mean {_mean_se(data)}, success "
+            f"{success:.3f}, length {length:.2f}; max = {best_policy.name}, evaluation protocol "
+            f"(256 episodes, 8 rooms x 32, seeds 32*i+k), mean {best.mean():.4f}; min = no win; "
+            f"TextWorld 1.7.0; {_stamp()}"
+        )
+        out[task] = Constants(0.0, round(float(data.mean()), 3), round(float(best.mean()), 3), source)
+    return out
 
 
 TASKS: dict[str, Callable[[], dict[str, Constants]]] = {
     "maze": maze, "wordle": wordle, "chess": chess, "endgames": endgames,
     "car_dealer": car_dealer, "twenty_questions": twenty_questions, "guess_city": guess_city,
+    "textnav": textnav,
 }
 
 

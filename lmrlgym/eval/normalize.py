@@ -72,6 +72,27 @@ PROJECT: dict[str, Constants] = {
         "evaluation protocol (256 episodes, seeds 0-255), mean 0.9717 +- 0.0016 (SE); "
         "min = no sale; lmrlgym 0.1.0, 2026-11-25",
     ),
+    # Twenty Questions (TASKS.md §7): min = no correct guess; avg = the default dataset; max =
+    # the best splitter on the 158 objects (theoretical maximum 0).
+    "TwentyQuestions-v0": Constants(
+        -20.0, -17.56, -6.93,
+        "scripts/compute_constants.py twenty_questions: avg = twentyq-splitter(guess_at=6,"
+        "p_info=0.01) default dataset, first 10000 episodes (seeds 1000000+i), mean -17.5601 "
+        "+- 0.0458 (SE), success 0.326, length 17.89; max = twentyq-splitter(guess_at=4,"
+        "p_info=1.0), evaluation protocol (158 episodes, one per item, seed = index), mean "
+        "-6.9304 +- 0.0947 (SE); min = no correct guess; lmrlgym 0.1.0, 2026-11-25",
+    ),
+    # Guess My City (TASKS.md §8): min = no correct guess; avg = the default dataset; max = the
+    # best asker (-1: one open question such as the local food names the city for a KB reader).
+    "GuessCity-v0": Constants(
+        -20.0, -18.871, -1.0,
+        "scripts/compute_constants.py guess_city: avg = guesscity-asker(guess_turn=20,"
+        "p_early=0.03,p_info=0.003) default dataset, first 10000 episodes (seeds 1000000+i), "
+        "mean -18.8712 +- 0.0249 (SE), success 0.530, length 19.40; max = guesscity-asker("
+        "guess_turn=20,p_early=1.0,p_info=1.0), evaluation protocol (100 episodes, one per "
+        "item, seed = index), mean -1.0000 +- 0.0000 (SE); min = no correct guess; "
+        "lmrlgym 0.1.0, 2026-11-25",
+    ),
 }  # fmt: skip
 
 
