@@ -193,6 +193,11 @@ class OpenAIPolicy:
             raise TypeError(f"the reply text is {type(text).__name__}, not str")
         return text
 
+    def reset_stats(self) -> None:
+        """Zero the request counters (e.g. after a warm-up)."""
+        with self._lock:
+            self.stats = RequestStats()
+
     def close(self) -> None:
         """Stop the worker threads and close the pooled connections."""
         self._pool.shutdown(wait=False, cancel_futures=True)
