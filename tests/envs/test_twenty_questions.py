@@ -289,3 +289,14 @@ def test_default_dataset_is_deterministic_and_replays():
             obs, reward, *_ = env.step(rec["turns"][i]["text"])
             assert obs.endswith(rec["turns"][i + 1]["text"]) and reward == rec["turns"][i]["reward"]
         assert rec["meta"]["item"] in {it.name for it in KB.items}
+
+
+def test_oracle_spec_strings():
+    from lmrlgym.partners import OpenAICompatible
+
+    env = lmrlgym.make("TwentyQuestions-v0", oracle="openai:http://127.0.0.1:9/v1/tiny-model")
+    assert isinstance(env.partner, OpenAICompatible)  # built lazily: nothing is contacted yet
+    assert env.reset(seed=0)[1]["deterministic"] is False
+    assert lmrlgym.make("TwentyQuestions-v0", oracle="rules").partner is None
+    with pytest.raises(ValueError, match="partner spec"):
+        lmrlgym.make("TwentyQuestions-v0", oracle="gpt-4")
