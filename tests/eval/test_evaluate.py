@@ -117,3 +117,18 @@ def test_lm_policy_on_wordle(tmp_path):
     assert 0.0 <= s["truncated_action_rate"] <= 1.0 and s["decoding"]["temperature"] == 1.0
     assert s["episodes"] == 3 and s["normalized_score_paper"] is not None
     assert s["illegal_rate"] > 0.5  # an untrained model rarely spells a valid word
+
+
+def test_lm_policy_on_maze_fo_sees_env_windows():
+    texts = ["move up\n", "move down\n", "The goal is at position 8, 6.\n"] * 20
+    tok = train_tokenizer(texts, vocab_size=280)
+    torch.manual_seed(1)
+    model = build_model("gpt2-tiny", tok, dropout=0.0, n_positions=128)
+    policy = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=2, seed=0)
+    res = evaluate(policy, "Maze-FO-v0", 2)
+    s = res.summary
+    assert s["episodes"] == 2 and s["truncated_action_rate"] > 0.5
+    # Maze-FO shows only the newest observation: every prompt is BOS + one env text.
+    obs_ids = [tok.encode(t.text, add_special_tokens=False) for t in res.episodes[-1].turns[-3:-2]]
+    assert policy.last.prompt_ids[0][1:] in obs_ids or len(policy.last.prompt_ids[0]) == 64
+    assert sum(ep.n_actions for ep in res.episodes) == policy.n_actions

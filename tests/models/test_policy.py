@@ -152,3 +152,28 @@ def test_length_buckets_cover_every_prompt_once(tok, model):
         assert len(c) <= 5
         widths = [lengths[i] for i in c]
         assert len(c) == 1 or max(widths) * len(c) <= 1.25 * sum(widths)
+
+
+def test_rows_finishing_at_different_steps_match_one_by_one(tok, model):
+    """Finished rows leave the batch (and the KV cache) mid-generation; the others go on
+    exactly as if generated alone."""
+    nl = newline_id(tok)
+
+    def adjust(h, logits):
+        # Stop rows by a content-dependent rule, so rows of one batch end at different steps.
+        stop = (h[:, :3].sum(-1) * 10).floor().remainder(3) == 0
+        out = logits.clone()
+        out[:, nl] = torch.where(stop, 1e9, -1e9)
+        return out
+
+    obs = ["Say something 0.\n", "You said hello there.\n", "Bye.\n", "go left\n", "stop\n",
+           "Say something 1.\nYou said go left.\n"]
+
+    def run(**kw):
+        pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=10, greedy=True,
+                       logits_adjust=adjust, **kw)
+        return pol.act(obs), pol.last.action_ids
+
+    texts, ids = run()
+    assert len({len(a) for a in ids}) > 2  # rows really finished at different steps
+    assert (texts, ids) == run(batch_size=1) == run(use_cache=False)
