@@ -437,15 +437,14 @@ def _compile_into(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def _exclusive(lock_file: Any) -> Iterator[None]:
     import fcntl
 
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    fcntl.flock(lock_file, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _discard(directory: Path) -> None:
@@ -468,8 +467,15 @@ def game_files(root: Path | None = None) -> dict[str, Path]:
     files = _read_cache(target)
     if files is not None:
         return files
-    root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / f".{key}.lock"):
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock_file = open(root / f".{key}.lock", "a")  # closed by the `with` below
+    except OSError as e:
+        raise OSError(
+            f"cannot write the Text-Nav game cache in {root} ({e}); set LMRLGYM_CACHE to a "
+            "writable directory"
+        ) from e
+    with lock_file, _exclusive(lock_file):
         files = _read_cache(target)  # another process may have finished meanwhile
         if files is not None:
             return files

@@ -254,6 +254,12 @@ def test_corrupted_cache_is_rebuilt(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [key]
 
 
+def test_unwritable_cache_names_the_variable(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="LMRLGYM_CACHE"):
+        textnav.game_files(tmp_path / "file" / "cache")
+
+
 def _build_in(root: str) -> dict[str, str]:
     from lmrlgym.envs.textnav import game_files
 
