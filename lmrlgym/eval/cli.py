@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -24,10 +24,11 @@ def eval_main(
     policy: str | None = None,
     env_kwargs: str = "{}",
     batch_size: int = 64,
+    served_mode: Literal["completions", "chat"] = "completions",
     device: str = "cpu",
     json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
-    """Evaluate a trained run (--run) or a scripted policy (--policy) on a task.
+    """Evaluate a trained run (--run) or a scripted/served policy (--policy) on a task.
 
     Prints a summary table (mean return ± SE, bootstrap 95% CI, success, illegal-action rate,
     length, normalized score) and writes episodes.jsonl and eval_summary.json to the output
@@ -40,15 +41,19 @@ def eval_main(
         episodes: Evaluation episodes; default: the task's full protocol (Maze: 800 = 25 starts x 32).
         seed: Shifts the protocol's env seeds and seeds sampling (0 = the shared protocol).
         out: Output directory; default: <run>/eval/<task>__seed<seed>/ (with --policy: required).
+            An evaluation that dies midway keeps its finished episodes in episodes.partial.jsonl.
         greedy: Greedy decoding instead of sampling.
         temperature: Sampling temperature.
         top_k: Sample from the k most likely tokens only.
         top_p: Nucleus sampling mass.
         max_new_tokens: Per-action token cap; default: the run's.
         beta: Value-guidance strength for MC/ILQL runs; default: the run's.
-        policy: A scripted policy spec instead of a run, e.g. maze-optimal.
+        policy: Instead of a run: a scripted policy spec (e.g. maze-optimal) or a served model
+            behind an OpenAI-compatible endpoint, openai:<base_url>/<model> (e.g.
+            openai:http://127.0.0.1:8000/v1/maze-bc; --greedy sends temperature 0).
         env_kwargs: JSON object of env keyword arguments, e.g. '{"grid": "double_t_maze"}'.
-        batch_size: Prompts per forward pass.
+        batch_size: Prompts per forward pass (in-process models).
+        served_mode: For openai: policies, the /completions (raw prompt) or /chat/completions API.
         device: Torch device.
         json_output: Print the summary as JSON instead of a table.
     """
@@ -79,20 +84,29 @@ def eval_main(
         out = out or run / "eval" / f"{task}__seed{seed}"
     else:
         from lmrlgym.data.policies import make_policy
+        from lmrlgym.eval.openai_policy import is_openai_spec, policy_from_spec
 
         if task is None:
             raise ValueError("--task is required with --policy")
         if out is None:
             raise ValueError("--out is required with --policy (there is no run directory)")
-        pol = make_policy(policy, task)
+        if is_openai_spec(policy):
+            pol = policy_from_spec(policy, mode=served_mode, top_p=top_p, max_tokens=max_new_tokens,
+                                   temperature=0.0 if greedy else temperature)
+        else:
+            pol = make_policy(policy, task)
     if episodes is None:
         episodes = PROTOCOL_EPISODES.get(task, 100)
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
 
-    with tqdm(total=episodes, desc=f"eval {task}", unit="ep", delay=0.5) as bar:
-        result = evaluate(pol, task, episodes, seed=seed, env_kwargs=kwargs, out_dir=out,
-                          progress=bar.update)
+    try:
+        with tqdm(total=episodes, desc=f"eval {task}", unit="ep", delay=0.5) as bar:
+            result = evaluate(pol, task, episodes, seed=seed, env_kwargs=kwargs, out_dir=out,
+                              progress=bar.update)
+    finally:
+        if hasattr(pol, "close"):
+            pol.close()
     if json_output:
         print(json.dumps({k: v for k, v in result.summary.items() if k != "metrics"}, indent=2))
     else:
