@@ -21,6 +21,8 @@ Logged keys: ``train/{loss, nll, token_acc, lr, grad_norm, action_tokens, epoch}
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -43,6 +45,17 @@ class BCConfig(common.TrainConfig):
     """Export the checkpoint with the lowest validation NLL instead of the final one."""
 
 
+CONFIG = BCConfig
+
+# Paper Table 3: lr 1e-4 and batch 128 on every task, so only the lengths vary (TASK_LENGTHS).
+PAPER_PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def preset(task: str, **overrides: Any) -> BCConfig:
+    """BC config for ``task``: the paper's values plus ``overrides``."""
+    return common.task_preset(BCConfig, task, PAPER_PRESETS, **overrides)
+
+
 def bc_loss(logits: Tensor, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
     """``L_BC = −(1/n) Σ_i log π_θ(a_i | s_i)`` over the batch's ``n`` action steps (§3.1).
 
@@ -56,3 +69,44 @@ def bc_loss(logits: Tensor, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
     loss = -step_mean(logp_a)
     acc = step_mean((logp.argmax(-1) == a).float())
     return loss, {"train/loss": loss, "train/nll": loss, "train/token_acc": acc}
+
+
+def train(
+    config: BCConfig, select: Callable[[list], tuple[list, dict]] | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> Path:
+    """Train BC and return the run directory. ``select`` (filtered BC) picks the training
+    episodes and returns them with its metrics."""
+    config, run_dir, checkpoint = common.start_run(config)
+    common.set_seed(config.seed)
+    # Data: episodes -> seeded split -> tokenizer -> rendered rows (§1.3).
+    data = common.prepare_data(config, run_dir, select=select)
+    # Model: BC keeps the model's dropout (§2.4).
+    lm = common.build_lm(config, data.tokenizer).to(config.device)
+    lm_head = lm.get_output_embeddings()
+    modules = {"lm": lm}
+    optimizer = common.make_optimizer(lm.parameters(), config.lr, config.weight_decay)
+
+    def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        act, _, _, _ = step_view(batch)  # (B, S)
+        h = common.hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h = h[:, :-1][act]  # (n, d): logits only where a token is chosen
+        logits = lm_head(h)[:, : data.n_vocab]  # (n, V): extra embedding rows sliced off
+        return bc_loss(logits, batch)
+
+    def make_policy() -> Any:
+        return common.lm_policy(lm, data.tokenizer, config)
+
+    def export(run_dir: Path) -> None:
+        common.export_lm(lm, data.tokenizer, run_dir)
+
+    loop = common.Loop(config, run_dir, data, modules, optimizer, checkpoint,
+                       validate=lambda batch: forward(batch)[1], make_policy=make_policy,
+                       export=export, select_best=config.select_best, progress=progress)
+    for step in loop.steps():  # resumes after the last checkpoint
+        for batch in loop.microbatches(step):  # grad_accum microbatches of this step
+            loss, metrics = forward(batch)
+            loop.backward(loss, metrics, batch)
+        loop.optimizer_step(step)  # learning rate, gradient clipping, AdamW step
+        loop.end_step(step)  # log, validate/evaluate, checkpoint
+    return loop.finish()  # export model/ + tokenizer/ for load_policy

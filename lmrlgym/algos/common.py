@@ -19,9 +19,10 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -461,3 +462,425 @@ def total_steps(config: TrainConfig, n_rows: int) -> int:
         return config.max_steps
     micro = config.batch_size // config.grad_accum
     return math.ceil(config.epochs * math.ceil(n_rows / micro) / config.grad_accum)
+
+
+# --- per-task presets ---------------------------------------------------------------------------
+
+DIALOGUE = ("TwentyQuestions-v0", "GuessCity-v0", "CarDealer-v0")
+TEXTNAV = ("TextNav-FO-v0", "TextNav-PO-v0")
+MAZE = ("Maze-FO-v0", "Maze-PO-v0")
+CHESS = ("Chess-v0", "Endgames-v0")
+
+# (P = max_context_tokens, M = max_new_tokens) per task: the original's lengths (§3.1, §4.1).
+TASK_LENGTHS: dict[str, dict[str, int]] = {
+    "Maze-FO-v0": {"max_context_tokens": 256, "max_new_tokens": 8},
+    "Maze-PO-v0": {"max_context_tokens": 1024, "max_new_tokens": 16},
+    "Chess-v0": {"max_context_tokens": 256, "max_new_tokens": 16},
+    "Endgames-v0": {"max_context_tokens": 150, "max_new_tokens": 10},
+    "TwentyQuestions-v0": {"max_context_tokens": 1024, "max_new_tokens": 128},
+    "GuessCity-v0": {"max_context_tokens": 1024, "max_new_tokens": 128},
+    "CarDealer-v0": {"max_context_tokens": 512, "max_new_tokens": 128},
+    "Wordle-v0": {"max_context_tokens": 2048, "max_new_tokens": 128},
+    "TextNav-FO-v0": {"max_context_tokens": 2048, "max_new_tokens": 128},
+    "TextNav-PO-v0": {"max_context_tokens": 2048, "max_new_tokens": 128},
+}
+
+
+def expand_tasks(table: dict[tuple[str, ...] | str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{("A", "B"): x, "C": y}`` -> ``{"A": x, "B": x, "C": y}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for tasks, values in table.items():
+        for task in (tasks,) if isinstance(tasks, str) else tasks:
+            out[task] = values
+    return out
+
+
+def task_preset(cls: type, task: str, table: dict[str, dict[str, Any]], **overrides: Any) -> Any:
+    """The config of one (task, method) cell: class defaults, then the task's lengths and the
+    method's per-task paper values, then ``overrides``."""
+    return cls(task=task, **{**TASK_LENGTHS.get(task, {}), **table.get(task, {}), **overrides})
+
+
+# --- the training loop's plumbing ----------------------------------------------------------------
+
+CONFIG_FILE = "config.json"
+MODEL_DIR = "model"
+TOKENIZER_DIR = "tokenizer"
+HEADS_FILE = "heads.safetensors"
+
+
+def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
+    """Resolve the run directory and config; returns ``(config, run_dir, checkpoint or None)``.
+
+    ``--resume DIR`` reloads DIR's saved config (flags other than ``--resume`` are ignored, so
+    the resumed run is the same run) and its last checkpoint. A new run refuses a directory
+    that already holds a run.
+    """
+    if config.resume:
+        run_dir = Path(config.resume)
+        saved = run_dir / CONFIG_FILE
+        if not saved.exists():
+            raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG_FILE} (not a run directory)")
+        fields = json.loads(saved.read_text())
+        algo = fields.pop("algo", None)
+        if algo != config_algo(config):
+            raise ValueError(f"--resume {run_dir}: the run is {algo!r}, not {config_algo(config)!r}")
+        config = type(config)(**{**fields, "resume": str(run_dir)})
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume {run_dir}: no checkpoint yet; start it again")
+        return config, run_dir, ckpt
+    if not config.data:
+        raise ValueError("--data is required (a dataset directory or JSONL file)")
+    run_dir = run_dir_for(config)
+    if (run_dir / CONFIG_FILE).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / CONFIG_FILE, config_to_json(config))
+    return config, run_dir, None
+
+
+@dataclasses.dataclass
+class Data:
+    """A rendered dataset: the tokenizer and the training and validation rows."""
+
+    tokenizer: Any
+    train_rows: list
+    val_rows: list
+    metrics: dict[str, float]  # logged once at step 0 (split sizes, filtering)
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tokenizer)
+
+
+def context_fn(task: str, env_kwargs: dict[str, Any] | None = None) -> Any:
+    """The env's ``context_turns`` (its window). Built from an instance, because one class can
+    serve several ids with different windows (Maze FO: latest observation; PO: 40 turns)."""
+    from lmrlgym.registry import make
+
+    env = make(task, **dict(env_kwargs or {}))
+    try:
+        return env.context_turns
+    finally:
+        env.close()
+
+
+def prepare_data(
+    config: TrainConfig, run_dir: Path, gamma: float = 1.0, discount_mode: str = "turn",
+    truncation_is_terminal: bool = False, select: Any = None,
+) -> Data:
+    """Episodes -> seeded split by episode -> (optional ``select`` on the training split) ->
+    tokenizer (trained on the training text, or the run's/``init_from``'s) -> rendered rows."""
+    from lmrlgym.data.io import read_episodes
+    from lmrlgym.models.render import TokenCache, render
+
+    episodes, skipped = read_episodes(config.data, skip_bad=config.skip_bad)
+    if skipped:
+        print(f"{config.data}: skipped {skipped} malformed lines (--skip-bad)", file=sys.stderr)
+    if not episodes:
+        raise ValueError(f"{config.data}: the dataset has no episodes")
+    other = sorted({e.task for e in episodes} - {config.task})
+    if other:
+        raise ValueError(f"{config.data}: episodes of {', '.join(other)}, but --task is {config.task}")
+    train_eps, val_eps = split_episodes(episodes, config.val_fraction, config.seed)
+    metrics: dict[str, float] = {"data/episodes": len(episodes), "data/skipped_lines": skipped,
+                                 "data/train_episodes": len(train_eps), "data/val_episodes": len(val_eps)}
+    if select is not None:
+        train_eps, select_metrics = select(train_eps)
+        metrics.update(select_metrics)
+    tokenizer = load_or_train_tokenizer(config, run_dir, train_eps)
+    window = context_fn(config.task)
+    cache = TokenCache(tokenizer)
+
+    def rows(eps: list) -> list:
+        out = []
+        for k, ep in enumerate(eps):
+            segs = render(ep, tokenizer, window, config.max_context_tokens, gamma, discount_mode,
+                          truncation_is_terminal=truncation_is_terminal, episode_id=k,
+                          token_cache=cache)
+            out.extend(s for s in segs if bool(s.action_mask.any()))
+        return out
+
+    data = Data(tokenizer, rows(train_eps), rows(val_eps), metrics)
+    metrics.update({"data/train_rows": len(data.train_rows), "data/val_rows": len(data.val_rows)})
+    return data
+
+
+def load_or_train_tokenizer(config: TrainConfig, run_dir: Path, episodes: list) -> Any:
+    """The run's own tokenizer when resuming, ``init_from``'s, or one trained on the episodes'
+    text; saved in ``<run>/tokenizer`` with the run (atomic: temp dir + rename)."""
+    from lmrlgym.models.tokenizer import load_tokenizer, train_tokenizer
+
+    own = run_dir / TOKENIZER_DIR
+    if own.exists():
+        return load_tokenizer(own)
+    if config.init_from:
+        tokenizer = load_tokenizer(Path(config.init_from) / TOKENIZER_DIR)
+    else:
+        texts = (t.text for ep in episodes for t in ep.turns)
+        tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tokenizer."))
+    tokenizer.save_pretrained(str(tmp))
+    os.replace(tmp, own)
+    return tokenizer
+
+
+def build_lm(config: TrainConfig, tokenizer: Any, dropout: float | None = None) -> nn.Module:
+    """The causal LM: ``init_from``'s exported model, else ``--model`` (a preset or a path).
+    Rows never exceed ``P + M`` plus one env turn, so the preset's position table is kept."""
+    from lmrlgym.models.factory import build_model
+
+    source = str(Path(config.init_from) / MODEL_DIR) if config.init_from else config.model
+    return build_model(source, tokenizer, dropout=dropout)
+
+
+def hidden_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Final hidden states ``h`` (B, T, d), after the final norm: the LM head's input (§2.1).
+    ``base_model`` is the trunk of every Hugging Face causal LM (GPT-2's ``transformer``)."""
+    return lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def last_token_states(lm: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+    """``h`` at the last real token of each right-padded row, (B, d)."""
+    h = hidden_states(lm, ids, mask)  # (B, T, d)
+    last = mask.sum(1) - 1  # (B,)
+    return h[torch.arange(h.shape[0]), last.clamp(min=0)]
+
+
+class Loop:
+    """The outer loop shared word for word by every offline method: step schedule, resume,
+    learning rate, clipping, logging, validation, evaluation, checkpoints and export.
+
+    Each ``train()`` owns the forward pass and the loss; this owns everything around them.
+    """
+
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, data: Data, modules: dict[str, nn.Module],
+        optimizer: torch.optim.Optimizer, checkpoint: Path | None,
+        validate: Any = None, make_policy: Any = None, export: Any = None,
+        select_best: bool = False, progress: Any = None,
+    ):
+        self.config, self.run_dir, self.data = config, run_dir, data
+        self.modules, self.optimizer = modules, optimizer
+        self.validate, self.make_policy, self.export = validate, make_policy, export
+        self.micro = config.batch_size // config.grad_accum
+        self.schedule = BatchSchedule(len(data.train_rows), self.micro, config.seed)
+        self.n_steps = total_steps(config, len(data.train_rows))
+        self.logger = MetricsLogger(run_dir, config.tensorboard)
+        self.pad_id = data.tokenizer.pad_token_id
+        self.select_best = select_best
+        self.best = math.inf  # lowest eval/loss so far (select_best)
+        self.start = 0
+        if checkpoint is not None:
+            meta = load_checkpoint(checkpoint, modules, optimizer)
+            self.start, self.best = meta["step"], meta.get("best_eval_loss", math.inf)
+            self.logger.truncate_after(self.start)
+        self.params = [p for p in optimizer.param_groups[0]["params"]]
+        self.mean = MetricsMean()
+        self.tokens, self.t0 = 0, time.perf_counter()
+        self.epoch = 0.0
+        self.progress = progress  # the CLI's progress bar: progress(step, n_steps, metrics)
+
+    def steps(self) -> Iterator[int]:
+        """Optimizer step indices still to run (after the checkpoint when resuming)."""
+        if self.start == 0:
+            self.logger.log(0, self.data.metrics)
+        return iter(range(self.start, self.n_steps))
+
+    def microbatches(self, step: int) -> Iterator[Any]:
+        """The ``grad_accum`` collated microbatches of optimizer step ``step``."""
+        from lmrlgym.models.render import collate
+
+        for j in range(self.config.grad_accum):
+            epoch, idx = self.schedule(step * self.config.grad_accum + j)
+            self.epoch = epoch + (idx[0] if len(idx) else 0) / max(self.schedule.n_rows, 1)
+            batch = collate([self.data.train_rows[i] for i in idx], self.pad_id)
+            yield batch.to(self.config.device)
+
+    def backward(self, loss: Tensor, metrics: dict[str, Tensor], batch: Any) -> None:
+        """Accumulate the gradient of one microbatch (each weighs 1/grad_accum)."""
+        (loss / self.config.grad_accum).backward()
+        self.mean.add(metrics)
+        self.mean.add({"train/action_tokens": batch.n_action_tokens})
+        self.tokens += int(batch.attention_mask.sum())
+
+    def optimizer_step(self, step: int) -> None:
+        """Learning rate, gradient clipping at ``grad_clip`` and one AdamW step (§2.4)."""
+        lr = lr_at(step, self.config.lr, self.config.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.mean.add({"train/lr": lr, "train/grad_norm": grad_norm})
+
+    def end_step(self, step: int) -> None:
+        """Log every ``log_every`` steps, validate/evaluate every ``eval_every``, checkpoint
+        every ``save_every`` (and always after the last step)."""
+        done = step + 1
+        last = done == self.n_steps
+        if done % self.config.log_every == 0 or last:
+            elapsed = time.perf_counter() - self.t0
+            metrics = {**self.mean.pop(), "train/epoch": self.epoch,
+                       "time/tokens_per_s": self.tokens / max(elapsed, 1e-9)}
+            self.tokens, self.t0 = 0, time.perf_counter()
+            self.logger.log(done, metrics)
+            if self.progress is not None:
+                self.progress(done, self.n_steps, metrics)
+        if (self.config.eval_every and done % self.config.eval_every == 0) or last:
+            metrics = self.evaluate()
+            self.logger.log(done, metrics)
+            if self.select_best and metrics.get("eval/loss", math.inf) < self.best:
+                self.best = metrics["eval/loss"]
+                self.export(self.run_dir)  # the best model so far is the exported one
+        if done % self.config.save_every == 0 or last:
+            save_checkpoint(self.run_dir, done, self.modules, self.optimizer,
+                            {"n_steps": self.n_steps, "best_eval_loss": self.best},
+                            self.config.keep_checkpoints)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """``eval/loss`` on the validation rows and, with ``eval_episodes``, env evaluation."""
+        out: dict[str, float] = {}
+        modes = {name: m.training for name, m in self.modules.items()}
+        for m in self.modules.values():
+            m.eval()
+        try:
+            if self.validate is not None and self.data.val_rows:
+                out.update(self.validation_loss())
+            if self.config.eval_episodes > 0 and self.make_policy is not None:
+                from lmrlgym.eval.evaluate import evaluate
+
+                # seed 0: the task's fixed protocol, shared by every method (paired comparisons).
+                result = evaluate(self.make_policy(), self.config.task, self.config.eval_episodes)
+                out.update(eval_metrics(result, self.config))
+        finally:
+            for name, m in self.modules.items():
+                m.train(modes[name])
+        return out
+
+    def validation_loss(self) -> dict[str, float]:
+        """Token-weighted means of the loss metrics over the validation rows, as ``eval/*``."""
+        from lmrlgym.models.render import collate
+
+        sums: dict[str, float] = {}
+        weight = 0
+        rows = self.data.val_rows
+        for i in range(0, len(rows), self.micro):
+            batch = collate(rows[i : i + self.micro], self.pad_id).to(self.config.device)
+            n = batch.n_action_tokens
+            for k, v in self.validate(batch).items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            weight += n
+        return {k.replace("train/", "eval/"): v / weight for k, v in sums.items()}
+
+    def finish(self) -> Path:
+        """Export the final model (``model/``, ``tokenizer/`` and, for value methods,
+        ``heads.safetensors``) for ``load_policy`` and ``lmrlgym eval --run``."""
+        self.logger.close()
+        if self.export is not None and not (self.select_best and math.isfinite(self.best)):
+            self.export(self.run_dir)
+        return self.run_dir
+
+
+def eval_metrics(result: Any, config: TrainConfig) -> dict[str, float]:
+    """The ``eval/*`` scalars of an evaluation (``EvalResult.metrics``), plus ``eval/beta`` for
+    value-guided decoding."""
+    metrics = dict(result.metrics)
+    if hasattr(config, "beta"):
+        metrics["eval/beta"] = float(config.beta)
+    return metrics
+
+
+def export_lm(lm: nn.Module, tokenizer: Any, run_dir: Path, heads: dict[str, nn.Module] | None = None) -> None:
+    """Write ``model/`` (Hugging Face ``save_pretrained``), and the heads' weights, atomically."""
+    from safetensors.torch import save_file
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress bars belong to the CLI layer
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model."))
+    lm.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if (run_dir / MODEL_DIR).exists():
+        shutil.rmtree(run_dir / MODEL_DIR)
+    os.replace(tmp, run_dir / MODEL_DIR)
+    if heads:
+        state = {f"{name}.{k}": v.detach().contiguous() for name, head in heads.items()
+                 for k, v in head.state_dict().items()}
+        fd, tmp_file = tempfile.mkstemp(dir=run_dir, prefix=".heads.")
+        os.close(fd)
+        save_file(state, tmp_file)
+        os.replace(tmp_file, run_dir / HEADS_FILE)
+
+
+def lm_policy(lm: nn.Module, tokenizer: Any, config: TrainConfig, logits_adjust: Any = None,
+              **decoding: Any) -> Any:
+    """The evaluation policy of a run: ancestral sampling (or greedy) from the LM, value-guided
+    by ``logits_adjust`` for MC/ILQL (§3.5). ``decoding`` overrides the run's settings."""
+    from lmrlgym.models.policy import LMPolicy
+
+    settings = dict(context_turns=context_fn(config.task),
+                    max_context_tokens=config.max_context_tokens,
+                    max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                    greedy=config.greedy, name=config_algo(config))
+    return LMPolicy(lm, tokenizer, logits_adjust=logits_adjust, **{**settings, **decoding})
+
+
+def load_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The resolved config of a run directory, as its algorithm's config class."""
+    from lmrlgym.algos.cli import ALGORITHMS, algorithm
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: no {CONFIG_FILE} (not a training run directory)")
+    fields = json.loads(path.read_text())
+    algo = fields.pop("algo", None)
+    if algo not in ALGORITHMS:
+        raise ValueError(f"{path}: unknown algo {algo!r}; valid: {', '.join(ALGORITHMS)}")
+    return algorithm(algo).CONFIG(**fields)
+
+
+def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: str = "cpu",
+                **decoding: Any) -> Any:
+    """An ``LMPolicy`` from a finished run (``lmrlgym eval --run``): the exported ``model/``
+    and ``tokenizer/``, value-guided with the run's heads and β for MC and ILQL (§3.5).
+
+    ``beta`` overrides the run's β; ``decoding`` overrides ``LMPolicy`` settings
+    (``temperature``, ``greedy``, ``top_k``, ``max_new_tokens``, ``seed``, ...).
+    """
+    from safetensors.torch import load_file
+
+    from lmrlgym.models.factory import build_model
+    from lmrlgym.models.heads import make_head
+    from lmrlgym.models.tokenizer import load_tokenizer
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    if not (run_dir / MODEL_DIR).is_dir():
+        raise FileNotFoundError(f"{run_dir}: no exported {MODEL_DIR}/ (the run has not finished; "
+                                f"resume it with --resume {run_dir})")
+    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
+    lm = build_model(str(run_dir / MODEL_DIR), tokenizer).to(device).eval()
+    adjust = None
+    head_names = {"mc": ("q",), "ilql": ("q1", "q2", "v")}.get(config_algo(config), ())
+    if head_names:
+        state = load_file(str(run_dir / HEADS_FILE))
+        d = lm.get_output_embeddings().in_features
+        heads = nn.ModuleDict()
+        for name in head_names:
+            out = 1 if name == "v" else len(tokenizer)
+            heads[name] = make_head(config.head, d, out)
+            heads[name].load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()
+                                         if k.split(".", 1)[0] == name})
+        heads.to(device).eval()
+        beta = config.beta if beta is None else float(beta)
+        from lmrlgym.algos import ilql, mc
+
+        adjust = (mc.mc_adjust(heads["q"], beta) if config_algo(config) == "mc"
+                  else ilql.ilql_adjust(heads, beta))
+        decoding.setdefault("name", f"{config_algo(config)}(beta={beta:g})")
+    policy = lm_policy(lm, tokenizer, config, adjust, **decoding)
+    if head_names:
+        policy.beta = beta
+    return policy

@@ -7,9 +7,10 @@ Learning"; settings from Abdulhai et al. 2023, LMRL-Gym, Table 3. Mirrors the or
 (ALGORITHMS.md §3.4, decoding §3.5).
 
 Deviations from the original (docs/deviations.md):
-1. Shared layout by default: one trunk with LM, Q1, Q2 and V heads, an EMA target of the trunk
-   and the Q heads, and a BC term (``bc_weight``) that keeps the LM head ≈ π_β, instead of a
-   frozen BC copy (``value_model``).
+1. Shared layout: one trunk with LM, Q1, Q2 and V heads, an EMA target of the trunk and the
+   Q heads, and a BC term (``bc_weight``) that keeps the LM head ≈ π_β, instead of separate
+   value and target trunks plus a frozen BC copy (the original's "separate" layout of §2.3 is
+   not offered yet).
 2. No duplicated final step: the last real transition of a terminated episode bootstraps from 0
    (the original bootstrapped it from V(s_T), §1.8); next states are found by gathers, not
    O(N²) one-hot pairings; no dialogue is truncated on the right (§1.4).
@@ -24,15 +25,19 @@ action_tokens, epoch}``, ``time/tokens_per_s`` and the ``eval/*`` keys.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmrlgym.algos import common
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.common import next_state_value, step_discount, step_mean, step_view
+from lmrlgym.models.heads import make_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +61,7 @@ class ILQLConfig(common.TrainConfig):
     cql_weight: float = 0.5
     """Weight of the conservative CE term on both Qs (paper Table 3, Maze: 0.5)."""
     bc_weight: float = 1.0
-    """Weight of the BC term that keeps the shared LM head ≈ π_β (ours, §2.3; 0 if separate)."""
+    """Weight of the BC term that keeps the shared LM head ≈ π_β (ours, §2.3: the shared layout has no frozen π_β copy)."""
     polyak_alpha: float = 0.005
     """Target update ``θ̄ ← (1 − α) θ̄ + α θ`` after each optimizer step (paper and original)."""
     target_trunk: bool = True
@@ -68,9 +73,25 @@ class ILQLConfig(common.TrainConfig):
     """Initial Q and V: the zero-initialised output layer's bias (original: 0 on Maze/Chess)."""
     truncation_is_terminal: bool = False
     """Bootstrap truncated episodes with 0, as the original did (§1.8); default: from V."""
-    value_model: Literal["shared", "separate"] = "shared"
-    """``shared``: one trunk for LM, Q and V (default). ``separate``: the original's layout, a
-    value trunk trained without an LM loss and a frozen copy of the initial model as π_β."""
+
+
+CONFIG = ILQLConfig
+
+# Paper Table 3 per task (ALGORITHMS.md §3.4); head biases from the original (§2.2).
+PAPER_PRESETS = common.expand_tasks({
+    common.DIALOGUE: dict(beta=4.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
+    common.MAZE: dict(beta=16.0, tau=0.99, cql_weight=0.5),
+    common.TEXTNAV: dict(beta=1.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
+    "Chess-v0": dict(beta=8.0, tau=0.7, cql_weight=1e-4),
+    "Endgames-v0": dict(beta=8.0, tau=0.7, cql_weight=1.0),
+    "Wordle-v0": dict(lr=3e-5, batch_size=32, beta=32.0, tau=0.7, cql_weight=0.01,
+                      head_bias=-4.1),
+})
+
+
+def preset(task: str, **overrides: Any) -> ILQLConfig:
+    """ILQL config for ``task``: the paper's values plus ``overrides``."""
+    return common.task_preset(ILQLConfig, task, PAPER_PRESETS, **overrides)
 
 
 def ilql_loss(
@@ -113,3 +134,93 @@ def ilql_loss(
         loss = loss + cfg.bc_weight * bc
         metrics["train/bc_loss"] = bc
     return loss, {"train/loss": loss, **metrics}
+
+
+def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
+    """Train ILQL and return the run directory."""
+    config, run_dir, checkpoint = common.start_run(config)
+    common.set_seed(config.seed)
+    # Data: episodes -> seeded split -> tokenizer -> rendered rows with next-state links (§1.3).
+    data = common.prepare_data(config, run_dir, config.gamma, config.discount_mode,
+                               config.truncation_is_terminal)
+    # Model: one trunk with LM, Q1, Q2 and V heads, plus EMA targets; dropout off (§2.3, §2.4).
+    lm = common.build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
+    common.disable_dropout(lm)
+    lm_head = lm.get_output_embeddings()
+    d = lm_head.in_features
+    heads = nn.ModuleDict({
+        "q1": make_head(config.head, d, data.n_vocab, config.head_bias),
+        "q2": make_head(config.head, d, data.n_vocab, config.head_bias),
+        "v": make_head(config.head, d, 1, config.head_bias),
+    }).to(config.device)
+    # Targets start as exact copies; the V head has no target (§2.4).
+    target = nn.ModuleDict({"q1": copy.deepcopy(heads["q1"]), "q2": copy.deepcopy(heads["q2"])})
+    if config.target_trunk:
+        target["trunk"] = copy.deepcopy(lm)
+    target.requires_grad_(False)
+    modules = {"lm": lm, "heads": heads, "target": target}
+    optimizer = common.make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
+                                      config.weight_decay)
+
+    def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        act, _, _, _ = step_view(batch)  # (B, S)
+        h_all = common.hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h = h_all[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
+        v = heads["v"](h_all)  # (B, T)
+        with torch.no_grad():
+            if config.target_trunk:
+                th = common.hidden_states(target["trunk"], batch.input_ids, batch.attention_mask)
+                th = th[:, :-1][act]  # (n, d) target trunk
+            else:
+                th = h  # target heads read the online hidden states (§2.3)
+            tq1, tq2 = target["q1"](th), target["q2"](th)  # (n, V) each
+            v_boot = bootstrap_values(lm, heads["v"], batch, v)  # (B,)
+        lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_weight > 0 else None  # (n, V)
+        return ilql_loss(heads["q1"](h), heads["q2"](h), tq1, tq2, v, v_boot, lm_logits, batch,
+                         config)
+
+    def make_policy() -> Any:
+        return common.lm_policy(lm, data.tokenizer, config, ilql_adjust(heads, config.beta))
+
+    def export(run_dir: Path) -> None:
+        common.export_lm(lm, data.tokenizer, run_dir, dict(heads))
+
+    loop = common.Loop(config, run_dir, data, modules, optimizer, checkpoint,
+                       validate=lambda batch: forward(batch)[1], make_policy=make_policy,
+                       export=export, progress=progress)
+    for step in loop.steps():  # resumes after the last checkpoint
+        for batch in loop.microbatches(step):  # grad_accum microbatches of this step
+            loss, metrics = forward(batch)
+            loop.backward(loss, metrics, batch)
+        loop.optimizer_step(step)  # learning rate, gradient clipping, AdamW step
+        # EMA targets advance only on real optimizer steps (§2.4).
+        for name in ("q1", "q2"):
+            common.polyak_update(target[name], heads[name], config.polyak_alpha)
+        if config.target_trunk:
+            common.polyak_update(target["trunk"], lm, config.polyak_alpha)
+        loop.end_step(step)  # log, validate/evaluate, checkpoint
+    return loop.finish()  # export model/ + tokenizer/ + heads for load_policy
+
+
+@torch.no_grad()
+def bootstrap_values(lm: nn.Module, v_head: nn.Module, batch: Any, v: Tensor) -> Tensor:
+    """``V_boot`` (B,) after each row's last step (§1.6): V at the last token of ``next_ids``
+    (one extra trunk pass over those rows), else at the row's last real token; × (1 − terminal)."""
+    v_boot = v.detach().float().gather(1, batch.last_index[:, None]).squeeze(1)  # (B,)
+    rows = batch.has_next.nonzero().squeeze(1)  # (k,)
+    if len(rows):
+        ids, mask = batch.next_ids[rows], batch.next_attention_mask[rows]  # (k, T')
+        v_boot[rows] = v_head(common.last_token_states(lm, ids, mask)).float()  # (k,)
+    return v_boot * (~batch.terminal).float()
+
+
+def ilql_adjust(heads: nn.ModuleDict, beta: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """Value-guided decoding (§3.5): ``logits + β · (min(Q1, Q2) − V)`` from the online heads,
+    as in the original. Equals π_β at β = 0 and at head init (Q ≡ V ≡ head_bias)."""
+
+    def adjust(hidden: Tensor, logits: Tensor) -> Tensor:  # (N, d), (N, V) -> (N, V)
+        n_vocab = logits.shape[-1]
+        q = torch.minimum(heads["q1"](hidden), heads["q2"](hidden))[:, :n_vocab]  # (N, V)
+        return logits.float() + beta * (q - heads["v"](hidden)[:, None])
+
+    return adjust

@@ -6,8 +6,9 @@ improvement over the behaviour policy. Mirrors the original's ``llm_rl_scripts/*
 (ALGORITHMS.md §3.3, decoding §3.5).
 
 Deviations from the original (docs/deviations.md):
-1. Shared layout by default: one trunk with the LM head and the Q head; a BC term
-   (``bc_weight``) keeps the LM head ≈ π_β, instead of a frozen BC copy (``value_model``).
+1. Shared layout: one trunk with the LM head and the Q head; a BC term (``bc_weight``) keeps
+   the LM head ≈ π_β, instead of a Q trunk and a frozen BC copy (the original's "separate"
+   layout of §2.3 is not offered yet).
 2. Returns are computed once per episode over all its action turns, with no duplicated final
    step (the original counted the terminal reward twice on Maze/Chess, §1.8), and no dialogue
    is truncated on the right (§1.4).
@@ -21,13 +22,17 @@ grad_norm, action_tokens, epoch}``, ``time/tokens_per_s`` and the ``eval/*`` key
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from lmrlgym.algos import common
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.common import step_mean, step_view
+from lmrlgym.models.heads import make_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,14 +54,30 @@ class MCConfig(common.TrainConfig):
     cql_weight: float = 0.5
     """Weight of the conservative CE term (paper Table 3, Maze: 0.5)."""
     bc_weight: float = 1.0
-    """Weight of the BC term that keeps the shared LM head ≈ π_β (ours, §2.3; 0 if separate)."""
+    """Weight of the BC term that keeps the shared LM head ≈ π_β (ours, §2.3: the shared layout has no frozen π_β copy)."""
     head: Literal["mlp", "linear"] = "mlp"
     """Q head type (original: MLP on Maze/Chess/Endgames, linear elsewhere; §2.2)."""
     head_bias: float = 0.0
     """Initial Q value: the zero-initialised output layer's bias (original: 0 on Maze/Chess)."""
-    value_model: Literal["shared", "separate"] = "shared"
-    """``shared``: one trunk for LM and Q (default). ``separate``: the original's layout, a Q
-    trunk trained without an LM loss and a frozen copy of the initial model as π_β."""
+
+
+CONFIG = MCConfig
+
+# Paper Table 3 per task (ALGORITHMS.md §3.3); head types and biases from the original (§2.2).
+PAPER_PRESETS = common.expand_tasks({
+    common.DIALOGUE: dict(beta=16.0, cql_weight=0.001, head="linear", head_bias=-4.1),
+    common.MAZE: dict(beta=16.0, cql_weight=0.5),
+    common.TEXTNAV: dict(beta=4.0, cql_weight=0.001, head="linear", head_bias=-4.1),
+    "Chess-v0": dict(batch_size=64, beta=8.0, cql_weight=1e-4),
+    "Endgames-v0": dict(batch_size=64, beta=8.0, cql_weight=1.0),  # paper "1, 1e-4": ours 1
+    "Wordle-v0": dict(lr=3e-5, batch_size=32, beta=64.0, gamma=1.0, cql_weight=0.01,
+                      head="linear", head_bias=-4.1),
+})
+
+
+def preset(task: str, **overrides: Any) -> MCConfig:
+    """MC config for ``task``: the paper's values plus ``overrides``."""
+    return common.task_preset(MCConfig, task, PAPER_PRESETS, **overrides)
 
 
 def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Any, cfg: MCConfig) -> tuple[Tensor, dict[str, Tensor]]:
@@ -81,3 +102,55 @@ def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Any, cfg: MCConfig) -> t
         loss = loss + cfg.bc_weight * bc
         metrics["train/bc_loss"] = bc
     return loss, {"train/loss": loss, **metrics}
+
+
+def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
+    """Train MC Returns and return the run directory."""
+    config, run_dir, checkpoint = common.start_run(config)
+    common.set_seed(config.seed)
+    # Data: episodes -> seeded split -> tokenizer -> rendered rows with returns-to-go (§1.3).
+    data = common.prepare_data(config, run_dir, config.gamma, config.discount_mode)
+    # Model: one trunk with the LM head and a Q head; dropout off (§2.3, §2.4).
+    lm = common.build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
+    common.disable_dropout(lm)
+    lm_head = lm.get_output_embeddings()
+    q_head = make_head(config.head, lm_head.in_features, data.n_vocab, config.head_bias)
+    q_head.to(config.device)
+    modules = {"lm": lm, "q": q_head}
+    optimizer = common.make_optimizer([*lm.parameters(), *q_head.parameters()], config.lr,
+                                      config.weight_decay)
+
+    def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        act, _, _, _ = step_view(batch)  # (B, S)
+        h = common.hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h = h[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
+        lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_weight > 0 else None  # (n, V)
+        return mc_loss(q_head(h), lm_logits, batch, config)
+
+    def make_policy() -> Any:
+        return common.lm_policy(lm, data.tokenizer, config, mc_adjust(q_head, config.beta))
+
+    def export(run_dir: Path) -> None:
+        common.export_lm(lm, data.tokenizer, run_dir, {"q": q_head})
+
+    loop = common.Loop(config, run_dir, data, modules, optimizer, checkpoint,
+                       validate=lambda batch: forward(batch)[1], make_policy=make_policy,
+                       export=export, progress=progress)
+    for step in loop.steps():  # resumes after the last checkpoint
+        for batch in loop.microbatches(step):  # grad_accum microbatches of this step
+            loss, metrics = forward(batch)
+            loop.backward(loss, metrics, batch)
+        loop.optimizer_step(step)  # learning rate, gradient clipping, AdamW step
+        loop.end_step(step)  # log, validate/evaluate, checkpoint
+    return loop.finish()  # export model/ + tokenizer/ + heads for load_policy
+
+
+def mc_adjust(q_head: torch.nn.Module, beta: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """Value-guided decoding for MC (§3.5): ``logits + β · Q(s, ·)`` (V ≡ 0: a per-state
+    constant does not change the softmax). Equals π_β at β = 0 and at head init."""
+
+    def adjust(hidden: Tensor, logits: Tensor) -> Tensor:  # (N, d), (N, V) -> (N, V)
+        n_vocab = logits.shape[-1]
+        return logits.float() + beta * q_head(hidden)[:, :n_vocab]
+
+    return adjust

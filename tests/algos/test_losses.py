@@ -116,3 +116,20 @@ def test_expectile_fits_mean_at_half_and_max_near_one():
             loss.backward()
             opt.step()
         assert v.item() == pytest.approx(expect, abs=0.05)
+
+
+def test_select_episodes_success_and_top_fraction_with_seeded_ties():
+    from lmrlgym.algos.filtered_bc import select_episodes
+    from lmrlgym.core import Episode, Turn
+
+    def ep(ret, success):
+        return Episode("T", [Turn("o\n", False), Turn("a\n", True, ret)], True, False, success)
+
+    eps = [ep(-3, False), ep(0, True), ep(-1, False), ep(-1, False), ep(-5, True)]
+    assert [e.ret for e in select_episodes(eps, "success", 0.5, 0)] == [0, -5]
+    top = select_episodes(eps, "top_fraction", 0.4, 0)  # ceil(0.4 * 5) = 2: 0 and one of the -1s
+    assert len(top) == 2 and sorted(e.ret for e in top) == [-1, 0]
+    picks = {id(select_episodes(eps, "top_fraction", 0.4, s)[1]) for s in range(20)}
+    assert picks == {id(eps[2]), id(eps[3])}  # the tie is broken by the seed, both ways
+    with pytest.raises(ValueError, match="keep"):
+        select_episodes(eps, "best", 0.5, 0)
