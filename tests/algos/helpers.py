@@ -1,0 +1,24 @@
+"""Tiny models and Maze datasets shared by the algorithm tests."""
+
+from pathlib import Path
+
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lmrlgym.data.generate import generate_dataset
+
+
+def micro_model(path: Path, n_layer: int = 1, n_embd: int = 32) -> str:
+    """A randomly initialised GPT-2 far below the presets (tests only), saved as a directory
+    that ``--model`` loads; its 512 embedding rows cover any tokenizer of ``vocab_size <= 512``
+    (rows beyond ``len(tokenizer)`` are sliced off)."""
+    if not path.exists():
+        config = GPT2Config(n_layer=n_layer, n_head=2, n_embd=n_embd, n_positions=320,
+                            vocab_size=512, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+        GPT2LMHeadModel(config).save_pretrained(str(path))
+    return str(path)
+
+
+def maze_dataset(path: Path, n: int, policy: str, seed: int = 1_000_000) -> str:
+    if not (path / "manifest.json").exists():
+        generate_dataset("Maze-FO-v0", path, n, policy, seed=seed, overwrite=True)
+    return str(path)
