@@ -46,8 +46,11 @@ class LMPolicy:
 
     ``context_turns`` is the env's window, used by :meth:`act_turns` (default: every turn);
     ``max_context_tokens`` is the prompt budget ``P`` (BOS included) and ``max_new_tokens`` the
-    per-turn cap ``M``. ``use_cache=False`` recomputes the whole sequence at every token and
-    ``batch_size=1`` generates row by row: both only exist to measure their cost.
+    per-turn cap ``M``. Prompts are generated in batches of at most ``batch_size``, grouped by
+    length so that left padding stays within ``pad_budget`` of a batch's real tokens
+    (``float("inf")``: any lengths share a batch). ``use_cache=False`` recomputes the whole
+    sequence at every token and ``batch_size=1`` generates row by row: both only exist to
+    measure their cost.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class LMPolicy:
         logits_adjust: LogitsAdjust | None = None,
         use_cache: bool = True,
         batch_size: int = 64,
+        pad_budget: float = 0.25,
         name: str = "lm",
     ):
         if max_context_tokens < 2:
@@ -79,6 +83,8 @@ class LMPolicy:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if pad_budget < 0:
+            raise ValueError(f"pad_budget must be >= 0, got {pad_budget}")
         n_pos = getattr(model.config, "n_positions", None) or getattr(
             model.config, "max_position_embeddings", None)
         if n_pos is not None and max_context_tokens + max_new_tokens > n_pos:
@@ -99,6 +105,7 @@ class LMPolicy:
         self.logits_adjust = logits_adjust
         self.use_cache = use_cache
         self.batch_size = batch_size
+        self.pad_budget = pad_budget
         self.name = name
         self.n_vocab = len(tokenizer)
         self.newline_id = newline_id(tokenizer)
@@ -178,7 +185,7 @@ class LMPolicy:
         """Prompt indices grouped by length into batches of at most ``batch_size``.
 
         Prefill dominates CPU generation, and left padding to the longest prompt wastes it, so
-        a batch is closed once padding would exceed a quarter of its real tokens."""
+        a batch is closed once its padding would exceed ``pad_budget`` of its real tokens."""
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         chunks: list[list[int]] = []
         cur: list[int] = []
@@ -186,7 +193,7 @@ class LMPolicy:
         for i in order:
             width = lengths[i]  # ascending order: the newest prompt is the longest
             if cur and (len(cur) == self.batch_size
-                        or width * (len(cur) + 1) > 1.25 * (real + lengths[i])):
+                        or width * (len(cur) + 1) > (1 + self.pad_budget) * (real + lengths[i])):
                 chunks.append(cur)
                 cur, real = [], 0
             cur.append(i)
