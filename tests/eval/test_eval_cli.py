@@ -41,3 +41,22 @@ def test_bad_input(kwargs, match, tmp_path):
 def test_missing_run_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="run directory not found"):
         eval_main(run=tmp_path / "nope", task="Maze-FO-v0")
+
+
+def test_trained_run_default_out_dir(tmp_path, capsys):
+    """A real (tiny, briefly trained) BC run: task from the run, output inside the run."""
+    from lmrlgym.algos import bc
+    from lmrlgym.data.generate import generate_dataset
+
+    generate_dataset("Maze-FO-v0", tmp_path / "data", 16, policy_spec="maze-optimal")
+    run = bc.train(bc.BCConfig(
+        task="Maze-FO-v0", data=str(tmp_path / "data"), out=str(tmp_path / "run"),
+        model="gpt2-tiny", vocab_size=300, max_context_tokens=48, max_new_tokens=4, max_steps=2,
+        batch_size=8, val_fraction=0.0, tensorboard=False, save_every=1000))
+    eval_main(run=run, episodes=2, seed=3, greedy=True)
+    out = run / "eval" / "Maze-FO-v0__seed3"
+    summary = json.loads((out / "eval_summary.json").read_text())
+    assert summary["task"] == "Maze-FO-v0" and summary["episodes"] == 2
+    assert summary["decoding"]["greedy"] is True and summary["decoding"]["max_new_tokens"] == 4
+    assert [json.loads(line)["seed"] for line in (out / "episodes.jsonl").read_text().splitlines()] == [3, 35]
+    assert "Maze-FO-v0" in capsys.readouterr().out
