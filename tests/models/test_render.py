@@ -176,3 +176,29 @@ def test_collate_pads_right(bpe):
     assert batch.episode_id.tolist()[-1] == 3
     assert batch.n_action_tokens == sum(int(r.action_mask.sum()) for r in rows)
     assert batch.rewards.dtype == torch.float32 and batch.input_ids.dtype == torch.long
+
+
+def test_maze_fo_episode_is_a_chain_without_duplicated_final_step(bpe):
+    """§1.8: one row per step, the last one terminal with no successor, returns computed once."""
+    from lmrlgym import make
+    from lmrlgym.data.generate import run_episode
+    from lmrlgym.data.policies import make_policy
+
+    env = make("Maze-FO-v0")
+    ep = run_episode(env, make_policy("maze-optimal", "Maze-FO-v0"), seed=3, task="Maze-FO-v0")
+    tok = train_tokenizer([t.text for t in ep.turns] * 3, vocab_size=300)
+    rows = render(ep, tok, env.context_turns, 256, 0.9, "turn")
+    actions = [t for t in ep.turns if t.is_action]
+    assert len(rows) == len(actions) and ep.terminated and actions[-1].reward == 0
+    for k, (seg, action) in enumerate(zip(rows, actions, strict=True)):
+        obs = ep.turns[2 * k].text
+        assert tok.decode(seg.input_ids[1:]) == obs + action.text
+        # G_k = sum_j 0.9^(j-k) r_j over the rest of the episode, on every token of the turn.
+        g = sum(0.9 ** (j - k) * a.reward for j, a in enumerate(actions) if j >= k)
+        n_tokens = int(seg.action_mask.sum())
+        assert seg.returns[seg.action_mask].tolist() == pytest.approx([g] * n_tokens)
+        if k + 1 < len(rows):
+            assert not seg.terminal and tok.decode(seg.next_ids[1:]) == ep.turns[2 * k + 2].text
+    assert rows[-1].terminal and rows[-1].next_ids.numel() == 0
+    # Reaching the goal earns 0 and nothing follows: G = 0, never a doubled terminal reward.
+    assert rows[-1].returns[rows[-1].action_mask].abs().max() == 0
