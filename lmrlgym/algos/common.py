@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lmrlgym.algos import distributed
+
 # --------------------------------------------------------------------------------------------
 # 1. Pure tensor helpers (§1.6-1.9)
 # --------------------------------------------------------------------------------------------
@@ -243,7 +245,14 @@ class TrainConfig:
     tensorboard: bool = True
     """Also write TensorBoard events (when tensorboard is installed)."""
     device: str = "cpu"
-    """Torch device."""
+    """Torch device (under torchrun/accelerate, ``cuda`` means each rank's own GPU)."""
+    lora: str | None = None
+    """Train LoRA adapters instead of all LM weights (PEFT), e.g. ``r=16,alpha=32`` or
+    ``r=8,alpha=16,dropout=0.05,targets=c_attn|c_proj``; value heads stay fully trainable."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Run training forwards under torch.autocast in this dtype (weights and optimizer stay fp32)."""
+    dist_timeout: float = 1800.0
+    """Seconds a collective waits for the other ranks under torchrun/accelerate before failing."""
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "grad_accum", "epochs", "max_context_tokens", "max_new_tokens",
@@ -260,6 +269,12 @@ class TrainConfig:
             raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.lora is not None:
+            from lmrlgym.models.lora import parse_lora
+
+            parse_lora(self.lora)  # a bad spec fails before any work
+        if self.dist_timeout <= 0:
+            raise ValueError(f"--dist-timeout must be positive, got {self.dist_timeout}")
 
 
 def config_to_json(config: Any) -> dict[str, Any]:
@@ -514,8 +529,13 @@ def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
 
     ``--resume DIR`` reloads DIR's saved config (flags other than ``--resume`` are ignored, so
     the resumed run is the same run) and its last checkpoint. A new run refuses a directory
-    that already holds a run.
+    that already holds a run. Under torchrun/accelerate, rank 0 creates the directory and
+    every rank uses it (``algos/distributed.py``).
     """
+    world = distributed.init_distributed(config.device, config.dist_timeout)
+    config = dataclasses.replace(config, device=distributed.device_for(config.device))
+    if world.enabled and not config.resume and config.data and not config.out:
+        config = dataclasses.replace(config, out=str(distributed.broadcast_object(run_dir_for(config))))
     if config.resume:
         run_dir = Path(config.resume)
         saved = run_dir / CONFIG_FILE
@@ -526,6 +546,7 @@ def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
         if algo != config_algo(config):
             raise ValueError(f"--resume {run_dir}: the run is {algo!r}, not {config_algo(config)!r}")
         config = type(config)(**{**fields, "resume": str(run_dir)})
+        config = dataclasses.replace(config, device=distributed.device_for(config.device))
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume {run_dir}: no checkpoint yet; start it again")
@@ -533,10 +554,12 @@ def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
     if not config.data:
         raise ValueError("--data is required (a dataset directory or JSONL file)")
     run_dir = run_dir_for(config)
-    if (run_dir / CONFIG_FILE).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / CONFIG_FILE, config_to_json(config))
+    with distributed.main_first():
+        if distributed.is_main():
+            if (run_dir / CONFIG_FILE).exists():
+                raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_dir / CONFIG_FILE, config_to_json(config))
     return config, run_dir, None
 
 
@@ -613,26 +636,29 @@ def load_or_train_tokenizer(config: TrainConfig, run_dir: Path, episodes: list) 
     from lmrlgym.models.tokenizer import load_tokenizer, train_tokenizer
 
     own = run_dir / TOKENIZER_DIR
-    if own.exists():
-        return load_tokenizer(own)
-    if config.init_from:
-        tokenizer = load_tokenizer(Path(config.init_from) / TOKENIZER_DIR)
-    else:
-        texts = (t.text for ep in episodes for t in ep.turns)
-        tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tokenizer."))
-    tokenizer.save_pretrained(str(tmp))
-    os.replace(tmp, own)
-    return tokenizer
+    with distributed.main_first():  # rank 0 trains and saves it; the other ranks load it
+        if own.exists():
+            return load_tokenizer(own)
+        if config.init_from:
+            tokenizer = load_tokenizer(Path(config.init_from) / TOKENIZER_DIR)
+        else:
+            texts = (t.text for ep in episodes for t in ep.turns)
+            tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
+        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tokenizer."))
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, own)
+        return tokenizer
 
 
 def build_lm(config: TrainConfig, tokenizer: Any, dropout: float | None = None) -> nn.Module:
     """The causal LM: ``init_from``'s exported model, else ``--model`` (a preset or a path).
-    Rows never exceed ``P + M`` plus one env turn, so the preset's position table is kept."""
-    from lmrlgym.models.factory import build_model
+    Rows never exceed ``P + M`` plus one env turn, so the preset's position table is kept.
+    An ``init_from`` LoRA run's adapter is merged in; ``--lora`` then adds fresh adapters."""
+    from lmrlgym.models import lora
 
     source = str(Path(config.init_from) / MODEL_DIR) if config.init_from else config.model
-    return build_model(source, tokenizer, dropout=dropout)
+    lm = lora.build_model(source, tokenizer, merge=True, dropout=dropout)
+    return lora.apply_lora(lm, config.lora) if config.lora else lm
 
 
 def hidden_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -667,7 +693,8 @@ class Loop:
         self.micro = config.batch_size // config.grad_accum
         self.schedule = BatchSchedule(len(data.train_rows), self.micro, config.seed)
         self.n_steps = total_steps(config, len(data.train_rows))
-        self.logger = MetricsLogger(run_dir, config.tensorboard)
+        self.logger = (MetricsLogger(run_dir, config.tensorboard) if distributed.is_main()
+                       else distributed.NullLogger())
         self.pad_id = data.tokenizer.pad_token_id
         self.select_best = select_best
         self.best = math.inf  # lowest eval/loss so far (select_best)
@@ -680,7 +707,10 @@ class Loop:
         self.mean = MetricsMean()
         self.tokens, self.t0 = 0, time.perf_counter()
         self.epoch = 0.0
-        self.progress = progress  # the CLI's progress bar: progress(step, n_steps, metrics)
+        self.progress = progress if distributed.is_main() else None  # the CLI's progress bar
+        # Identity in one process; under torchrun: rank 0's weights, shards, global metrics.
+        self.parallel = distributed.DataParallel(modules, config.seed)
+        self.amp = distributed.MixedPrecision(config.mixed_precision, config.device)
 
     def steps(self) -> Iterator[int]:
         """Optimizer step indices still to run (after the checkpoint when resuming)."""
@@ -695,23 +725,30 @@ class Loop:
         for j in range(self.config.grad_accum):
             epoch, idx = self.schedule(step * self.config.grad_accum + j)
             self.epoch = epoch + (idx[0] if len(idx) else 0) / max(self.schedule.n_rows, 1)
+            idx = self.parallel.shard(idx)  # this rank's slice of the global microbatch
             batch = collate([self.data.train_rows[i] for i in idx], self.pad_id)
-            yield batch.to(self.config.device)
+            with self.amp.autocast():
+                yield batch.to(self.config.device)
 
     def backward(self, loss: Tensor, metrics: dict[str, Tensor], batch: Any) -> None:
-        """Accumulate the gradient of one microbatch (each weighs 1/grad_accum)."""
-        (loss / self.config.grad_accum).backward()
+        """Accumulate the gradient of one microbatch (each weighs 1/grad_accum). Under
+        torchrun the loss is weighted by this rank's share of the action tokens and the metrics
+        are the global batch's."""
+        loss, metrics, attended = self.parallel.weigh(loss, metrics, batch.n_action_tokens,
+                                                      int(batch.attention_mask.sum()))
+        self.amp.backward(loss / self.config.grad_accum)
         self.mean.add(metrics)
-        self.mean.add({"train/action_tokens": batch.n_action_tokens})
-        self.tokens += int(batch.attention_mask.sum())
+        self.tokens += attended
 
     def optimizer_step(self, step: int) -> None:
         """Learning rate, gradient clipping at ``grad_clip`` and one AdamW step (§2.4)."""
         lr = lr_at(step, self.config.lr, self.config.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        distributed.sync_grads(self.params)  # average over ranks (no-op in one process)
+        self.amp.unscale(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step()
+        self.amp.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.mean.add({"train/lr": lr, "train/grad_norm": grad_norm})
 
@@ -734,15 +771,18 @@ class Loop:
             if self.select_best and metrics.get("eval/loss", math.inf) < self.best:
                 self.best = metrics["eval/loss"]
                 self.export(self.run_dir)  # the best model so far is the exported one
-        if done % self.config.save_every == 0 or last:
+        if (done % self.config.save_every == 0 or last) and distributed.is_main():
             save_checkpoint(self.run_dir, done, self.modules, self.optimizer,
                             {"n_steps": self.n_steps, "best_eval_loss": self.best},
                             self.config.keep_checkpoints)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """``eval/loss`` on the validation rows and, with ``eval_episodes``, env evaluation."""
+        """``eval/loss`` on the validation rows and, with ``eval_episodes``, env evaluation.
+        Rank 0 only: the other ranks wait for it in the next step's collective."""
         out: dict[str, float] = {}
+        if not distributed.is_main():
+            return out
         modes = {name: m.training for name, m in self.modules.items()}
         for m in self.modules.values():
             m.eval()
@@ -781,6 +821,7 @@ class Loop:
         self.logger.close()
         if self.export is not None and not (self.select_best and math.isfinite(self.best)):
             self.export(self.run_dir)
+        distributed.cleanup()  # every rank waits for rank 0's export, then leaves the group
         return self.run_dir
 
 
@@ -794,13 +835,22 @@ def eval_metrics(result: Any, config: TrainConfig) -> dict[str, float]:
 
 
 def export_lm(lm: nn.Module, tokenizer: Any, run_dir: Path, heads: dict[str, nn.Module] | None = None) -> None:
-    """Write ``model/`` (Hugging Face ``save_pretrained``), and the heads' weights, atomically."""
+    """Write ``model/`` (Hugging Face ``save_pretrained``), and the heads' weights, atomically.
+    A LoRA model writes its frozen base there and the adapter in ``model/adapter/`` (PEFT
+    format). Rank 0 only under torchrun/accelerate."""
     from safetensors.torch import save_file
     from transformers.utils import logging as hf_logging
 
+    from lmrlgym.models import lora
+
+    if not distributed.is_main():
+        return
     hf_logging.disable_progress_bar()  # progress bars belong to the CLI layer
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model."))
-    lm.save_pretrained(str(tmp))
+    if lora.is_lora(lm):
+        lora.save_pretrained(lm, tmp)
+    else:
+        lm.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     if (run_dir / MODEL_DIR).exists():
         shutil.rmtree(run_dir / MODEL_DIR)
@@ -851,8 +901,8 @@ def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: s
     """
     from safetensors.torch import load_file
 
-    from lmrlgym.models.factory import build_model
     from lmrlgym.models.heads import make_head
+    from lmrlgym.models.lora import build_model  # the factory's, plus a saved LoRA adapter
     from lmrlgym.models.tokenizer import load_tokenizer
 
     run_dir = Path(run_dir)
