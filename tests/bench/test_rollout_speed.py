@@ -8,7 +8,8 @@ from lmrlgym.bench.rollout_speed import MODES, bench_rollout, rollout_main
 
 
 def test_bench_rollout_reports_every_mode():
-    rows = bench_rollout("gpt2-tiny", n_prompts=4, n_prompts_unbatched=2, max_new_tokens=2)
+    rows = bench_rollout("gpt2-tiny", n_prompts=4, n_prompts_unbatched=2, max_new_tokens=2,
+                         repeats=2)
     assert [r["mode"] for r in rows] == list(MODES)
     for r in rows:
         assert r["actions_per_s"] > 0 and r["tokens"] >= r["actions"]
@@ -19,7 +20,8 @@ def test_bench_rollout_reports_every_mode():
 
 
 def test_rollout_main_json(capsys):
-    rollout_main("gpt2-tiny", prompts=2, prompts_unbatched=1, max_new_tokens=1, json_output=True)
+    rollout_main("gpt2-tiny", prompts=2, prompts_unbatched=1, max_new_tokens=1, repeats=1,
+                 json_output=True)
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["mode"] for r in rows} == set(MODES)
     assert all("actions_per_s" in r for r in rows)
