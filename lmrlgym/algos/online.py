@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
+from lmrlgym.algos import common
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import ContextFn, Segment, TokenCache, _extends, prompt_ids, render
@@ -151,3 +154,61 @@ def render_rollouts(
                            discount_mode, truncation_is_terminal=truncation_is_terminal,
                            episode_id=i, action_ids=r.action_ids, token_cache=cache)
     return segments
+
+
+# --------------------------------------------------------------------------------------------
+# Run plumbing shared by the online methods (the offline ones use common.start_run / Loop)
+# --------------------------------------------------------------------------------------------
+
+
+def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
+    """Like ``common.start_run``, but a new run needs ``--init`` (a BC run), not ``--data``:
+    every RL method starts from the task's BC checkpoint (ALGORITHMS.md §2.1)."""
+    if config.resume:
+        return common.start_run(config)
+    if not config.init_from:
+        raise ValueError(f"{common.config_algo(config)} starts from a BC run: pass --init RUN_DIR "
+                         "(a finished `lmrlgym train bc` run directory)")
+    init = Path(config.init_from)
+    if not (init / common.MODEL_DIR).is_dir() or not (init / common.TOKENIZER_DIR).is_dir():
+        raise FileNotFoundError(f"--init {init}: no {common.MODEL_DIR}/ and {common.TOKENIZER_DIR}/ "
+                                "(not a finished training run)")
+    run_dir = common.run_dir_for(config)
+    if (run_dir / common.CONFIG_FILE).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    common.write_json_atomic(run_dir / common.CONFIG_FILE, common.config_to_json(config))
+    return config, run_dir, None
+
+
+def load_init(config: Any, run_dir: Path) -> tuple[nn.Module, Any]:
+    """The initial policy (``init_from``'s model, dropout off, §2.4) and its tokenizer (saved
+    with the run)."""
+    tokenizer = common.load_or_train_tokenizer(config, run_dir, [])
+    lm = common.build_lm(config, tokenizer, dropout=0.0).to(config.device)
+    common.disable_dropout(lm)
+    return lm, tokenizer
+
+
+def rollout_policy(lm: nn.Module, tokenizer: Any, config: Any, rnd: int) -> LMPolicy:
+    """The sampler of round ``rnd``: ancestral sampling at ``rollout_temperature`` (no top-k or
+    top-p, §3.6), seeded by (run seed, round) so a resumed run replays the same rollouts."""
+    return LMPolicy(lm, tokenizer, context_turns=common.context_fn(config.task),
+                    max_context_tokens=config.max_context_tokens,
+                    max_new_tokens=config.max_new_tokens, temperature=config.rollout_temperature,
+                    seed=int(np.random.default_rng([config.seed, rnd, 1]).integers(2**62)),
+                    batch_size=config.rollout_batch_size, name=common.config_algo(config))
+
+
+def evaluate_lm(lm: nn.Module, tokenizer: Any, config: Any) -> dict[str, float]:
+    """``eval/*`` of the current policy under the task's protocol (``eval_episodes``)."""
+    from lmrlgym.eval.evaluate import evaluate
+
+    was_training = lm.training
+    lm.eval()
+    try:
+        result = evaluate(common.lm_policy(lm, tokenizer, config), config.task,
+                          config.eval_episodes, config.seed)
+    finally:
+        lm.train(was_training)
+    return common.eval_metrics(result)

@@ -32,16 +32,23 @@ optimizer_steps, round}``, ``time/{tokens_per_s, rollout_s, update_s}`` and the 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import tyro
-from torch import Tensor
+from torch import Tensor, nn
 
-from lmrlgym.algos import common
-from lmrlgym.algos.common import gae, step_mean
+from lmrlgym.algos import common, online
+from lmrlgym.algos.bc import bc_loss
+from lmrlgym.algos.common import gae, hidden_states, step_mean, step_view
+from lmrlgym.models.heads import make_head
+from lmrlgym.models.render import Batch, Segment, collate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,3 +298,265 @@ def compute_advantages(
     if var_ret > 0:  # undefined (not logged) when every target is equal
         metrics["train/explained_variance"] = 1.0 - float((flat_ret - flat_v).var(unbiased=False)) / var_ret
     return Advantages(adv, ret, metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# Networks: policy trunk + LM head, value head (shared trunk or its own), frozen reference
+# --------------------------------------------------------------------------------------------
+
+
+class PPOModel(nn.Module):
+    """The trained modules: the policy LM, its value head and, in ``separate`` mode, the value
+    trunk (a copy of the initial model whose LM head is never used).
+
+    ``n_vocab`` slices off extra embedding rows (§1.3) and ``banned`` are the special tokens
+    the sampler never emits (``LMPolicy``), so ``log π`` here is the sampling distribution.
+    """
+
+    def __init__(self, policy: nn.Module, value_head: nn.Module, value_trunk: nn.Module | None,
+                 n_vocab: int, banned: Sequence[int] = ()):
+        super().__init__()
+        self.policy = policy
+        self.value_head = value_head
+        self.value_trunk = value_trunk
+        self.n_vocab = n_vocab
+        banned_ids = sorted(i for i in set(banned) if i < n_vocab)
+        self.register_buffer("banned", torch.tensor(banned_ids, dtype=torch.long), persistent=False)
+
+    def action_logp(self, lm: nn.Module, h_act: Tensor, a: Tensor) -> Tensor:
+        """(n, d), (n,) -> (n,): ``log π(a_i | s_i)`` of ``lm``'s head (policy or reference)."""
+        logits = lm.get_output_embeddings()(h_act)[:, : self.n_vocab].float()  # (n, V)
+        if len(self.banned):
+            logits = logits.index_fill(1, self.banned, float("-inf"))
+        return logits.log_softmax(-1).gather(-1, a[:, None]).squeeze(-1)
+
+    def step_outputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``log π(a_i | s_i)`` and ``V(s_i)`` at the batch's ``n`` action steps, both (n,)."""
+        act, a, _, _ = step_view(batch)  # (B, S)
+        h = hidden_states(self.policy, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        logp = self.action_logp(self.policy, h[:, :-1][act], a[act])  # (n,)
+        if self.value_trunk is not None:
+            h = hidden_states(self.value_trunk, batch.input_ids, batch.attention_mask)
+        v = self.value_head(h[:, :-1][act]).float()  # (n,)
+        return logp, v
+
+    def values_at(self, input_ids: Tensor, attention_mask: Tensor, index: Tensor) -> Tensor:
+        """``V`` at token ``index[b]`` of each row, (B,)."""
+        trunk = self.value_trunk if self.value_trunk is not None else self.policy
+        h = hidden_states(trunk, input_ids, attention_mask)  # (B, T, d)
+        return self.value_head(h[torch.arange(len(index)), index]).float()
+
+
+@torch.no_grad()
+def score_rows(
+    model: PPOModel, reference: nn.Module, segments: Sequence[Segment], pad_id: int, chunk: int,
+) -> tuple[list[RowSteps], dict[int, float]]:
+    """The no-grad pass of §3.6 step 2: per row ``old_logp``, ``ref_logp``, ``old_v``; per
+    episode ``V_boot`` (× (1 − terminal)), read from the episode's last row."""
+    rows: list[RowSteps] = []
+    last_row: dict[int, int] = {}
+    for j, seg in enumerate(segments):
+        if seg.episode_id not in last_row or seg.first_turn > segments[last_row[seg.episode_id]].first_turn:
+            last_row[seg.episode_id] = j
+    v_boot = {eid: 0.0 for eid in last_row}
+    for start in range(0, len(segments), chunk):
+        part = segments[start : start + chunk]
+        batch = collate(part, pad_id)
+        act, a, _, _ = step_view(batch)  # (B, S)
+        old_logp, old_v = model.step_outputs(batch)  # (n,)
+        h_ref = hidden_states(reference, batch.input_ids, batch.attention_mask)
+        ref_logp = model.action_logp(reference, h_ref[:, :-1][act], a[act])  # (n,)
+        counts = act.sum(1).tolist()
+        for seg, lp, rl, v in zip(part, old_logp.split(counts), ref_logp.split(counts),
+                                  old_v.split(counts), strict=True):
+            rows.append(row_steps(seg, lp, rl, v))
+        # Bootstrap values: only non-terminal episode ends need one.
+        boot = [b for b, seg in enumerate(part)
+                if last_row[seg.episode_id] == start + b and not seg.terminal]
+        for b in boot:
+            seg = part[b]
+            if len(seg.next_ids):  # the bootstrap state is in next_ids: V at its last token
+                ids = seg.next_ids[None]  # (1, L')
+            else:  # the final observation was appended to the row: V at its last token
+                ids = seg.input_ids[None]  # (1, L)
+            v = model.values_at(ids, torch.ones_like(ids), torch.tensor([ids.shape[1] - 1]))
+            v_boot[seg.episode_id] = float(v[0])
+    return rows, v_boot
+
+
+# --------------------------------------------------------------------------------------------
+# One round's update: epochs_per_round shuffled passes of clipped steps (§3.6 step 5)
+# --------------------------------------------------------------------------------------------
+
+RATIO_ATOL = 1e-4  # |log ρ| allowed on a round's first minibatch (float noise of re-batching)
+
+
+def update_round(
+    model: PPOModel, optimizer: torch.optim.Optimizer, segments: Sequence[Segment],
+    rows: Sequence[RowSteps], adv: Advantages, cfg: PPOConfig, rnd: int, pad_id: int,
+    bc_batches: Any = None,
+) -> dict[str, float]:
+    """Clipped PPO steps over the round's rows; returns the minibatch metrics averaged over
+    the round. Each optimizer step takes ``batch_size`` rows in ``grad_accum`` microbatches.
+
+    ``bc_batches``: when ``bc_weight > 0``, a callable returning the next offline BC
+    :class:`Batch` (an independent stream, §3.6 step 5).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    targets = [StepTargets(r.old_logp, r.old_v, a, R) for r, a, R in zip(rows, adv.adv, adv.ret, strict=True)]
+    micro = cfg.batch_size // cfg.grad_accum
+    mean = common.MetricsMean()
+    first = True
+    for epoch in range(cfg.epochs_per_round):
+        # A fresh seeded order per (round, epoch): a resumed run replays the same batches.
+        order = common.epoch_batches(len(segments), cfg.batch_size, cfg.seed,
+                                     rnd * cfg.epochs_per_round + epoch)
+        for step_rows in order:
+            parts = [step_rows[i : i + micro] for i in range(0, len(step_rows), micro)]
+            n_total = sum(len(rows[j].r) for j in step_rows)
+            optimizer.zero_grad(set_to_none=True)
+            for part in parts:
+                batch = collate([segments[j] for j in part], pad_id)
+                logp, v = model.step_outputs(batch)  # (n,)
+                tg = StepTargets(*(torch.cat([getattr(targets[j], f.name) for j in part])  # (n,)
+                                   for f in dataclasses.fields(StepTargets)))
+                if first:
+                    check_ratio_is_one(logp, tg.old_logp, rnd)
+                    first = False
+                loss, metrics = ppo_loss(logp, v, tg, cfg)
+                weight = len(logp) / n_total  # pooled mean over the step's action tokens
+                total = weight * loss
+                if cfg.bc_weight > 0:
+                    bc = bc_step_loss(model.policy, bc_batches(), model.n_vocab)
+                    total = total + cfg.bc_weight * bc / len(parts)
+                    metrics["train/bc_loss"] = bc
+                total.backward()
+                mean.add(metrics)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            mean.add({"train/grad_norm": grad_norm, "train/action_tokens": n_total})
+    return mean.pop()
+
+
+def check_ratio_is_one(logp: Tensor, old_logp: Tensor, rnd: int) -> None:
+    """Before any update of a round, the policy is the rollout policy: with dropout off and
+    the same vocabulary slice in both passes, ρ = 1 up to float noise (§3.6). A failure means
+    the two passes differ (dropout on, different masking or truncation)."""
+    err = float((logp.detach() - old_logp).abs().max())
+    if err > RATIO_ATOL:
+        raise AssertionError(f"round {rnd}: PPO ratio != 1 on the first minibatch "
+                             f"(max |log ρ| = {err:.2e}); the scoring and training passes differ")
+
+
+def bc_step_loss(policy: nn.Module, batch: Batch, n_vocab: int) -> Tensor:
+    """``L_BC`` (§3.1) on an offline minibatch, through the policy's LM head."""
+    act, _, _, _ = step_view(batch)  # (B, S)
+    h = hidden_states(policy, batch.input_ids, batch.attention_mask)  # (B, T, d)
+    logits = policy.get_output_embeddings()(h[:, :-1][act])[:, :n_vocab]  # (n, V)
+    return bc_loss(logits, batch)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# train(): rounds of rollout -> score -> advantages -> update -> KL controller -> log
+# --------------------------------------------------------------------------------------------
+
+
+def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
+    """Run PPO from ``init_from`` (a BC run) and return the run directory.
+
+    ``progress(round, n_rounds, metrics)`` is called after each round (the CLI's progress bar).
+    """
+    config, run_dir, checkpoint = online.start_online_run(config)
+    common.set_seed(config.seed)
+    lm, tokenizer = online.load_init(config, run_dir)
+    n_vocab, pad_id = len(tokenizer), tokenizer.pad_token_id
+    # The frozen reference is the initial (BC) policy, also on resume (§3.6).
+    reference = copy.deepcopy(lm).eval().requires_grad_(False)
+    value_trunk = copy.deepcopy(lm) if config.value_model == "separate" else None
+    d = lm.get_output_embeddings().weight.shape[1]
+    value_head = make_head(config.value_head, d, 1, config.value_head_bias).to(config.device)
+    model = PPOModel(lm, value_head, value_trunk, n_vocab, tokenizer.all_special_ids)
+    modules: dict[str, nn.Module] = {"lm": lm, "value_head": value_head}
+    if value_trunk is not None:
+        modules["value_trunk"] = value_trunk
+    optimizer = common.make_optimizer(model.parameters(), config.lr, config.weight_decay)
+    window = common.context_fn(config.task)
+    bc_batches = _bc_stream(config, run_dir, tokenizer) if config.bc_weight > 0 else None
+
+    logger = common.MetricsLogger(run_dir, config.tensorboard)
+    start, kl_coef, n_steps = 0, config.kl_coef, 0
+    if checkpoint is not None:
+        meta = common.load_checkpoint(checkpoint, modules, optimizer)
+        start, kl_coef, n_steps = meta["step"], meta["kl_coef"], meta["optimizer_steps"]
+        if bc_batches is not None:
+            bc_batches.position = meta["bc_position"]
+        logger.truncate_after(start)
+
+    for rnd in range(start, config.n_rounds):
+        t0 = time.perf_counter()
+        # 1. Roll out on training seeds with the current policy; keep the sampled ids.
+        model.eval()
+        rollouts = online.collect_rollouts(
+            online.rollout_policy(lm, tokenizer, config, rnd), config.task,
+            online.rollout_seeds(config.seed, rnd, config.rollouts_per_round),
+            batch_size=config.rollout_batch_size)
+        segments = online.render_rollouts(rollouts, tokenizer, window, config.max_context_tokens,
+                                          config.gamma, config.discount_mode,
+                                          config.truncation_is_terminal)
+        # 2. No-grad pass: old_logp, ref_logp, old_v per action step; V_boot per episode.
+        rows, v_boot = score_rows(model, reference, segments, pad_id, config.batch_size)
+        # 3-4. Shaped rewards, GAE per episode, whitening.
+        adv = compute_advantages(rows, v_boot, kl_coef, config)
+        t1 = time.perf_counter()
+        # 5. Clipped updates (dropout is off, so train mode only matters for custom modules).
+        model.train()
+        lr = common.lr_at(n_steps, config.lr, config.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        metrics = update_round(model, optimizer, segments, rows, adv, config, rnd, pad_id,
+                               bc_batches)
+        n_steps += config.epochs_per_round * math.ceil(len(segments) / config.batch_size)
+        t2 = time.perf_counter()
+        # 6. KL controller (steps with the round's episode count), logging, evaluation.
+        kl_coef = kl_coef_update(kl_coef, adv.metrics["train/kl_seq"], len(rollouts), config)
+        done = rnd + 1
+        tokens = sum(len(s) for s in segments) * config.epochs_per_round
+        metrics = {**online.rollout_metrics(rollouts), **adv.metrics, **metrics,
+                   "train/lr": lr, "train/round": done, "train/optimizer_steps": n_steps,
+                   "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+                   "time/tokens_per_s": tokens / max(t2 - t1, 1e-9)}
+        last = done == config.n_rounds
+        if config.eval_episodes > 0 and ((config.eval_every and done % config.eval_every == 0) or last):
+            metrics.update(online.evaluate_lm(lm, tokenizer, config))
+        logger.log(done, metrics)
+        if progress is not None:
+            progress(done, config.n_rounds, metrics)
+        if done % config.save_every == 0 or last:
+            common.save_checkpoint(run_dir, done, modules, optimizer,
+                                   {"kl_coef": kl_coef, "optimizer_steps": n_steps,
+                                    "bc_position": bc_batches.position if bc_batches else 0},
+                                   config.keep_checkpoints)
+    logger.close()
+    common.export_lm(lm, tokenizer, run_dir, heads={"value": value_head})
+    return run_dir
+
+
+class _BCStream:
+    """Offline BC minibatches for ``bc_weight`` (§3.6 step 5): the dataset's training split,
+    reshuffled each epoch, as an endless resumable stream."""
+
+    def __init__(self, rows: list, micro: int, seed: int, pad_id: int, device: str):
+        self.rows, self.pad_id, self.device = rows, pad_id, device
+        self.schedule = common.BatchSchedule(len(rows), micro, seed)
+        self.position = 0
+
+    def __call__(self) -> Batch:
+        _, idx = self.schedule(self.position)
+        self.position += 1
+        return collate([self.rows[i] for i in idx], self.pad_id).to(self.device)
+
+
+def _bc_stream(config: PPOConfig, run_dir: Path, tokenizer: Any) -> _BCStream:
+    data = common.prepare_data(config, run_dir, config.gamma, config.discount_mode)
+    return _BCStream(data.train_rows, config.batch_size // config.grad_accum, config.seed,
+                     tokenizer.pad_token_id, config.device)
