@@ -29,13 +29,13 @@ Action
 One free-text command, stripped and sent to TextWorld (case-insensitive). A refused command gets
 the engine's refusal (``You can't see any such thing.``, ``That's not a verb I recognise.``) and
 uses a turn; ``info["illegal"]`` is True when the command is not in TextWorld's full admissible
-list. Characters outside printable ASCII (and backslashes) become spaces and the command is cut at 200 characters
-before it reaches the interpreter (a NUL byte kills it). Commands that would desynchronise
-TextWorld's state tracking never reach the engine and get Inform's own refusals: several actions
-in one line (``.``, ``,``, ``;``, ``then``, ``and``, ``all``, ...) get ``You can't use multiple
-objects with that verb.``; interpreter meta commands (``undo``, ``restart``, ``quit``, ``save``,
-``restore``, ``script``, TextWorld's ``tw-`` debug commands, ...) get ``That's not a verb I
-recognise.``.
+list. Characters outside printable ASCII (and backslashes) become spaces and the command is cut
+at 190 characters before it reaches the interpreter (a NUL byte kills it). Commands that would
+desynchronise TextWorld's state tracking never reach the engine and get Inform's own refusals:
+several actions in one line (``.``, ``,``, ``;``, ``then``, ``and``, ``all``, ...) get ``You
+can't use multiple objects with that verb.``; interpreter meta commands (``undo``, ``restart``,
+``quit``, ``save``, ``restore``, ``script``, TextWorld's ``tw-`` debug commands, ...) get
+``That's not a verb I recognise.``.
 
 Rewards
 -------
@@ -169,7 +169,7 @@ _META_VERBS = frozenset(
 )
 MULTI_ACTION_REFUSAL = "You can't use multiple objects with that verb."
 META_REFUSAL = "That's not a verb I recognise."
-MAX_COMMAND_CHARS = 200
+MAX_COMMAND_CHARS = 190  # Jericho truncates (with a warning) at 198 bytes
 _HEADER = re.compile(r"^-= .* =-$")
 
 
@@ -241,7 +241,7 @@ def refusal(command: str) -> str | None:
 
 
 def engine_command(command: str) -> str:
-    """What the interpreter receives: printable ASCII only, at most 200 characters."""
+    """What the interpreter receives: printable ASCII only, at most 190 characters."""
     # Frotz's dumb terminal reads a backslash as the start of its own escape commands.
     safe = "".join(c if " " <= c <= "~" and c != "\\" else " " for c in command)
     return safe.strip()[:MAX_COMMAND_CHARS]
