@@ -64,6 +64,9 @@ def train_tokenizer(
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
         clean_up_tokenization_spaces=False,
+        # Text never becomes a special id, even if it spells one ("<|pad|>" in an observation
+        # or a sampled action): specials are placed by render() and the policy only.
+        split_special_tokens=True,
     )
     check_tokenizer(fast)
     return fast

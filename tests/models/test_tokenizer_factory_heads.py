@@ -31,6 +31,9 @@ def test_newline_is_always_its_own_token(tok):
 def test_specials_and_no_automatic_bos(tok):
     assert tok.bos_token_id is not None and tok.pad_token_id is not None
     assert tok.encode("move up\n") == tok.encode("move up\n", add_special_tokens=False)
+    spelled = tok.encode("say <|bos|> or <|pad|>\n", add_special_tokens=False)
+    assert not set(spelled) & set(tok.all_special_ids)
+    assert tok.decode(spelled) == "say <|bos|> or <|pad|>\n"
     assert len(tok) <= 300
     with pytest.raises(ValueError, match="at least 259"):
         train_tokenizer(TEXTS, vocab_size=100)
@@ -44,7 +47,7 @@ def test_unicode_round_trip(tok):
 def test_save_load_round_trip_and_saved_model(tok, tmp_path):
     tok.save_pretrained(tmp_path / "run")
     tok2 = load_tokenizer(tmp_path / "run")
-    for text in TEXTS[:6]:
+    for text in [*TEXTS[:6], "spelled <|pad|>\n"]:
         assert tok2.encode(text, add_special_tokens=False) == tok.encode(text, add_special_tokens=False)
     assert (tok2.bos_token_id, tok2.pad_token_id, len(tok2)) == (tok.bos_token_id, tok.pad_token_id, len(tok))
     torch.manual_seed(0)
