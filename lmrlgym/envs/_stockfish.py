@@ -211,6 +211,8 @@ class Stockfish:
     # --- games --------------------------------------------------------------------------
     def set_strength(self, strength: Strength) -> None:
         """Configure a strength, checking Elo/skill against the engine's advertised range."""
+        if strength == self._strength:
+            return
         if strength.kind in ("elo", "skill"):
             option = "UCI_Elo" if strength.kind == "elo" else "Skill Level"
             lo, hi = self.option_range(option)
@@ -219,9 +221,8 @@ class Stockfish:
                     f"{strength.kind} {strength.value} is outside {self.name}'s {option} range "
                     f"{lo}..{hi}"
                 )
-        if strength != self._strength:
-            self._strength = strength
-            self._call(lambda e: e.configure(strength.options()))
+        self._strength = strength
+        self._call(lambda e: e.configure(strength.options()))
 
     def new_game(self) -> None:
         """The next search starts a new game: python-chess sends ``ucinewgame`` (clears hash)."""

@@ -112,6 +112,24 @@ PROJECT: dict[str, Constants] = {
         "item, seed = index), mean -1.0000 +- 0.0000 (SE); min = no correct guess; "
         "lmrlgym 0.1.0, 2026-11-25",
     ),
+    # Chess and Endgames (TASKS.md §5-6): min = 400 illegal moves; avg = the default dataset
+    # against the default opponent (nondeterministic, hence the SE); max = a win.
+    "Chess-v0": Constants(
+        -400.0, 0.267, 1.0,
+        "scripts/compute_constants.py chess: avg = chess-stockfish(epsilon=(0.0, 0.25),"
+        "strength='nodes:500-5000') default dataset, first 150 episodes (seeds 1000000+i) "
+        "against the default opponent (stockfish-elo:1350, 100 ms), mean 0.2667 +- 0.0790 "
+        "(SE), success 0.633, length 44.8; Stockfish 15.1; min = 400 illegal moves; "
+        "max = a win; lmrlgym 0.1.0, 2026-11-25",
+    ),
+    "Endgames-v0": Constants(
+        -400.0, 0.57, 1.0,
+        "scripts/compute_constants.py endgames: avg = endgame-epsilon(epsilon_dist=(0.1, 0.6),"
+        "strength='nodes:2000') default dataset, first 300 episodes (seeds 1000000+i) against "
+        "the default opponent (stockfish-elo:1350, 100 ms), mean 0.5700 +- 0.0286 (SE), "
+        "success 0.570, length 17.8; Stockfish 15.1; min = 400 illegal moves; max = a win; "
+        "lmrlgym 0.1.0, 2026-11-25",
+    ),
 }  # fmt: skip
 
 
