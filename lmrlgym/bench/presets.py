@@ -7,8 +7,8 @@
 - ``smoke``: ``make bench``: all six methods, 2 seeds, on Maze-FO and Wordle, plus the behaviour
   and scripted-optimum references on every other task; minutes on a 2-core CPU.
 
-Per-task hyperparameters follow the paper (β, γ, τ, CQL weight, learning rates); a profile only
-rescales sizes. ``lmrlgym bench run --profile P --dry-run`` prints every cell's resolved config.
+Per-task hyperparameters come from each algorithm's ``preset(task)`` (paper Table 3: β, γ, τ,
+CQL weight, learning rates, prompt lengths); a profile only rescales sizes and learning rates. ``lmrlgym bench run --profile P --dry-run`` prints every cell's resolved config.
 """
 
 from __future__ import annotations
@@ -17,48 +17,10 @@ import dataclasses
 from typing import Any
 
 ALL_METHODS = ("bc", "filtered_bc", "mc", "ilql", "ppo", "online_filtered_bc")
+ONLINE = ("ppo", "online_filtered_bc")
+TASKS = ("Maze-FO-v0", "Maze-PO-v0", "TextNav-FO-v0", "TextNav-PO-v0", "Wordle-v0", "Chess-v0",
+         "Endgames-v0", "TwentyQuestions-v0", "GuessCity-v0", "CarDealer-v0")
 
-# Task families share the paper's hyperparameter columns.
-FAMILY = {
-    "Maze-FO-v0": "maze", "Maze-PO-v0": "maze", "TextNav-FO-v0": "textnav",
-    "TextNav-PO-v0": "textnav", "Wordle-v0": "wordle", "Chess-v0": "chess",
-    "Endgames-v0": "endgames", "TwentyQuestions-v0": "dialogue", "GuessCity-v0": "dialogue",
-    "CarDealer-v0": "dialogue",
-}
-
-# Paper Table 3 per family (ALGORITHMS.md §3.2-3.7).
-PAPER_HPARAMS: dict[str, dict[str, dict[str, Any]]] = {
-    "mc": {
-        "dialogue": dict(lr=1e-4, batch_size=128, beta=16.0, gamma=0.99, cql_weight=1e-3),
-        "maze": dict(lr=1e-4, batch_size=128, beta=16.0, gamma=0.99, cql_weight=0.5),
-        "textnav": dict(lr=1e-4, batch_size=128, beta=4.0, gamma=0.99, cql_weight=1e-3),
-        "chess": dict(lr=1e-4, batch_size=64, beta=8.0, gamma=0.99, cql_weight=1e-4),
-        "endgames": dict(lr=1e-4, batch_size=64, beta=8.0, gamma=0.99, cql_weight=1.0),
-        "wordle": dict(lr=3e-5, batch_size=32, beta=64.0, gamma=1.0, cql_weight=0.01),
-    },
-    "ilql": {
-        "dialogue": dict(lr=1e-4, batch_size=128, beta=4.0, cql_weight=1e-3, tau=0.7),
-        "maze": dict(lr=1e-4, batch_size=128, beta=16.0, cql_weight=0.5, tau=0.99),
-        "textnav": dict(lr=1e-4, batch_size=128, beta=1.0, cql_weight=1e-3, tau=0.7),
-        "chess": dict(lr=1e-4, batch_size=128, beta=8.0, cql_weight=1e-4, tau=0.7),
-        "endgames": dict(lr=1e-4, batch_size=128, beta=8.0, cql_weight=1.0, tau=0.7),
-        "wordle": dict(lr=3e-5, batch_size=32, beta=32.0, cql_weight=0.01, tau=0.7),
-    },
-    "filtered_bc": {
-        "dialogue": dict(keep="top_fraction", top_fraction=0.1),
-        "maze": dict(keep="success"), "textnav": dict(keep="success"),
-        "chess": dict(keep="success"), "endgames": dict(keep="success"),
-        "wordle": dict(keep="top_fraction", top_fraction=0.3),
-    },
-}
-
-# Prompt budget P and per-turn generation cap M (ALGORITHMS.md §3.1 and §4.1, original values).
-IO = {
-    "Maze-FO-v0": (256, 8), "Maze-PO-v0": (1024, 16), "TextNav-FO-v0": (1024, 32),
-    "TextNav-PO-v0": (1024, 32), "Wordle-v0": (256, 16), "Chess-v0": (256, 16),
-    "Endgames-v0": (150, 10), "TwentyQuestions-v0": (1024, 64), "GuessCity-v0": (1024, 64),
-    "CarDealer-v0": (512, 96),
-}
 # Dataset sizes (paper Table 1) and evaluation episodes (ALGORITHMS.md §4.2) for `full`.
 PAPER_DATA = {
     "Maze-FO-v0": 1240, "Maze-PO-v0": 1240, "TextNav-FO-v0": 2500, "TextNav-PO-v0": 2500,
@@ -70,8 +32,12 @@ PAPER_EVAL = {
     "Wordle-v0": 4096, "Chess-v0": 1000, "Endgames-v0": 645, "TwentyQuestions-v0": 632,
     "GuessCity-v0": 500, "CarDealer-v0": 512,
 }
-PAPER_MODEL = {**{t: "gpt2" for t in FAMILY}, "TwentyQuestions-v0": "gpt2-medium",
+# Paper §5: GPT-2 small for most tasks, medium for 20Q/Guess, XL for Car Dealer (§2.1).
+PAPER_MODEL = {**{t: "gpt2" for t in TASKS}, "TwentyQuestions-v0": "gpt2-medium",
                "GuessCity-v0": "gpt2-medium", "CarDealer-v0": "gpt2-xl"}
+# Small profiles: a Wordle guess is ~10 tokens, so the original 2048 + 128 budget only slows
+# an untrained tiny model down; the window still holds the whole game.
+SMALL_LENGTHS = {"Wordle-v0": {"max_context_tokens": 256, "max_new_tokens": 16}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +63,8 @@ class Profile:
     """PPO / online filtered BC sizes (rounds, rollouts per round)."""
     extra: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Per-method fields set for every task (e.g. vocabulary size)."""
+    lengths: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    """Per-task prompt/generation budgets replacing the paper's (small profiles only)."""
     eval_env_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     data_workers: int = 1
 
@@ -120,41 +88,34 @@ class Profile:
         # The paper's numbers were sampled at temperature 1 (ALGORITHMS.md §4.1).
         return {"temperature": 1.0, "greedy": False}
 
-    def overrides(self, task: str, method: str) -> dict[str, Any]:
-        """The fields of one cell's config (the cell's named preset)."""
-        family = FAMILY[task]
-        p, m = IO[task]
-        values: dict[str, Any] = {"model": self.model[task], "max_context_tokens": p,
-                                  "max_new_tokens": m}
-        values.update(PAPER_HPARAMS.get(method, {}).get(family, {}))
-        if "lr" in values:
-            values["lr"] = values["lr"] * self.lr_scale
-        elif method in ("bc", "filtered_bc"):
-            values["lr"] = 1e-4 * self.lr_scale  # paper Table 3
-        if self.batch_size is not None and method not in ("ppo", "online_filtered_bc"):
-            values["batch_size"] = self.batch_size
-        if method in ("ppo", "online_filtered_bc"):
+    def overrides(self, task: str, method: str, base: Any) -> dict[str, Any]:
+        """How this profile rescales one cell's paper preset ``base`` (a config instance)."""
+        values: dict[str, Any] = {"model": self.model[task], "lr": base.lr * self.lr_scale}
+        values.update(self.lengths.get(task, {}))
+        if method in ONLINE:
             values.update(self.online.get(method, {}))
-        elif self.offline_steps is not None:
-            values["max_steps"] = self.offline_steps
-        values.update(self.extra.get(method, {}))
+        else:
+            if self.batch_size is not None:
+                values["batch_size"] = self.batch_size
+            if self.offline_steps is not None:
+                values["max_steps"] = self.offline_steps
         values.update(self.extra.get("*", {}))
+        values.update(self.extra.get(method, {}))
         return values
 
 
 _SMALL_EVAL = {"Maze-FO-v0": 100, "Maze-PO-v0": 50, "Wordle-v0": 128, "TextNav-FO-v0": 16,
                "TextNav-PO-v0": 16, "Chess-v0": 4, "Endgames-v0": 16, "TwentyQuestions-v0": 158,
                "GuessCity-v0": 100, "CarDealer-v0": 64}
-_ALL_TASKS = tuple(FAMILY)
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         method_tasks=("Maze-FO-v0", "Wordle-v0"),
-        reference_tasks=tuple(t for t in _ALL_TASKS if t not in ("Maze-FO-v0", "Wordle-v0")),
+        reference_tasks=tuple(t for t in TASKS if t not in ("Maze-FO-v0", "Wordle-v0")),
         seeds=(0, 1),
-        model={t: "gpt2-tiny" for t in _ALL_TASKS},
-        data={**{t: 400 for t in _ALL_TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 2000},
+        model={t: "gpt2-tiny" for t in TASKS},
+        data={**{t: 400 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 2000},
         eval=_SMALL_EVAL,
         offline_steps=150,
         batch_size=32,
@@ -162,14 +123,15 @@ PROFILES: dict[str, Profile] = {
         online={"ppo": {"n_rounds": 4, "rollouts_per_round": 32, "lr": 1e-4},
                 "online_filtered_bc": {"n_rounds": 4, "rollouts_per_round": 32, "lr": 1e-3}},
         extra={"*": {"vocab_size": 256}},
+        lengths=SMALL_LENGTHS,
     ),
     "cpu": Profile(
         name="cpu",
         method_tasks=("Maze-FO-v0", "Wordle-v0"),
-        reference_tasks=tuple(t for t in _ALL_TASKS if t not in ("Maze-FO-v0", "Wordle-v0")),
+        reference_tasks=tuple(t for t in TASKS if t not in ("Maze-FO-v0", "Wordle-v0")),
         seeds=(0, 1, 2),
-        model={t: "gpt2-tiny" for t in _ALL_TASKS},
-        data={**{t: 1000 for t in _ALL_TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 10_000},
+        model={t: "gpt2-tiny" for t in TASKS},
+        data={**{t: 1000 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 10_000},
         eval={**_SMALL_EVAL, "Maze-FO-v0": 200, "Wordle-v0": 256},
         offline_steps=500,
         batch_size=64,
@@ -177,10 +139,11 @@ PROFILES: dict[str, Profile] = {
         online={"ppo": {"n_rounds": 10, "rollouts_per_round": 64, "lr": 1e-4},
                 "online_filtered_bc": {"n_rounds": 10, "rollouts_per_round": 64, "lr": 1e-3}},
         extra={"*": {"vocab_size": 384}},
+        lengths=SMALL_LENGTHS,
     ),
     "full": Profile(
         name="full",
-        method_tasks=_ALL_TASKS,
+        method_tasks=TASKS,
         reference_tasks=(),
         seeds=(0, 1, 2),
         model=PAPER_MODEL,

@@ -165,23 +165,23 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
 
 
 def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> Any:
+    """The cell's named preset: the algorithm's paper preset for the task, rescaled by the
+    profile, with this cell's data, seed, run directory and BC initialisation."""
     module_name, cls_name = METHOD_CONFIGS[cell.method]
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    module = importlib.import_module(module_name)
+    base = module.preset(cell.task, data=str(data))
     values: dict[str, Any] = {
-        "task": cell.task,
-        "data": str(data),
         "seed": cell.seed,
         "out": str(out / "runs" / cell.key),
-        **profile.overrides(cell.task, cell.method),
+        **profile.overrides(cell.task, cell.method, base),
     }
     if cell.method in NEEDS_BC_INIT:
         values["init_from"] = str(out / "runs" / Cell(cell.task, "bc", cell.seed).key)
-    unknown = set(values) - fields
+    unknown = set(values) - {f.name for f in dataclasses.fields(base)}
     if unknown:
         raise ValueError(f"preset {profile.name}/{cell.task}/{cell.method} sets unknown "
                          f"{cls_name} fields: {sorted(unknown)}")
-    return cls(**values)
+    return dataclasses.replace(base, **values)
 
 
 def plan(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None) -> list[Cell]:
