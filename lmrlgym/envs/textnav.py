@@ -615,27 +615,28 @@ class TextNavEnv(TextEnv):
             target_at = (names[where[holder][1]], names[holder])
         return HouseState(room or "", inventory, target_at, frozenset(opened))
 
-    def _extra(self) -> dict[str, Any]:
+    def _observe(self, feedback: str, final: bool) -> tuple[str, dict[str, Any]]:
+        """The env text for ``feedback`` and the extra info keys, from one state lookup."""
         state = self.house_state
-        return {
+        cleaned = clean_feedback(feedback)
+        if final:
+            text = cleaned + "\n"
+        else:
+            text = compose_text(
+                cleaned,
+                state.room,
+                self._state["inventory"] or "",
+                self._state["admissible_commands"],
+                full=self.observability == "full",
+            )
+        extra = {
             "room": state.room,
             "inventory": list(state.inventory),
             "won": bool(self._state["won"]),
             "lost": bool(self._state["lost"]),
             "admissible_commands": list(self._state["admissible_commands"]),
         }
-
-    def _text(self, feedback: str, final: bool) -> str:
-        cleaned = clean_feedback(feedback)
-        if final:
-            return cleaned + "\n"
-        return compose_text(
-            cleaned,
-            self.house_state.room,
-            self._state["inventory"] or "",
-            self._state["admissible_commands"],
-            full=self.observability == "full",
-        )
+        return text, extra
 
     # --- TextEnv hooks ----------------------------------------------------------------------
     def _reset(self, rng: np.random.Generator, options: dict[str, Any]) -> tuple[str, dict]:
@@ -654,7 +655,7 @@ class TextNavEnv(TextEnv):
         if not self._names:  # entity id -> name, the same in every variant
             self._names = {key: info.name for key, info in self._state["game"].infos.items()}
         self._n_turns = 0
-        return self._text(self._state["feedback"], final=False), self._extra()
+        return self._observe(self._state["feedback"], final=False)
 
     def _step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         command = action.strip()
@@ -669,8 +670,8 @@ class TextNavEnv(TextEnv):
         won, lost = bool(self._state["won"]), bool(self._state["lost"])
         terminated = won or lost
         truncated = not terminated and self._n_turns >= self.max_turns
-        text = self._text(feedback, final=terminated or truncated)
-        extra = {**self._extra(), "illegal": illegal, "success": won}
+        text, extra = self._observe(feedback, final=terminated or truncated)
+        extra.update(illegal=illegal, success=won)
         return text, WIN_REWARD if won else 0.0, terminated, truncated, extra
 
     def close(self) -> None:
