@@ -393,3 +393,13 @@ def test_engine_is_stopped_at_interpreter_exit():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert wait_gone(int(out.stdout.split()[-1]))
+
+
+@pytest.mark.parametrize("task", ["Chess-v0", "Endgames-v0"])
+def test_project_constants_span_the_return_range(task):
+    c = lmrlgym.eval.normalize.constants_for(task)
+    assert (c.min, c.max) == (-400.0, 1.0) and c.min < c.avg < c.max
+    assert "compute_constants.py" in c.source and "Stockfish 15.1" in c.source
+    assert lmrlgym.normalized_score(task, -400.0) == 0.0
+    assert lmrlgym.normalized_score(task, c.avg) == 50.0
+    assert lmrlgym.normalized_score(task, 1.0) == 100.0
