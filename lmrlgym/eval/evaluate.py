@@ -102,7 +102,7 @@ def evaluate(
     env_kwargs: dict[str, Any] | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
-    max_concurrent: int = 256,
+    max_concurrent: int | None = None,
     policy_name: str | None = None,
 ) -> EvalResult:
     """Run ``n_episodes`` protocol episodes of ``task`` (a registered id, or a ``TextEnv``
@@ -111,7 +111,8 @@ def evaluate(
     ``policy`` is an :class:`~lmrlgym.models.policy.LMPolicy`, any ``Policy`` (``act``), or a
     scripted :class:`BehaviourPolicy`. ``seed`` shifts the protocol's env seeds and reseeds an
     LM policy's sampler, so a call is reproducible. At most ``max_concurrent`` envs are open at
-    once (an env is reused for the next episode). ``progress(k)`` is called with the number of
+    once (an env is reused for the next episode; default: the policy's ``batch_size``, else 64,
+    which also bounds engine processes on Chess). ``progress(k)`` is called with the number of
     episodes just finished.
     With ``out_dir``, each finished episode is also appended to ``episodes.partial.jsonl`` as
     it finishes, so a run that dies midway keeps them; the file is removed once
@@ -121,6 +122,8 @@ def evaluate(
 
     if n_episodes <= 0:
         raise ValueError(f"n_episodes must be positive, got {n_episodes}")
+    if max_concurrent is None:
+        max_concurrent = int(getattr(policy, "batch_size", 64))
     if max_concurrent <= 0:
         raise ValueError(f"max_concurrent must be positive, got {max_concurrent}")
     env_kwargs = dict(env_kwargs or {})
