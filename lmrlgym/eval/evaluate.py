@@ -31,6 +31,7 @@ from lmrlgym.core import Episode, Policy, TextEnv
 from lmrlgym.data.io import dumps_episode, write_json, write_shard
 from lmrlgym.data.policies import BehaviourPolicy
 from lmrlgym.eval.normalize import PAPER, PROJECT, score
+from lmrlgym.registry import spec as registry_spec
 
 BOOTSTRAP_RESAMPLES = 10_000
 #: Episodes of the ``full`` evaluation profile (ALGORITHMS.md §4.2): the CLI's default.
@@ -88,7 +89,9 @@ def evaluation_resets(
 
     ``seed=0`` is the task's fixed protocol, shared by all methods (paired comparisons).
     """
-    resets = env_class(task).evaluation_resets(n_episodes, **dict(env_kwargs or {}))
+    # The spec's kwargs first: one class serves several ids (Chess/Endgames: mode=...).
+    spec_kwargs = registry_spec(task).kwargs if isinstance(task, str) else {}
+    resets = env_class(task).evaluation_resets(n_episodes, **{**spec_kwargs, **(env_kwargs or {})})
     if len(resets) != n_episodes:
         raise ValueError(f"{task}.evaluation_resets({n_episodes}) returned {len(resets)} resets")
     return [(int(s) + seed, dict(opts)) for s, opts in resets]
