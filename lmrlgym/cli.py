@@ -332,7 +332,7 @@ def bench_run(
 
     from tqdm import tqdm
 
-    from lmrlgym.bench.run import describe_grid, run_grid
+    from lmrlgym.bench.run import CellFailures, describe_grid, run_grid
 
     out = out or Path("bench_out") / profile
     if dry_run:
@@ -349,13 +349,20 @@ def bench_run(
         bar.n = i
         bar.refresh()
 
-    results = run_grid(profile, out, list(tasks) or None, list(methods) or None, progress)
+    failures = None
+    try:
+        run_grid(profile, out, list(tasks) or None, list(methods) or None, progress)
+    except CellFailures as e:
+        failures = e
     if bar is not None:
         bar.n = bar.total
         bar.close()
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.json, results.md, scores.png, learning_curves.png "
-          f"in {_time.time() - t0:.0f} s ({len(results['cells'])} cells)")
+          f"in {_time.time() - t0:.0f} s")
+    if failures:
+        print(f"lmrlgym: {failures}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def bench_compare(results: tyro.conf.Positional[Path]) -> None:

@@ -122,7 +122,7 @@ PROFILES: dict[str, Profile] = {
         lr_scale=10.0,
         online={"ppo": {"n_rounds": 4, "rollouts_per_round": 32, "lr": 1e-4},
                 "online_filtered_bc": {"n_rounds": 4, "rollouts_per_round": 32, "lr": 1e-3}},
-        extra={"*": {"vocab_size": 256}},
+        extra={"*": {"vocab_size": 320}},
         lengths=SMALL_LENGTHS,
     ),
     "cpu": Profile(
@@ -138,7 +138,7 @@ PROFILES: dict[str, Profile] = {
         lr_scale=10.0,
         online={"ppo": {"n_rounds": 10, "rollouts_per_round": 64, "lr": 1e-4},
                 "online_filtered_bc": {"n_rounds": 10, "rollouts_per_round": 64, "lr": 1e-3}},
-        extra={"*": {"vocab_size": 384}},
+        extra={"*": {"vocab_size": 512}},
         lengths=SMALL_LENGTHS,
     ),
     "full": Profile(

@@ -235,7 +235,8 @@ def run_grid(
     out.mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(exist_ok=True)
     cells = plan(profile, tasks, methods)
-    results = []
+    results: list[dict[str, Any]] = []
+    failed: list[str] = []
     for i, cell in enumerate(cells):
         if progress:
             progress(cell, i, len(cells))
@@ -248,15 +249,33 @@ def run_grid(
         done = _read_cell(path, h)
         if done is None:
             t0 = time.time()
-            if cell.method in METHOD_CONFIGS:
-                summary = run_method(profile, cell, out, data)
-            else:
-                summary = run_reference(profile, cell, out)
+            try:
+                if cell.method in METHOD_CONFIGS:
+                    summary = run_method(profile, cell, out, data)
+                else:
+                    summary = run_reference(profile, cell, out)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one broken cell must not cost the rest of the grid
+                warnings.warn(f"cell {cell.key} failed: {type(e).__name__}: {e}", stacklevel=2)
+                failed.append(f"{cell.key}: {type(e).__name__}: {e}")
+                continue
             done = {**dataclasses.asdict(cell), **summary, "config_hash": h,
                     "seconds": time.time() - t0}
             write_json(path, done)
         results.append(done)
-    return write_report(profile, out, results)
+    report = write_report(profile, out, results, failed)
+    if failed:
+        raise CellFailures(failed)
+    return report
+
+
+class CellFailures(RuntimeError):
+    """Some cells failed; the report holds the others, and a rerun retries only the failed."""
+
+    def __init__(self, failed: list[str]):
+        super().__init__(f"{len(failed)} cell(s) failed (rerun to retry them):\n  "
+                         + "\n  ".join(failed))
 
 
 def _validate(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None) -> None:
@@ -288,7 +307,9 @@ def _curves(results: list[dict[str, Any]]) -> dict[str, dict[str, list[list[tupl
     return curves
 
 
-def write_report(profile: presets.Profile, out: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
+def write_report(
+    profile: presets.Profile, out: Path, results: list[dict[str, Any]], failed: list[str]
+) -> dict[str, Any]:
     from lmrlgym import __version__
 
     agg = aggregate(results)
@@ -301,12 +322,15 @@ def write_report(profile: presets.Profile, out: Path, results: list[dict[str, An
         "cells": results,
         "summary": agg,
         "ordering_differences_vs_paper": flags,
+        "failed_cells": failed,
     }
     write_json(out / "results.json", data)
     md = markdown_table(agg, title=f"lmrlgym `{profile.name}` profile")
     md += "\n### Compared with the paper (Table 2)\n\n" + comparison_table(agg)
     if flags:
         md += "\nOrderings that differ from the paper:\n\n" + "".join(f"- {f}\n" for f in flags)
+    if failed:
+        md += "\nFailed cells (not in the table):\n\n" + "".join(f"- {f}\n" for f in failed)
     (out / "results.md").write_text(md, encoding="utf-8")
     plot_scores(agg, out / "scores.png")
     plot_learning_curves(_curves(results), out / "learning_curves.png")
