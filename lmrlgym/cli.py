@@ -281,6 +281,7 @@ def bench_envs(
     min_steps: int = 2000,
     min_seconds: float = 1.0,
     seed: int = 0,
+    env_kwargs: str = "{}",
     json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
     """Measure env steps/s with a seeded random (or default behaviour) policy.
@@ -290,14 +291,18 @@ def bench_envs(
         min_steps: Run at least this many steps per env.
         min_seconds: Run at least this long per env (env time only).
         seed: Seed of the first episode.
+        env_kwargs: JSON object of env keyword arguments for every env measured, e.g.
+            '{"opponent": "stockfish-nodes:100"}' for Chess-v0.
     """
     from lmrlgym.bench.env_speed import bench_env
     from lmrlgym.registry import registry, spec
 
+    kwargs = _json_object(env_kwargs, "--env-kwargs")
     ids = [spec(t).id for t in tasks] or [s.id for s in registry.values() if not s.missing()]
     rows = []
     for env_id in ids:
-        row = bench_env(env_id, min_steps=min_steps, min_seconds=min_seconds, seed=seed)
+        row = bench_env(env_id, min_steps=min_steps, min_seconds=min_seconds, seed=seed,
+                        **kwargs)
         rows.append(row)
         if json_output:
             print(json.dumps(row), flush=True)
@@ -522,6 +527,16 @@ def _print_stats(stats: dict[str, Any]) -> None:
     keys = ["episodes", "success_rate", "return_mean", "return_std", "length_mean",
             "length_std", "generator", "skipped_lines"]
     _table(["statistic", "value"], [[k, _fmt(stats[k])] for k in keys if k in stats])
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{flag} is not valid JSON: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object")
+    return value
 
 
 def _fmt(v: Any) -> str:
