@@ -303,12 +303,13 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 class MetricsLogger:
     """One flat dict of namespaced scalars per call, appended to ``metrics.jsonl`` (and
-    TensorBoard when available, imported lazily)."""
+    TensorBoard when available, imported lazily). Under torchrun only rank 0 writes."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True):
         self.path = run_dir / "metrics.jsonl"
+        self.writes = distributed.is_main()
         self._tb = None
-        if tensorboard:
+        if tensorboard and self.writes:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # optional extra: `pip install "lmrlgym[tensorboard]"`
@@ -318,6 +319,8 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: dict[str, float | Tensor]) -> dict[str, float]:
         flat = {k: float(v.detach().item() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
+        if not self.writes:
+            return flat
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **flat}) + "\n")
         if self._tb is not None:
@@ -328,7 +331,7 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the file reads as one run."""
-        if not self.path.exists():
+        if not self.writes or not self.path.exists():
             return
         keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= step]
         self.path.write_text("".join(ln + "\n" for ln in keep))
@@ -379,12 +382,15 @@ def save_checkpoint(
     extra: dict[str, Any], keep: int,
 ) -> Path:
     """Write ``checkpoints/step_<N>/`` atomically: build it in a temp dir, rename it, then
-    point ``checkpoints/latest`` at it. A kill at any moment leaves the previous one intact."""
+    point ``checkpoints/latest`` at it. A kill at any moment leaves the previous one intact.
+    Under torchrun only rank 0 writes (the ranks hold the same weights)."""
     from safetensors.torch import save_model
 
     root = run_dir / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
+    if not distributed.is_main():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp_"))
     try:
         for name, module in modules.items():
@@ -693,8 +699,7 @@ class Loop:
         self.micro = config.batch_size // config.grad_accum
         self.schedule = BatchSchedule(len(data.train_rows), self.micro, config.seed)
         self.n_steps = total_steps(config, len(data.train_rows))
-        self.logger = (MetricsLogger(run_dir, config.tensorboard) if distributed.is_main()
-                       else distributed.NullLogger())
+        self.logger = MetricsLogger(run_dir, config.tensorboard)
         self.pad_id = data.tokenizer.pad_token_id
         self.select_best = select_best
         self.best = math.inf  # lowest eval/loss so far (select_best)
@@ -771,7 +776,7 @@ class Loop:
             if self.select_best and metrics.get("eval/loss", math.inf) < self.best:
                 self.best = metrics["eval/loss"]
                 self.export(self.run_dir)  # the best model so far is the exported one
-        if (done % self.config.save_every == 0 or last) and distributed.is_main():
+        if done % self.config.save_every == 0 or last:
             save_checkpoint(self.run_dir, done, self.modules, self.optimizer,
                             {"n_steps": self.n_steps, "best_eval_loss": self.best},
                             self.config.keep_checkpoints)

@@ -36,6 +36,7 @@ fp32.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import datetime
@@ -122,6 +123,7 @@ def init_distributed(device: str = "cpu", timeout_s: float = 1800.0) -> World:
                             timeout=datetime.timedelta(seconds=timeout_s))
     _WORLD = world
     _record_failures(world)
+    atexit.register(_destroy)
     return world
 
 
@@ -274,20 +276,6 @@ def sync_grads(params: Sequence[nn.Parameter]) -> None:
             bucket, size = [], 0
 
 
-class NullLogger:
-    """The metrics logger of ranks other than 0: they compute the same global metrics but
-    write nothing."""
-
-    def log(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
-        return {k: float(v) for k, v in metrics.items()}
-
-    def truncate_after(self, step: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class DataParallel:
     """What ``common.Loop`` needs per microbatch: the shard, the loss weight and global
     metrics. In a single process every method is the identity."""
@@ -360,13 +348,15 @@ class MixedPrecision:
 
 
 def cleanup() -> None:
-    """Leave the process group after a final barrier (every rank finished writing/reading)."""
-    global _WORLD
-    if not _WORLD.enabled:
-        return
+    """End of a training run: every rank waits here until rank 0 has written the export.
+
+    The process group stays up for a further ``train()`` in the same process (re-creating it
+    under torchrun would reuse the launcher's rendezvous keys); it is destroyed at exit."""
+    barrier()
+
+
+def _destroy() -> None:
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.barrier()
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _WORLD = World()

@@ -1,0 +1,195 @@
+"""Data-parallel training: the pure helpers, then real 2-process CPU (gloo) jobs under torchrun.
+
+The launched jobs run ``train()`` unchanged; a small driver script (written by the test)
+only records each rank's trained parameters, or makes rank 1 fail on purpose.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lmrlgym.algos import bc, common, distributed, ilql
+from tests.algos.helpers import maze_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+ALGOS = {"bc": bc, "ilql": ilql}
+
+# Runs ALGO's train() in each launched process and saves the parameters the optimizer updated
+# (captured where train() creates the optimizer) as <out>/<algo>.rank<r>.safetensors.
+DRIVER = textwrap.dedent('''
+    import json, sys
+    import torch
+    from safetensors.torch import save_file
+    from lmrlgym.algos import bc, common, distributed, ilql
+
+    out, fail, runs = sys.argv[1], sys.argv[2] == "fail", json.loads(sys.argv[3])
+    captured = {}
+    make_optimizer = common.make_optimizer
+
+    def spy(params, *args, **kw):
+        captured["params"] = list(params)
+        return make_optimizer(captured["params"], *args, **kw)
+
+    common.make_optimizer = spy
+    if fail:  # rank 1 dies in its third optimizer step, after two checkpoints
+        optimizer_step = common.Loop.optimizer_step
+
+        def failing(self, step):
+            if distributed.world().rank == 1 and step == 2:
+                raise RuntimeError("injected failure on rank 1")
+            return optimizer_step(self, step)
+
+        common.Loop.optimizer_step = failing
+    for algo, kwargs in runs.items():
+        module = {"bc": bc, "ilql": ilql}[algo]
+        rank = int(__import__("os").environ["RANK"])
+        module.train(module.preset("Maze-FO-v0", **kwargs))
+        state = {str(i): p.detach().contiguous() for i, p in enumerate(captured["params"])}
+        save_file(state, f"{out}/{algo}.rank{rank}.safetensors")
+''')
+
+
+def test_world_from_env_single_and_launched():
+    assert distributed.world_from_env({}) == distributed.World()
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29500"}
+    assert distributed.world_from_env(env) == distributed.World(rank=1, world_size=2, local_rank=1)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "2"}, "RANK is not"),
+    ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "not in [0, WORLD_SIZE=2)"),
+    ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE='two' is not an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR and MASTER_PORT not set"),
+])
+def test_world_from_env_bad_input(env, message):
+    with pytest.raises(RuntimeError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        distributed.world_from_env(env)
+
+
+def test_shard_covers_the_global_batch_once():
+    idx = np.arange(10, 17)  # 7 rows over 3 ranks: 3 + 2 + 2
+    parts = [distributed.shard(idx, r, 3) for r in range(3)]
+    assert [p.tolist() for p, _ in parts] == [[10, 11, 12], [13, 14], [15, 16]]
+    assert all(real for _, real in parts)
+
+
+def test_shard_of_a_batch_smaller_than_the_world_gives_weightless_rows():
+    parts = [distributed.shard(np.array([5]), r, 2) for r in range(2)]
+    assert parts[0][0].tolist() == [5] and parts[0][1]
+    assert parts[1][0].tolist() == [5] and not parts[1][1]  # runs the collectives, weight 0
+
+
+def test_rank_seed_keeps_rank_zero_on_the_run_seed():
+    assert distributed.rank_seed(7, rank=0) == 7
+    assert len({distributed.rank_seed(7, rank=r) for r in range(4)}) == 4
+
+
+def test_single_process_helpers_are_identities():
+    loss = torch.tensor(2.0)
+    out, metrics, attended = distributed.DataParallel({}, seed=1).weigh(loss, {"train/loss": loss}, 5, 9)
+    assert out is loss and attended == 9 and metrics["train/action_tokens"] == 5
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert distributed.device_for("cuda") == "cuda"
+
+
+def test_mixed_precision_rejects_unknown_values():
+    with pytest.raises(ValueError, match="--mixed-precision must be one of no, bf16, fp16"):
+        distributed.MixedPrecision("fp8", "cpu")
+
+
+# --- launched jobs ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    # Dropout 0: a 2-rank job draws different masks than one process (rank_seed), so only
+    # dropout-free runs can match bit for bit up to summation order.
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=320, vocab_size=512,
+                        bos_token_id=0, eos_token_id=1, pad_token_id=2, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(str(root / "micro"))
+    return {"root": root, "model": str(root / "micro"),
+            "data": maze_dataset(root / "maze", 40, "maze-mixture(p_solver=0.5)")}
+
+
+def settings(assets, out, **kw):
+    return {**dict(data=assets["data"], out=str(out), model=assets["model"], vocab_size=300,
+                   batch_size=7, max_steps=3, log_every=1, tensorboard=False), **kw}
+
+
+def launch(tmp_path, runs, fail=False):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(driver), str(tmp_path), "fail" if fail else "ok", json.dumps(runs)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def single_process(module, kwargs, monkeypatch):
+    captured = {}
+    make_optimizer = common.make_optimizer
+
+    def spy(params, *args, **kw):
+        captured["params"] = list(params)
+        return make_optimizer(captured["params"], *args, **kw)
+
+    monkeypatch.setattr(common, "make_optimizer", spy)
+    run_dir = module.train(module.preset("Maze-FO-v0", **kwargs))
+    return run_dir, [p.detach() for p in captured["params"]]
+
+
+def losses(run_dir):
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [x["train/loss"] for x in lines if "train/loss" in x]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(assets, tmp_path, monkeypatch):
+    # batch 7 over 2 ranks: slices of 4 and 3 rows with different token counts, so a plain
+    # average of per-rank means would NOT match; the token-weighted sync must.
+    runs = {algo: settings(assets, tmp_path / f"{algo}_2ranks") for algo in ALGOS}
+    job = launch(tmp_path, runs)
+    assert job.returncode == 0, job.stderr[-3000:]
+    for algo, module in ALGOS.items():
+        rank0 = load_file(str(tmp_path / f"{algo}.rank0.safetensors"))
+        rank1 = load_file(str(tmp_path / f"{algo}.rank1.safetensors"))
+        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), f"{algo}: ranks diverged"
+        run_dir, params = single_process(module, settings(assets, tmp_path / f"{algo}_1"), monkeypatch)
+        assert len(params) == len(rank0)
+        for i, p in enumerate(params):
+            torch.testing.assert_close(rank0[str(i)], p, rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, i=i, algo=algo: f"{algo} parameter {i}: {m}")
+        two, one = losses(tmp_path / f"{algo}_2ranks"), losses(run_dir)
+        assert len(two) == len(one) == 3
+        np.testing.assert_allclose(two, one, rtol=1e-5, err_msg=algo)
+        # rank 0 alone wrote the run: one metrics line per step, the export and checkpoints
+        assert (tmp_path / f"{algo}_2ranks" / "model" / "config.json").exists()
+        assert (tmp_path / f"{algo}_2ranks" / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_job_named_and_keeps_the_last_checkpoint(assets, tmp_path):
+    run = tmp_path / "bc_fail"
+    job = launch(tmp_path, {"bc": settings(assets, run, max_steps=6, save_every=1)}, fail=True)
+    assert job.returncode != 0
+    log = job.stdout + job.stderr
+    assert "injected failure on rank 1" in log
+    assert "[rank 1]" in log and "rank: 1" in log  # our prefix, and torchrun's failure summary
+    ckpt = common.latest_checkpoint(run)
+    assert ckpt is not None and ckpt.name == "step_00000002"
+    # The surviving checkpoint resumes in a single process and finishes the run.
+    run_dir = bc.train(bc.preset("Maze-FO-v0", resume=str(run)))
+    assert len(losses(run_dir)) == 6 and (run_dir / "model" / "config.json").exists()
