@@ -1,0 +1,76 @@
+"""Starting points shared by the online-method tests (PPO, online filtered BC).
+
+``random_init`` writes a run directory (``model/`` + ``tokenizer/``) holding an untrained tiny
+GPT-2; ``maze_bc_init`` trains the real thing, a BC policy on generated Maze-FO data, once per
+test session (cached under pytest's session temp dir).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from lmrlgym.algos import bc, common
+from lmrlgym.data.generate import DATA_SEED_BASE, generate_dataset
+from lmrlgym.data.io import read_episodes
+from lmrlgym.data.policies import default_policy
+from lmrlgym.models.factory import build_model
+from lmrlgym.models.tokenizer import train_tokenizer
+
+# Settings of the tiny online runs: gpt2-tiny, short prompts (Maze-FO observations are ~30
+# tokens, Wordle episodes ~100), no TensorBoard.
+TINY = dict(model="gpt2-tiny", tensorboard=False, max_context_tokens=256)
+MAX_NEW_TOKENS = {"Maze-FO-v0": 8, "Wordle-v0": 16}
+
+
+def dataset(base: Path, task: str, n: int) -> Path:
+    """A generated dataset of the task's default behaviour policy (cached per session)."""
+    path = base / f"data_{task}_{n}"
+    if not (path / "manifest.json").exists():
+        generate_dataset(task, path, n, default_policy(task), DATA_SEED_BASE, workers=1,
+                         overwrite=True)
+    return path
+
+
+def random_init(base: Path, task: str, vocab_size: int = 512) -> Path:
+    """An untrained tiny GPT-2 with a tokenizer trained on the task's generated text."""
+    run = base / f"random_init_{task}"
+    if (run / common.MODEL_DIR).exists():
+        return run
+    episodes, _ = read_episodes(dataset(base, task, 50))
+    tokenizer = train_tokenizer((t.text for e in episodes for t in e.turns), vocab_size)
+    torch.manual_seed(0)
+    lm = build_model("gpt2-tiny", tokenizer, dropout=0.0)
+    run.mkdir(parents=True)
+    tokenizer.save_pretrained(str(run / common.TOKENIZER_DIR))
+    common.export_lm(lm, tokenizer, run)
+    return run
+
+
+def maze_bc_init(base: Path) -> Path:
+    """BC on 300 episodes of the Maze-FO behaviour policy (random moves inside sub-mazes,
+    ~10 % success, as in the paper): 150 steps reach the data's action entropy, and the policy
+    succeeds in ~30-40 % of episodes, so online methods have something to improve."""
+    run = base / "maze_bc"
+    if (run / common.MODEL_DIR).exists():
+        return run
+    config = bc.BCConfig(task="Maze-FO-v0", data=str(dataset(base, "Maze-FO-v0", 300)),
+                         out=str(run), vocab_size=512, max_steps=150, batch_size=32, lr=1e-3,
+                         save_every=1000, max_new_tokens=8, **TINY)
+    bc.train(config)
+    return run
+
+
+def logged(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_all_finite(run_dir: Path) -> None:
+    """Every logged scalar of a run is finite (the original's online %BC logged NaN)."""
+    lines = logged(run_dir)
+    assert lines, f"{run_dir}: nothing logged"
+    bad = [(ln["step"], k, v) for ln in lines for k, v in ln.items() if not math.isfinite(v)]
+    assert not bad, f"non-finite metrics: {bad[:5]}"
