@@ -202,3 +202,15 @@ def test_maze_fo_episode_is_a_chain_without_duplicated_final_step(bpe):
     assert rows[-1].terminal and rows[-1].next_ids.numel() == 0
     # Reaching the goal earns 0 and nothing follows: G = 0, never a doubled terminal reward.
     assert rows[-1].returns[rows[-1].action_mask].abs().max() == 0
+
+
+def test_shared_token_cache_accumulates_and_changes_nothing(bpe):
+    cache = TokenCache(bpe)
+    turns = _long_dialogue(3)
+    plain = render(turns, bpe, None, 64, terminated=True)
+    cached = render(turns, bpe, None, 64, terminated=True, token_cache=cache)
+    assert len(cache) == len({t.text for t in turns})  # an empty cache is still used
+    again = render(turns, bpe, None, 64, terminated=True, token_cache=cache)
+    for a, b, c in zip(plain, cached, again, strict=True):
+        assert a.input_ids.tolist() == b.input_ids.tolist() == c.input_ids.tolist()
+        assert a.returns.tolist() == c.returns.tolist() and a.next_ids.dtype == torch.long
