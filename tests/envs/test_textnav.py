@@ -1,8 +1,7 @@
 """Text-Nav FO/PO (TASKS.md §3): pure rules, golden transcripts, win/loss/refusal, determinism,
-the game cache (corruption, concurrent builds) and the behaviour policies."""
+the game cache (corruption, concurrent builds by parallel data generation) and the behaviour
+policies."""
 
-import json
-import multiprocessing as mp
 import shutil
 import sys
 from pathlib import Path
@@ -16,7 +15,9 @@ from lmrlgym.registry import DependencyNotInstalled, Requirement
 INSTALL = 'pip install "lmrlgym[textnav]"'
 pytest.importorskip("textworld", reason=f"Text-Nav needs TextWorld: {INSTALL}")
 
-from lmrlgym.data.generate import run_episode  # noqa: E402
+from lmrlgym.data import generate  # noqa: E402
+from lmrlgym.data.generate import generate_dataset, run_episode  # noqa: E402
+from lmrlgym.data.io import read_episodes  # noqa: E402
 from lmrlgym.data.policies import OPTIMAL_POLICY, make_policy  # noqa: E402
 from lmrlgym.envs import textnav  # noqa: E402
 from lmrlgym.envs.textnav import (  # noqa: E402
@@ -260,22 +261,6 @@ def test_unwritable_cache_names_the_variable(tmp_path):
         textnav.game_files(tmp_path / "file" / "cache")
 
 
-def _build_in(root: str) -> dict[str, str]:
-    from lmrlgym.envs.textnav import game_files
-
-    return {room: str(path) for room, path in game_files(Path(root)).items()}
-
-
-@pytest.mark.slow
-def test_concurrent_builds_share_one_cache(tmp_path):
-    with mp.get_context("spawn").Pool(2) as pool:
-        a, b = pool.map(_build_in, [str(tmp_path)] * 2)
-    assert a == b
-    manifest = json.loads((Path(a["kitchen"]).parent / "manifest.json").read_text())
-    assert set(manifest["files"]) == set(ROOMS)
-    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
-
-
 # --- behaviour policies ----------------------------------------------------------------------
 def test_optimal_policy_wins_from_every_start(po):
     policy = make_policy(OPTIMAL_POLICY["TextNav-PO-v0"], "TextNav-PO-v0")
@@ -311,3 +296,28 @@ def test_default_dataset_statistics_near_the_paper(fo):
     length = np.mean([ep.n_actions for ep in episodes])
     assert 0.15 <= success <= 0.38 and 11.0 <= length <= 13.8
     assert all(ep.ret == float(ep.success) for ep in episodes)
+
+
+@pytest.mark.slow
+def test_parallel_generation_is_identical_and_replays(tmp_path, monkeypatch, po):
+    one = generate_dataset("TextNav-PO-v0", tmp_path / "one", 24, workers=1)
+    # Two spawned workers, one shard each, both finding an empty game cache: they build it at
+    # the same time (one compiles, the other waits for the lock and reuses the build).
+    monkeypatch.setattr(generate, "SHARD_SIZE", 12)
+    monkeypatch.setenv("LMRLGYM_CACHE", str(tmp_path / "cache"))
+    two = generate_dataset("TextNav-PO-v0", tmp_path / "two", 24, workers=2)
+    builds = [p for p in (tmp_path / "cache" / "textnav").iterdir() if p.is_dir()]
+    assert len(builds) == 1 and textnav._read_cache(builds[0]) is not None
+    assert {k: v for k, v in one.items() if k != "shards"} == {
+        k: v for k, v in two.items() if k != "shards"
+    }
+    one_lines = (tmp_path / "one" / "shard-00000.jsonl").read_bytes().splitlines()
+    two_lines = b"".join(
+        (tmp_path / "two" / f"shard-0000{k}.jsonl").read_bytes() for k in (0, 1)
+    ).splitlines()
+    assert one_lines == two_lines
+    for ep in read_episodes(tmp_path / "two")[0]:  # every record replays exactly
+        po.reset(seed=ep.seed, options=ep.reset_options)
+        for action in ep.actions:
+            po.step(action)
+        assert po.turns == ep.turns
