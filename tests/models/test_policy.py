@@ -180,3 +180,21 @@ def test_rows_finishing_at_different_steps_match_one_by_one(tok, model):
     texts, ids = run(pad_budget=float("inf"))  # one left-padded batch
     assert len({len(a) for a in ids}) > 2  # rows really finished at different steps
     assert (texts, ids) == run(batch_size=1) == run(use_cache=False, pad_budget=float("inf"))
+
+
+def test_other_architectures_left_padding_and_cache(tok):
+    """Any HF causal LM: a rotary-position decoder (Llama) batches and caches exactly too."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)).eval()
+    obs = ["Say something 0.\n", "You said hello there.\nYou said go left.\nBye.\n", "x\n"]
+
+    def run(**kw):
+        return LMPolicy(llama, tok, max_context_tokens=64, max_new_tokens=5, greedy=True,
+                        pad_budget=float("inf"), **kw).act(obs)
+
+    assert run() == run(batch_size=1) == run(use_cache=False)
