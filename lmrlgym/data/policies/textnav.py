@@ -11,8 +11,10 @@ is), so the same policy drives FO and PO.
   probability ``p_near``, else the far-half expert (office, bathroom, garden, backyard). In a room
   of its half the expert follows the walkthrough with probability ``q_follow``; otherwise, and
   everywhere in the other half, it picks a uniform command from the shown admissible list.
-  So successes come mostly from near-half episodes and far-half experts produce the good moves
-  that never reach the goal: the data rewards stitching.
+  With the defaults (``q_follow=1``) a near-half episode wanders at random until it enters its
+  half and then always wins, while a far-half one walks well only far from the goal and (in the
+  2.5k default episodes) never wins; so the success rate is about ``p_near``, and good moves
+  far from the goal appear only in failed episodes: the data rewards stitching.
 """
 
 from __future__ import annotations
