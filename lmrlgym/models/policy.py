@@ -18,6 +18,7 @@ the reference logits (N, V) of the rows still generating and returns the logits 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -147,11 +148,14 @@ class LMPolicy:
 
     @property
     def decoding(self) -> dict[str, object]:
-        """The decoding settings, recorded with every evaluation."""
+        """The decoding settings, recorded with every evaluation. ``batch_size`` and
+        ``pad_budget`` (None: unbounded) are included because they decide which row consumes
+        which random draw."""
         return {"greedy": self.greedy, "temperature": self.temperature, "top_k": self.top_k,
                 "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
                 "max_context_tokens": self.max_context_tokens, "seed": self.seed,
-                "value_guided": self.logits_adjust is not None}
+                "value_guided": self.logits_adjust is not None, "batch_size": self.batch_size,
+                "pad_budget": None if math.isinf(self.pad_budget) else self.pad_budget}
 
     def reseed(self, seed: int) -> None:
         self.seed = seed
