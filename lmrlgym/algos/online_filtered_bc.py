@@ -226,11 +226,11 @@ def train(config: OnlineFilteredBCConfig,
         if config.eval_episodes > 0 and ((config.eval_every and done % config.eval_every == 0) or last):
             metrics.update(online.evaluate_lm(lm, tokenizer, config))
         logger.log(done, metrics)
-        if progress is not None:
-            progress(done, config.n_rounds, metrics)
         if done % config.save_every == 0 or last:
             common.save_checkpoint(run_dir, done, modules, optimizer,
                                    {"optimizer_steps": n_steps}, config.keep_checkpoints)
+        if progress is not None:
+            progress(done, config.n_rounds, metrics)
     logger.close()
     common.export_lm(lm, tokenizer, run_dir)
     return run_dir

@@ -529,13 +529,13 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
         if config.eval_episodes > 0 and ((config.eval_every and done % config.eval_every == 0) or last):
             metrics.update(online.evaluate_lm(lm, tokenizer, config))
         logger.log(done, metrics)
-        if progress is not None:
-            progress(done, config.n_rounds, metrics)
         if done % config.save_every == 0 or last:
             common.save_checkpoint(run_dir, done, modules, optimizer,
                                    {"kl_coef": kl_coef, "optimizer_steps": n_steps,
                                     "bc_position": bc_batches.position if bc_batches else 0},
                                    config.keep_checkpoints)
+        if progress is not None:
+            progress(done, config.n_rounds, metrics)
     logger.close()
     common.export_lm(lm, tokenizer, run_dir, heads={"value": value_head})
     return run_dir

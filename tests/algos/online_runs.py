@@ -52,13 +52,13 @@ def random_init(base: Path, task: str, vocab_size: int = 512) -> Path:
 
 def maze_bc_init(base: Path) -> Path:
     """BC on 300 episodes of the Maze-FO behaviour policy (random moves inside sub-mazes,
-    ~10 % success, as in the paper): 150 steps reach the data's action entropy, and the policy
+    ~10 % success, as in the paper): 80 steps reach the data's action entropy, and the policy
     succeeds in ~30-40 % of episodes, so online methods have something to improve."""
     run = base / "maze_bc"
     if (run / common.MODEL_DIR).exists():
         return run
     config = bc.BCConfig(task="Maze-FO-v0", data=str(dataset(base, "Maze-FO-v0", 300)),
-                         out=str(run), vocab_size=512, max_steps=150, batch_size=32, lr=1e-3,
+                         out=str(run), vocab_size=512, max_steps=80, batch_size=32, lr=1e-3,
                          save_every=1000, max_new_tokens=8, **TINY)
     bc.train(config)
     return run

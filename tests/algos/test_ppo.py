@@ -1,18 +1,38 @@
 """PPO (ALGORITHMS.md §3.6): loss, KL controller and GAE against hand-computed values."""
 
+import copy
+import dataclasses
 import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from lmrlgym.algos import common, ppo
 from lmrlgym.algos.common import EmptyActionBatch
 from lmrlgym.algos.ppo import (
     PPOConfig,
+    PPOModel,
     RowSteps,
     StepTargets,
     compute_advantages,
     kl_coef_update,
     ppo_loss,
+    score_rows,
+)
+from lmrlgym.core import Episode, Turn
+from lmrlgym.models.factory import build_model
+from lmrlgym.models.heads import make_head
+from lmrlgym.models.render import render
+from lmrlgym.models.tokenizer import load_tokenizer
+from tests.algos.online_runs import (
+    MAX_NEW_TOKENS,
+    TINY,
+    assert_all_finite,
+    dataset,
+    logged,
+    maze_bc_init,
+    random_init,
 )
 
 CFG = PPOConfig(clip_range=0.2, value_clip_range=0.2, vf_coef=0.5)
@@ -185,3 +205,94 @@ def test_whitening_over_the_round():
     assert flat.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
     # Value targets stay raw: episode 3's R = A + V with A = [5, 5] (γ = 1 within the turn).
     assert out.ret[2].tolist() == pytest.approx([5.0, 5.0])
+
+
+# --- scoring rollout rows with a real model --------------------------------------------------
+
+
+def test_score_rows_at_init_hand_checked(tmp_path_factory):
+    # At init the value head's output layer is zero with bias −1, so V ≡ −1; the policy is its
+    # own reference (log-ratio 0), and log π is the LM's softmax without special tokens.
+    run = random_init(tmp_path_factory.getbasetemp(), "Maze-FO-v0")
+    tokenizer = load_tokenizer(run / common.TOKENIZER_DIR)
+    lm = build_model(str(run / common.MODEL_DIR), tokenizer, dropout=0.0)
+    model = PPOModel(lm, make_head("linear", lm.config.n_embd, 1, -1.0), None, len(tokenizer),
+                     tokenizer.all_special_ids)
+    obs = ["The goal is at position 8, 6. Your current position is at position 1, 1.\n",
+           "The goal is at position 8, 6. Your current position is at position 1, 2.\n"]
+    won = Episode("Maze-FO-v0", [Turn(obs[0], False), Turn("move right\n", True, -1.0),
+                                 Turn(obs[1], False), Turn("move up\n", True, 0.0),
+                                 Turn("Success\n", False)], True, False, True)
+    cut = Episode("Maze-FO-v0", [Turn(obs[0], False), Turn("move up\n", True, -1.0),
+                                 Turn(obs[0], False)], False, True, False)
+    window = common.context_fn("Maze-FO-v0")
+    segments = render(won, tokenizer, window, 256, episode_id=0) + render(cut, tokenizer, window, 256, episode_id=1)
+    rows, v_boot = score_rows(model, copy.deepcopy(lm), segments, tokenizer.pad_token_id, chunk=2)
+    assert v_boot == {0: 0.0, 1: pytest.approx(-1.0)}  # terminated: 0; truncated: V(final obs)
+    for seg, row in zip(segments, rows, strict=True):
+        assert torch.equal(row.old_logp, row.ref_logp)
+        assert row.old_v.tolist() == pytest.approx([-1.0] * len(row.r))
+        ids = seg.input_ids
+        logits = lm(ids[None]).logits[0, :-1, : len(tokenizer)].float()
+        logits[:, tokenizer.all_special_ids] = float("-inf")
+        act = seg.action_mask[1:]
+        expected = logits.log_softmax(-1).gather(-1, ids[1:, None]).squeeze(-1)[act]
+        assert row.old_logp.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert [r.r.tolist() for r in rows] == [[0.0, 0.0, -1.0], [0.0, 0.0, 0.0], [0.0, 0.0, -1.0]]
+
+
+# --- training runs ---------------------------------------------------------------------------
+
+
+def tiny_ppo(base, task, init, **kw):
+    # Wordle's preset adds a BC term (bc_weight 10, paper Table 3) on offline minibatches.
+    data = str(dataset(base, task, 50)) if task == "Wordle-v0" else ""
+    return ppo.preset(task, init_from=str(init), out=str(base / f"ppo_{task}_{len(kw)}"), data=data,
+                      rollouts_per_round=4, rollout_batch_size=4, batch_size=16,
+                      epochs_per_round=1, lr=1e-3, max_new_tokens=MAX_NEW_TOKENS[task],
+                      **{**TINY, **kw})
+
+
+def tensors(run):
+    state = load_file(str(run / common.MODEL_DIR / "model.safetensors"))
+    heads = run / common.HEADS_FILE
+    return {**state, **(load_file(str(heads)) if heads.exists() else {})}
+
+
+@pytest.mark.parametrize("task", ["Maze-FO-v0", "Wordle-v0"])
+def test_two_rounds_change_every_parameter_and_log_finite_values(task, tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    init = maze_bc_init(base) if task == "Maze-FO-v0" else random_init(base, task)
+    run = ppo.train(tiny_ppo(base, task, init, n_rounds=2))
+    assert_all_finite(run)
+    lines = logged(run)
+    assert [ln["step"] for ln in lines] == [1, 2]
+    keys = ["train/pg_loss", "train/value_loss", "train/kl_ref", "rollout/return",
+            "train/advantage_std", "train/clip_frac"] + (["train/bc_loss"] if task == "Wordle-v0" else [])
+    assert all(k in lines[-1] for k in keys)
+    before, after = tensors(init), tensors(run)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert sorted(changed) == sorted(before)  # every LM tensor moved
+    assert not torch.equal(after["value.linear.weight"], torch.zeros_like(after["value.linear.weight"]))
+
+
+def test_resume_replays_the_interrupted_run_exactly(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    init = random_init(base, "Wordle-v0")
+    full = ppo.train(tiny_ppo(base / "full", "Wordle-v0", init, n_rounds=2, save_every=1))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(done, n, metrics):
+        if done == 1:
+            raise Stop
+
+    config = tiny_ppo(base / "cut", "Wordle-v0", init, n_rounds=2, save_every=1)
+    with pytest.raises(Stop):
+        ppo.train(config, progress=stop_after_first)
+    resumed = ppo.train(dataclasses.replace(config, resume=config.out))
+    strip = lambda lines: [{k: v for k, v in ln.items() if not k.startswith("time/")} for ln in lines]  # noqa: E731
+    assert strip(logged(resumed)) == strip(logged(full))
+    a, b = tensors(full), tensors(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
