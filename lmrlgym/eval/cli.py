@@ -26,6 +26,7 @@ def eval_main(
     batch_size: int = 64,
     served_mode: Literal["completions", "chat"] = "completions",
     device: str = "cpu",
+    threads: int | None = None,
     json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
     """Evaluate a trained run (--run) or a scripted/served policy (--policy) on a task.
@@ -55,12 +56,20 @@ def eval_main(
         batch_size: Prompts per forward pass (in-process models).
         served_mode: For openai: policies, the /completions (raw prompt) or /chat/completions API.
         device: Torch device.
+        threads: torch intra-op threads (default: torch's choice; 1 is much faster for small
+            models on a machine busy with other work).
         json_output: Print the summary as JSON instead of a table.
     """
     from tqdm import tqdm
 
     from lmrlgym.eval.evaluate import PROTOCOL_EPISODES, evaluate, format_summary_table
 
+    if threads is not None:
+        if threads <= 0:
+            raise ValueError(f"--threads must be positive, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     if (run is None) == (policy is None):
         raise ValueError("give exactly one of --run RUN_DIR or --policy NAME")
     try:

@@ -30,6 +30,7 @@ def test_json_output(tmp_path, capsys):
     ({"policy": "maze-optimal", "task": "Maze-FO-v0", "out": "o", "episodes": 0}, "positive"),
     ({"policy": "maze-optimall", "task": "Maze-FO-v0", "out": "o"}, "Did you mean 'maze-optimal'"),
     ({"policy": "openai:not-a-url", "task": "Maze-FO-v0", "out": "o"}, "openai:"),
+    ({"policy": "maze-optimal", "task": "Maze-FO-v0", "out": "o", "threads": 0}, "--threads"),
 ])
 def test_bad_input(kwargs, match, tmp_path):
     if "out" in kwargs:
