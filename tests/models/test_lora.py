@@ -143,3 +143,20 @@ def test_init_from_a_lora_run_merges_its_adapter(bc_run):
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, seen["lm"].eval()(input_ids=ids).logits,
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_online_methods_start_from_a_lora_policy(tmp_path):
+    # PPO and online filtered BC build their policy with online.load_init (common.build_lm).
+    # A full PPO round with LoRA takes minutes on this CPU (rollouts of an untrained policy),
+    # so the test checks the shared entry point; the optimizer then sees only adapters and
+    # heads as trainable, as in the offline tests above.
+    from lmrlgym.algos import online, ppo
+    from tests.algos.online_runs import TINY, random_init
+
+    config = ppo.PPOConfig(task="Maze-FO-v0", init_from=str(random_init(tmp_path, "Maze-FO-v0")),
+                           out=str(tmp_path / "ppo"), lora="r=2,alpha=4", **TINY)
+    (tmp_path / "ppo").mkdir()
+    lm, _ = online.load_init(config, tmp_path / "ppo")
+    assert lora.is_lora(lm)
+    assert {n for n, p in lm.named_parameters() if p.requires_grad} == {
+        n for n, _ in lm.named_parameters() if ".lora_" in n}
