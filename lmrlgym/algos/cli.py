@@ -69,13 +69,16 @@ def train_main(argv: list[str], prog: str = "lmrlgym train") -> Path | None:
     print and return the run directory."""
     from tqdm import tqdm
 
+    from lmrlgym.algos.distributed import world_from_env
+
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: {prog} {{{','.join(ALGORITHMS)}}} [options]   (add --help for options)")
         return None
     algo, argv = argv[0], argv[1:]
     module = algorithm(algo)
     config = parse_config(algo, argv, f"{prog} {algo}")
-    bar = tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stderr)
+    main = world_from_env().is_main  # under torchrun/accelerate only rank 0 reports
+    bar = tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not main)
 
     def progress(step: int, n_steps: int, metrics: dict[str, float]) -> None:
         bar.total = n_steps
@@ -88,7 +91,8 @@ def train_main(argv: list[str], prog: str = "lmrlgym train") -> Path | None:
         run_dir = module.train(config, progress=progress)
     finally:
         bar.close()
-    print(run_dir)
+    if main:
+        print(run_dir)
     return run_dir
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from lmrlgym.algos import common
+from lmrlgym.algos import common, distributed
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import ContextFn, Segment, TokenCache, _extends, prompt_ids, render
@@ -173,11 +173,17 @@ def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
     if not (init / common.MODEL_DIR).is_dir() or not (init / common.TOKENIZER_DIR).is_dir():
         raise FileNotFoundError(f"--init {init}: no {common.MODEL_DIR}/ and {common.TOKENIZER_DIR}/ "
                                 "(not a finished training run)")
-    run_dir = common.run_dir_for(config)
-    if (run_dir / common.CONFIG_FILE).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json_atomic(run_dir / common.CONFIG_FILE, common.config_to_json(config))
+    # Under torchrun every rank runs the same rollouts and updates (no sharding yet); rank 0
+    # alone creates the run directory, logs and checkpoints (algos/distributed.py).
+    if distributed.init_distributed(config.device, config.dist_timeout).enabled:
+        config = dataclasses.replace(config, device=distributed.device_for(config.device))
+    run_dir = Path(distributed.broadcast_object(str(common.run_dir_for(config))))
+    with distributed.main_first():
+        if distributed.is_main():
+            if (run_dir / common.CONFIG_FILE).exists():
+                raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            common.write_json_atomic(run_dir / common.CONFIG_FILE, common.config_to_json(config))
     return config, run_dir, None
 
 
