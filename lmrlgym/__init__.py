@@ -3,6 +3,7 @@
 from lmrlgym import envs as _envs  # noqa: F401  (registers the ten task ids)
 from lmrlgym.checker import check_env
 from lmrlgym.core import Episode, Policy, TextEnv, Turn
+from lmrlgym.eval.evaluate import evaluate
 from lmrlgym.eval.normalize import normalized_score
 from lmrlgym.registry import EnvSpec, make, register, registry, spec
 
@@ -14,6 +15,7 @@ __all__ = [
     "TextEnv",
     "Turn",
     "check_env",
+    "evaluate",
     "make",
     "normalized_score",
     "register",
