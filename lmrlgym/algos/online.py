@@ -217,4 +217,4 @@ def evaluate_lm(lm: nn.Module, tokenizer: Any, config: Any) -> dict[str, float]:
                           config.eval_episodes, config.seed)
     finally:
         lm.train(was_training)
-    return common.eval_metrics(result)
+    return common.eval_metrics(result, config)

@@ -21,13 +21,15 @@ Logged keys (one line per round, ``step`` = round): ``rollout/{return, success_r
 episode_length, illegal_rate, truncated_action_rate}``, ``train/{loss, nll, token_acc, lr,
 grad_norm, action_tokens, kept_episodes, kept_fraction, kept_mean_return, return_threshold,
 skipped_round, optimizer_steps, round}``, ``time/{tokens_per_s, rollout_s, update_s}`` and the
-``eval/*`` keys.
+``eval/*`` keys (every ``eval_every`` rounds and after the last; with ``eval_every > 0`` also at
+step 0, for the initial policy). ``train/return_threshold`` is absent when nothing was kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -167,6 +169,8 @@ def train(config: OnlineFilteredBCConfig,
         meta = common.load_checkpoint(checkpoint, modules, optimizer)
         start, n_steps = meta["step"], meta["optimizer_steps"]
         logger.truncate_after(start)
+    if start == 0 and config.eval_every and config.eval_episodes > 0:
+        logger.log(0, online.evaluate_lm(lm, tokenizer, config))  # the initial policy
     if config.replay:
         replay = load_replay(run_dir, start)
 
@@ -183,7 +187,8 @@ def train(config: OnlineFilteredBCConfig,
         kept_eps = select_episodes([r.episode for r in rollouts], config.keep,
                                    config.top_fraction, seed=rnd)
         kept = [by_episode[id(e)] for e in kept_eps]
-        metrics.update(selection_metrics([r.episode for r in rollouts], kept_eps))
+        metrics.update({k: v for k, v in selection_metrics([r.episode for r in rollouts], kept_eps).items()
+                        if math.isfinite(v)})  # no threshold when nothing was kept
         if config.replay:
             append_replay(run_dir, rnd, kept)
             replay += kept

@@ -27,7 +27,8 @@ Logged keys (one line per round, ``step`` = round): ``rollout/{return, success_r
 episode_length, illegal_rate, truncated_action_rate}``, ``train/{loss, pg_loss, value_loss,
 approx_kl, clip_frac, kl_ref, kl_seq, kl_coef, shaped_reward_mean, advantage_mean,
 advantage_std, value_target_mean, explained_variance, bc_loss, lr, grad_norm, action_tokens,
-optimizer_steps, round}``, ``time/{tokens_per_s, rollout_s, update_s}`` and the ``eval/*`` keys.
+optimizer_steps, round}``, ``time/{tokens_per_s, rollout_s, update_s}`` and the ``eval/*`` keys (every ``eval_every``
+rounds and after the last; with ``eval_every > 0`` also at step 0, for the initial policy).
 """
 
 from __future__ import annotations
@@ -491,6 +492,8 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
         if bc_batches is not None:
             bc_batches.position = meta["bc_position"]
         logger.truncate_after(start)
+    if start == 0 and config.eval_every and config.eval_episodes > 0:
+        logger.log(0, online.evaluate_lm(lm, tokenizer, config))  # the initial policy
 
     for rnd in range(start, config.n_rounds):
         t0 = time.perf_counter()
