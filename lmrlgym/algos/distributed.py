@@ -140,8 +140,11 @@ def _record_failures(world: World) -> None:
         text = "".join(traceback.format_exception(kind, value, tb))
         sys.stderr.write("".join(f"[rank {world.rank}] {ln}\n" for ln in text.splitlines()))
         if isinstance(value, Exception):
-            with contextlib.suppress(Exception):
-                handler.record_exception(value)
+            try:  # record_exception reads the traceback of the exception being handled
+                raise value.with_traceback(tb)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    handler.record_exception(value)
         previous(kind, value, tb)
 
     sys.excepthook = hook

@@ -6,6 +6,7 @@ only records each rank's trained parameters, or makes rank 1 fail on purpose.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -187,7 +188,9 @@ def test_a_failing_rank_stops_the_job_named_and_keeps_the_last_checkpoint(assets
     assert job.returncode != 0
     log = job.stdout + job.stderr
     assert "injected failure on rank 1" in log
-    assert "[rank 1]" in log and "rank: 1" in log  # our prefix, and torchrun's failure summary
+    assert "[rank 1] RuntimeError: injected failure on rank 1" in log  # our rank-prefixed report
+    # torchrun's summary names rank 1 as the root cause, with its traceback (error file)
+    assert re.search(r"Root Cause.*?rank\s*: 1 \(local_rank: 1\).*?injected failure", log, re.DOTALL)
     ckpt = common.latest_checkpoint(run)
     assert ckpt is not None and ckpt.name == "step_00000002"
     # The surviving checkpoint resumes in a single process and finishes the run.
