@@ -24,7 +24,8 @@ tokenization), left-truncated to the run's context budget with BOS kept. Request
 - ``n`` copies per prompt; ``stream`` and ``logprobs`` are refused with HTTP 400.
 
 Concurrent requests are batched: one worker thread owns the model, takes every request queued
-while it was busy and generates them as one left-padded batch per sampling setting (a row's
+while it was busy (waiting up to ``batch_wait``, 5 ms, for stragglers of a burst) and generates
+them as one left-padded batch per sampling setting (a row's
 result does not depend on its batch neighbours, ALGORITHMS.md §4.1).
 """
 
@@ -166,11 +167,14 @@ class _Job:
 class BatchingGenerator:
     """One worker thread that owns the policy and batches whatever requests are queued."""
 
-    def __init__(self, policy: Any, max_batch_size: int = 64):
+    def __init__(self, policy: Any, max_batch_size: int = 64, batch_wait: float = 0.005):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be positive, got {max_batch_size}")
+        if batch_wait < 0:
+            raise ValueError(f"batch_wait must be >= 0, got {batch_wait}")
         self.policy = policy
         self.max_batch_size = max_batch_size
+        self.batch_wait = batch_wait
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="lmrlgym-serve-gen", daemon=True)
         self._thread.start()
@@ -191,9 +195,12 @@ class BatchingGenerator:
             if job is None:
                 return
             jobs = [job]
+            # Requests sent together (one evaluation turn) reach the queue a little apart: a
+            # short wait batches them instead of generating the first one alone.
+            deadline = time.monotonic() + self.batch_wait
             while len(jobs) < self.max_batch_size:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -229,7 +236,8 @@ class RequestError(ValueError):
         self.status = status
 
 
-def build_app(policy: Any, model_name: str, max_batch_size: int = 64) -> Any:
+def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
+              batch_wait: float = 0.005) -> Any:
     """The FastAPI app serving ``policy`` (an ``LMPolicy``) under the name ``model_name``."""
     from contextlib import asynccontextmanager
 
@@ -242,7 +250,7 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64) -> Any:
     n_pos = getattr(policy.model.config, "n_positions", None) or getattr(
         policy.model.config, "max_position_embeddings", None)
     max_tokens_limit = (n_pos - policy.max_context_tokens) if n_pos else 4096
-    generator = BatchingGenerator(policy, max_batch_size)
+    generator = BatchingGenerator(policy, max_batch_size, batch_wait)
     created = int(time.time())
 
     def settings(req: _Common) -> tuple[Sampling, int, tuple[str, ...]]:
@@ -348,7 +356,7 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64) -> Any:
     return app
 
 
-def load_served_policy(run_dir: str | os.PathLike[str]) -> Any:
+def load_served_policy(run_dir: str | os.PathLike[str], device: str = "cpu") -> Any:
     """The run's evaluation policy, with a clear error when ``run_dir`` is not a finished run."""
     from lmrlgym.algos.common import load_policy
 
@@ -356,16 +364,16 @@ def load_served_policy(run_dir: str | os.PathLike[str]) -> Any:
     if not path.is_dir():
         raise FileNotFoundError(f"run directory {str(path)!r} does not exist (expected the "
                                 "directory a training run wrote, e.g. runs/<task>__bc__0__<time>)")
-    return load_policy(path)
+    return load_policy(path, device=device)
 
 
 def serve(run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000,
-          model_name: str | None = None, max_batch_size: int = 64) -> None:
+          model_name: str | None = None, max_batch_size: int = 64, device: str = "cpu") -> None:
     """Serve the run's policy until interrupted; the model name defaults to the run's
     directory name."""
     import uvicorn
 
-    policy = load_served_policy(run_dir)
+    policy = load_served_policy(run_dir, device)
     name = model_name or Path(run_dir).resolve().name
     app = build_app(policy, name, max_batch_size)
     print(f"serving {name!r}; evaluate it with --policy openai:http://{host}:{port}/v1/{name}",
@@ -374,7 +382,8 @@ def serve(run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 
 
 
 def serve_main(run: str, host: str = "127.0.0.1", port: int = 8000,
-               model_name: str | None = None, max_batch_size: int = 64) -> None:
+               model_name: str | None = None, max_batch_size: int = 64,
+               device: str = "cpu") -> None:
     """Serve a trained run over the OpenAI-compatible API (/v1/completions,
     /v1/chat/completions, /v1/models).
 
@@ -384,5 +393,7 @@ def serve_main(run: str, host: str = "127.0.0.1", port: int = 8000,
         port: TCP port.
         model_name: the ``model`` name clients must send (default: the run directory's name).
         max_batch_size: most concurrent requests generated as one batch.
+        device: torch device of the model.
     """
-    serve(run, host=host, port=port, model_name=model_name, max_batch_size=max_batch_size)
+    serve(run, host=host, port=port, model_name=model_name, max_batch_size=max_batch_size,
+          device=device)

@@ -31,7 +31,7 @@ def bench_served(
     policy_spec: str,
     task: str = "Maze-FO-v0",
     concurrency_levels: tuple[int, ...] = (1, 4, 16),
-    episodes: int = 16,
+    episodes: int | None = None,
     temperature: float = 0.0,
     max_tokens: int | None = None,
     mode: str = "completions",
@@ -42,14 +42,17 @@ def bench_served(
 ) -> list[dict[str, Any]]:
     """One row per concurrency level (``concurrency``, ``requests_per_s``, ``actions_per_s``,
     latencies, ...) for ``episodes`` evaluation episodes of ``task`` against ``policy_spec``
-    (``openai:<base_url>/<model>``)."""
+    (``openai:<base_url>/<model>``). ``episodes`` defaults to the largest level and must be at
+    least that, so every level really has that many episodes in flight."""
     from lmrlgym.eval.evaluate import evaluate
     from lmrlgym.eval.openai_policy import policy_from_spec
 
     if not concurrency_levels or any(c < 1 for c in concurrency_levels):
         raise ValueError(f"concurrency levels must be positive integers, got {concurrency_levels}")
-    if episodes < 1:
-        raise ValueError(f"episodes must be positive, got {episodes}")
+    episodes = max(concurrency_levels) if episodes is None else episodes
+    if episodes < max(concurrency_levels):
+        raise ValueError(f"episodes ({episodes}) must be at least the largest concurrency level "
+                         f"({max(concurrency_levels)})")
     rows = []
     for c in concurrency_levels:
         with policy_from_spec(policy_spec, max_concurrency=c, temperature=temperature,
@@ -93,7 +96,7 @@ def served_main(
     policy: str,
     task: str = "Maze-FO-v0",
     concurrency: tuple[int, ...] = (1, 4, 16),
-    episodes: int = 16,
+    episodes: int | None = None,
     temperature: float = 0.0,
     max_tokens: int | None = None,
     mode: str = "completions",
@@ -107,7 +110,8 @@ def served_main(
         policy: The served model, openai:<base_url>/<model> (e.g. from lmrlgym serve RUN_DIR).
         task: Env id whose evaluation episodes are the workload.
         concurrency: Episodes (and requests) in flight, one measurement per level.
-        episodes: Evaluation episodes per level (the same seeded ones at every level).
+        episodes: Evaluation episodes per level (the same seeded ones at every level); default
+            and minimum: the largest concurrency level.
         temperature: Sampling temperature sent with every request; 0 is greedy.
         max_tokens: Per-action token cap sent with every request; default: the server's.
         mode: completions (raw prompt) or chat (the observation as one user message).

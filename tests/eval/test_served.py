@@ -240,3 +240,5 @@ def test_bench_served_counts_every_action(server):
         assert r["requests_per_s"] > 0 and r["actions_per_s"] > 0
     assert rows[0]["mean_return"] == rows[1]["mean_return"]  # greedy: same episodes
     assert format_rows(rows).splitlines()[0].split()[:2] == ["concurrency", "requests/s"]
+    with pytest.raises(ValueError, match=r"episodes \(2\) must be at least the largest"):
+        bench_served(f"openai:{server.base_url}/{MODEL}", TASK, (1, 3), episodes=2)
