@@ -345,7 +345,7 @@ class PPOModel(nn.Module):
         """``V`` at token ``index[b]`` of each row, (B,)."""
         trunk = self.value_trunk if self.value_trunk is not None else self.policy
         h = hidden_states(trunk, input_ids, attention_mask)  # (B, T, d)
-        return self.value_head(h[torch.arange(len(index)), index]).float()
+        return self.value_head(h[torch.arange(len(index), device=index.device), index]).float()
 
 
 @torch.no_grad()
@@ -360,9 +360,10 @@ def score_rows(
         if seg.episode_id not in last_row or seg.first_turn > segments[last_row[seg.episode_id]].first_turn:
             last_row[seg.episode_id] = j
     v_boot = {eid: 0.0 for eid in last_row}
+    device = next(model.parameters()).device
     for start in range(0, len(segments), chunk):
         part = segments[start : start + chunk]
-        batch = collate(part, pad_id)
+        batch = collate(part, pad_id).to(device)
         act, a, _, _ = step_view(batch)  # (B, S)
         old_logp, old_v = model.step_outputs(batch)  # (n,)
         h_ref = hidden_states(reference, batch.input_ids, batch.attention_mask)
@@ -370,17 +371,18 @@ def score_rows(
         counts = act.sum(1).tolist()
         for seg, lp, rl, v in zip(part, old_logp.split(counts), ref_logp.split(counts),
                                   old_v.split(counts), strict=True):
-            rows.append(row_steps(seg, lp, rl, v))
+            rows.append(row_steps(seg, lp.cpu(), rl.cpu(), v.cpu()))
         # Bootstrap values: only non-terminal episode ends need one.
         boot = [b for b, seg in enumerate(part)
                 if last_row[seg.episode_id] == start + b and not seg.terminal]
         for b in boot:
             seg = part[b]
             if len(seg.next_ids):  # the bootstrap state is in next_ids: V at its last token
-                ids = seg.next_ids[None]  # (1, L')
+                ids = seg.next_ids[None].to(device)  # (1, L')
             else:  # the final observation was appended to the row: V at its last token
-                ids = seg.input_ids[None]  # (1, L)
-            v = model.values_at(ids, torch.ones_like(ids), torch.tensor([ids.shape[1] - 1]))
+                ids = seg.input_ids[None].to(device)  # (1, L)
+            last = torch.tensor([ids.shape[1] - 1], device=device)
+            v = model.values_at(ids, torch.ones_like(ids), last)
             v_boot[seg.episode_id] = float(v[0])
     return rows, v_boot
 
@@ -406,6 +408,7 @@ def update_round(
     params = [p for p in model.parameters() if p.requires_grad]
     targets = [StepTargets(r.old_logp, r.old_v, a, R) for r, a, R in zip(rows, adv.adv, adv.ret, strict=True)]
     micro = cfg.batch_size // cfg.grad_accum
+    device = next(model.parameters()).device
     mean = common.MetricsMean()
     first = True
     for epoch in range(cfg.epochs_per_round):
@@ -417,10 +420,10 @@ def update_round(
             n_total = sum(len(rows[j].r) for j in step_rows)
             optimizer.zero_grad(set_to_none=True)
             for part in parts:
-                batch = collate([segments[j] for j in part], pad_id)
+                batch = collate([segments[j] for j in part], pad_id).to(device)
                 logp, v = model.step_outputs(batch)  # (n,)
-                tg = StepTargets(*(torch.cat([getattr(targets[j], f.name) for j in part])  # (n,)
-                                   for f in dataclasses.fields(StepTargets)))
+                tg = StepTargets(*(torch.cat([getattr(targets[j], f.name) for j in part]).to(device)
+                                   for f in dataclasses.fields(StepTargets)))  # (n,) each
                 if first:
                     check_ratio_is_one(logp, tg.old_logp, rnd)
                     first = False

