@@ -56,6 +56,15 @@ class OnlineFilteredBCConfig(common.TrainConfig):
 
     init_from: Annotated[str | None, tyro.conf.arg(aliases=("--init",))] = None
     """The task's BC run directory to start from (model and tokenizer, §2.1)."""
+    # Offline-only settings, hidden from the CLI: no dataset is read, rounds replace epochs and
+    # steps, each round logs one line, and the tokenizer comes from the init run.
+    data: tyro.conf.Suppress[str] = ""
+    val_fraction: tyro.conf.Suppress[float] = 0.05
+    skip_bad: tyro.conf.Suppress[bool] = False
+    epochs: tyro.conf.Suppress[int] = 1
+    max_steps: tyro.conf.Suppress[int | None] = None
+    log_every: tyro.conf.Suppress[int] = 1
+    vocab_size: tyro.conf.Suppress[int] = 1024
     n_rounds: int = 100
     """Collect/filter/train rounds (original Maze and Chess scripts: 100; Wordle 1)."""
     rollouts_per_round: int = 128
@@ -89,6 +98,9 @@ class OnlineFilteredBCConfig(common.TrainConfig):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"--top-fraction must be in (0, 1], got {self.top_fraction}")
+
+
+CONFIG = OnlineFilteredBCConfig  # what `lmrlgym train online_filtered_bc` parses
 
 
 # ALGORITHMS.md §3.7: success filtering for Maze/Chess/Endgames/Text-Nav (original scripts);

@@ -62,6 +62,12 @@ class PPOConfig(common.TrainConfig):
     init_from: Annotated[str | None, tyro.conf.arg(aliases=("--init",))] = None
     """The task's BC run directory to start from (model and tokenizer; also the frozen KL
     reference). Every RL method starts from BC (§2.1)."""
+    # Offline-only settings, hidden from the CLI: rounds replace epochs and steps, each round
+    # logs one line, and the tokenizer comes from the init run.
+    epochs: tyro.conf.Suppress[int] = 1
+    max_steps: tyro.conf.Suppress[int | None] = None
+    log_every: tyro.conf.Suppress[int] = 1
+    vocab_size: tyro.conf.Suppress[int] = 1024
     n_rounds: int = 60
     """Rollout/update rounds (the paper's Maze curve spans ~60 rounds; a preset value)."""
     rollouts_per_round: int = 512
@@ -128,8 +134,9 @@ class PPOConfig(common.TrainConfig):
             raise ValueError(f"--kl-horizon must be positive, got {self.kl_horizon}")
         if self.kl_coef < 0 or self.bc_weight < 0 or self.vf_coef < 0:
             raise ValueError("--kl-coef, --bc-weight and --vf-coef must be non-negative")
-        if self.bc_weight > 0 and not self.data:
-            raise ValueError("--bc-weight > 0 needs --data (the offline BC minibatches)")
+
+
+CONFIG = PPOConfig  # what `lmrlgym train ppo` parses
 
 
 # Paper Table 3 per task (ALGORITHMS.md §3.6); value-head biases and Maze-FO vf_coef from the
@@ -470,6 +477,9 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
 
     ``progress(round, n_rounds, metrics)`` is called after each round (the CLI's progress bar).
     """
+    if config.bc_weight > 0 and not config.data:
+        raise ValueError(f"--bc-weight {config.bc_weight} needs --data (a dataset of {config.task} "
+                         "for the offline BC minibatches), or --bc-weight 0")
     config, run_dir, checkpoint = online.start_online_run(config)
     common.set_seed(config.seed)
     lm, tokenizer = online.load_init(config, run_dir)

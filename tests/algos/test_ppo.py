@@ -324,3 +324,14 @@ def test_ppo_improves_its_bc_init_on_maze_fo(tmp_path_factory):
     assert [s for s, _ in returns] == [0, 1, 2, 3]
     init_return, best = returns[0][1], max(r for _, r in returns[1:])
     assert best >= init_return + LEARNING_MARGIN, returns
+
+
+def test_bad_input_names_the_flag(tmp_path):
+    with pytest.raises(ValueError, match="--init RUN_DIR"):
+        ppo.train(ppo.preset("Maze-FO-v0", out=str(tmp_path / "a"), **TINY))
+    with pytest.raises(FileNotFoundError, match="not a finished training run"):
+        ppo.train(ppo.preset("Maze-FO-v0", init_from=str(tmp_path), out=str(tmp_path / "b"), **TINY))
+    with pytest.raises(ValueError, match="--bc-weight 10.0 needs --data"):
+        ppo.train(ppo.preset("Wordle-v0", init_from=str(tmp_path), out=str(tmp_path / "c"), **TINY))
+    with pytest.raises(ValueError, match="--rollouts-per-round must be positive"):
+        PPOConfig(rollouts_per_round=0)
