@@ -196,3 +196,13 @@ def test_a_failing_rank_stops_the_job_named_and_keeps_the_last_checkpoint(assets
     # The surviving checkpoint resumes in a single process and finishes the run.
     run_dir = bc.train(bc.preset("Maze-FO-v0", resume=str(run)))
     assert len(losses(run_dir)) == 6 and (run_dir / "model" / "config.json").exists()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_close_to_fp32_with_fp32_weights(precision, assets, tmp_path, monkeypatch):
+    ref_dir, ref = single_process(bc, settings(assets, tmp_path / "fp32", max_steps=2), monkeypatch)
+    run_dir, params = single_process(bc, settings(assets, tmp_path / precision, max_steps=2,
+                                                  mixed_precision=precision), monkeypatch)
+    assert all(p.dtype == torch.float32 for p in params)  # autocast only; master weights fp32
+    np.testing.assert_allclose(losses(run_dir), losses(ref_dir), rtol=1e-2)
+    assert any(not torch.equal(p, r) for p, r in zip(params, ref, strict=True))  # it did run in low precision
