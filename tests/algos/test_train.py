@@ -143,3 +143,33 @@ def test_value_guided_decoding_is_the_behaviour_policy_at_init_or_beta_zero(beta
     assert torch.equal(mc.mc_adjust(q, beta)(h, logits), logits)
     torch.nn.init.normal_(q.linear.weight)  # a trained head changes the policy unless β = 0
     assert torch.equal(mc.mc_adjust(q, beta)(h, logits), logits) == (beta == 0.0)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(assets, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "bc", "--task", "Maze-FO-v0", "--data", assets["data"], "--model",
+            assets["model"], "--vocab-size", "300", "--batch-size", "8", "--max-steps", "80",
+            "--save-every", "5", "--no-tensorboard"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lmrlgym", *args, "--out", str(killed)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = int(latest.read_text().strip().removeprefix("step_"))
+    assert step % 5 == 0 and 5 <= step <= 80  # a complete checkpoint, whenever the kill landed
+    train_main(["bc", "--resume", str(killed)])
+    full = train_main([*args[1:], "--out", str(tmp_path / "full")])
+    a = load_file(killed / "model" / "model.safetensors")
+    b = load_file(full / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
