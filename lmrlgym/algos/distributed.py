@@ -32,6 +32,9 @@ plumbing calls the helpers here, which do nothing in a single process. Under a l
 Mixed precision (``--mixed-precision bf16|fp16``) runs each training microbatch's forward
 under ``torch.autocast``; fp16 adds a gradient scaler. Master weights and optimizer state stay
 fp32.
+
+The online methods (PPO, online filtered BC) have their own loops, whose rollouts and
+updates are not sharded: they refuse to start under a launcher (``online.start_online_run``).
 """
 
 from __future__ import annotations
@@ -334,7 +337,10 @@ class MixedPrecision:
         return torch.autocast(self.device_type, dtype=dtype)
 
     def backward(self, loss: Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        """The backward pass, outside autocast (PyTorch's advice: backward ops reuse the
+        forward's dtypes anyway), scaled for fp16."""
+        with torch.autocast(self.device_type, enabled=False):
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Before clipping: gradients back in true units."""
