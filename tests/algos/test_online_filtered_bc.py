@@ -1,5 +1,7 @@
 """Online filtered BC (ALGORITHMS.md §3.7): rows, skipped rounds, finite losses, learning."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -109,3 +111,31 @@ def test_online_filtered_bc_improves_over_its_init_on_maze_fo(tmp_path_factory):
     assert [s for s, _ in returns] == [0, 1, 2, 3]
     init_return, best = returns[0][1], max(r for _, r in returns[1:])
     assert best >= init_return + LEARNING_MARGIN, returns
+
+
+def test_resume_with_replay_replays_the_interrupted_run_exactly(tmp_path_factory):
+    # The replay buffer (every kept episode so far, with its sampled ids) is persisted, so a
+    # resumed run trains on exactly what the uninterrupted one did.
+    base = tmp_path_factory.getbasetemp()
+    init = random_init(base, "Wordle-v0")
+    kw = dict(n_rounds=2, save_every=1, replay=True)
+    full = online_filtered_bc.train(tiny_ofbc(base / "full", "Wordle-v0", init, **kw))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(done, n, metrics):
+        if done == 1:
+            raise Stop
+
+    config = tiny_ofbc(base / "cut", "Wordle-v0", init, **kw)
+    with pytest.raises(Stop):
+        online_filtered_bc.train(config, progress=stop_after_first)
+    resumed = online_filtered_bc.train(dataclasses.replace(config, resume=config.out))
+    strip = lambda lines: [{k: v for k, v in ln.items() if not k.startswith("time/")} for ln in lines]  # noqa: E731
+    assert strip(logged(resumed)) == strip(logged(full))
+    assert logged(full)[1]["train/kept_episodes"] == 2  # this round's; training used all 4 kept
+    a = build_model(str(full / common.MODEL_DIR), load_tokenizer(full / common.TOKENIZER_DIR))
+    b = build_model(str(resumed / common.MODEL_DIR), load_tokenizer(resumed / common.TOKENIZER_DIR))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(),
+                                                 strict=True))

@@ -335,3 +335,21 @@ def test_bad_input_names_the_flag(tmp_path):
         ppo.train(ppo.preset("Wordle-v0", init_from=str(tmp_path), out=str(tmp_path / "c"), **TINY))
     with pytest.raises(ValueError, match="--rollouts-per-round must be positive"):
         PPOConfig(rollouts_per_round=0)
+
+
+def test_separate_value_trunk_and_adaptive_kl(tmp_path_factory):
+    # The original's layout: a value trunk of its own; and the adaptive KL controller, which
+    # moves the coefficient after every round (by at most ±20 % x episodes / horizon).
+    base = tmp_path_factory.getbasetemp()
+    init = random_init(base, "Wordle-v0")
+    run = ppo.train(tiny_ppo(base, "Wordle-v0", init, n_rounds=2, value_model="separate",
+                             kl_coef=0.05, kl_target=1.0, kl_horizon=10, bc_weight=0.0))
+    assert_all_finite(run)
+    first, second = logged(run)
+    assert first["train/kl_coef"] == 0.05
+    err = min(max(first["train/kl_seq"] / 1.0 - 1.0, -0.2), 0.2)
+    assert second["train/kl_coef"] == pytest.approx(0.05 * (1 + err * 4 / 10))
+    ckpt = common.latest_checkpoint(run)
+    trunk = load_file(str(ckpt / "value_trunk.safetensors"))
+    before = tensors(init)
+    assert any(not torch.equal(trunk[k], before[k]) for k in before if k in trunk)
