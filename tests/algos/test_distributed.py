@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lmrlgym.algos import bc, common, distributed, ilql
+from lmrlgym.algos import bc, common, distributed, filtered_bc, ilql, mc
 from tests.algos.helpers import maze_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
-ALGOS = {"bc": bc, "ilql": ilql}
+ALGOS = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
 
 # Runs ALGO's train() in each launched process and saves the parameters the optimizer updated
 # (captured where train() creates the optimizer) as <out>/<algo>.rank<r>.safetensors.
@@ -30,7 +30,7 @@ DRIVER = textwrap.dedent('''
     import json, sys
     import torch
     from safetensors.torch import save_file
-    from lmrlgym.algos import bc, common, distributed, ilql
+    from lmrlgym.algos import bc, common, distributed, filtered_bc, ilql, mc
 
     out, fail, runs = sys.argv[1], sys.argv[2] == "fail", json.loads(sys.argv[3])
     captured = {}
@@ -51,7 +51,7 @@ DRIVER = textwrap.dedent('''
 
         common.Loop.optimizer_step = failing
     for algo, kwargs in runs.items():
-        module = {"bc": bc, "ilql": ilql}[algo]
+        module = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}[algo]
         rank = int(__import__("os").environ["RANK"])
         module.train(module.preset("Maze-FO-v0", **kwargs))
         state = {str(i): p.detach().contiguous() for i, p in enumerate(captured["params"])}
