@@ -193,11 +193,25 @@ def shard(indices: Sequence[int] | np.ndarray, rank: int | None = None,
     return part, True
 
 
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn a backend error (a peer died, or ``--dist-timeout`` ran out) into one that says
+    which rank saw it and what to look at."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"rank {_WORLD.rank}/{_WORLD.world_size}: {what} failed: another rank died or hung "
+            f"(a collective waits --dist-timeout seconds); see the launcher's summary for the "
+            f"rank that failed first. Backend error: {e}") from e
+
+
 def barrier() -> None:
     if _WORLD.enabled:
         import torch.distributed as dist
 
-        dist.barrier()
+        with _collective("barrier"):
+            dist.barrier()
 
 
 @contextlib.contextmanager
@@ -218,7 +232,8 @@ def broadcast_object(obj: Any) -> Any:
     import torch.distributed as dist
 
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with _collective("broadcast from rank 0"):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -229,9 +244,10 @@ def broadcast_modules(modules: dict[str, nn.Module]) -> None:
         return
     import torch.distributed as dist
 
-    for module in modules.values():
-        for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=0)
+    with _collective("broadcast of rank 0's weights"):
+        for module in modules.values():
+            for t in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(t.data, src=0)
 
 
 def all_reduce_sum(values: Tensor) -> Tensor:
@@ -240,7 +256,8 @@ def all_reduce_sum(values: Tensor) -> Tensor:
     if _WORLD.enabled:
         import torch.distributed as dist
 
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        with _collective("all-reduce of the batch's token counts and metrics"):
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 
 
@@ -261,7 +278,8 @@ def sync_grads(params: Sequence[nn.Parameter]) -> None:
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32,
                        device=params[0].device)
-    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    with _collective("gradient all-reduce"):
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
     synced_params = []
     for p, any_grad in zip(params, has.tolist(), strict=True):
         if any_grad:
@@ -275,7 +293,8 @@ def sync_grads(params: Sequence[nn.Parameter]) -> None:
         size += p.grad.numel() * p.grad.element_size()
         if size >= _BUCKET_BYTES or i == len(synced_params) - 1:
             flat = _flatten_dense_tensors(bucket)
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            with _collective("gradient all-reduce"):
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat /= _WORLD.world_size
             for g, synced in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
                 g.copy_(synced)

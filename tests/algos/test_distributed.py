@@ -27,12 +27,12 @@ ALGOS = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
 # Runs ALGO's train() in each launched process and saves the parameters the optimizer updated
 # (captured where train() creates the optimizer) as <out>/<algo>.rank<r>.safetensors.
 DRIVER = textwrap.dedent('''
-    import json, sys
+    import json, sys, time
     import torch
     from safetensors.torch import save_file
     from lmrlgym.algos import bc, common, distributed, filtered_bc, ilql, mc
 
-    out, fail, runs = sys.argv[1], sys.argv[2] == "fail", json.loads(sys.argv[3])
+    out, mode, runs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     captured = {}
     make_optimizer = common.make_optimizer
 
@@ -41,11 +41,13 @@ DRIVER = textwrap.dedent('''
         return make_optimizer(captured["params"], *args, **kw)
 
     common.make_optimizer = spy
-    if fail:  # rank 1 dies in its third optimizer step, after two checkpoints
+    if mode != "ok":  # rank 1 dies (or hangs) in its third optimizer step, after two checkpoints
         optimizer_step = common.Loop.optimizer_step
 
         def failing(self, step):
             if distributed.world().rank == 1 and step == 2:
+                if mode == "hang":
+                    time.sleep(600)
                 raise RuntimeError("injected failure on rank 1")
             return optimizer_step(self, step)
 
@@ -130,12 +132,12 @@ def settings(assets, out, **kw):
                    batch_size=7, max_steps=3, log_every=1, tensorboard=False), **kw}
 
 
-def launch(tmp_path, runs, fail=False):
+def launch(tmp_path, runs, mode="ok"):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(driver), str(tmp_path), "fail" if fail else "ok", json.dumps(runs)]
+           str(driver), str(tmp_path), mode, json.dumps(runs)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -184,7 +186,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(assets, tmp
 @pytest.mark.slow
 def test_a_failing_rank_stops_the_job_named_and_keeps_the_last_checkpoint(assets, tmp_path):
     run = tmp_path / "bc_fail"
-    job = launch(tmp_path, {"bc": settings(assets, run, max_steps=6, save_every=1)}, fail=True)
+    job = launch(tmp_path, {"bc": settings(assets, run, max_steps=6, save_every=1)}, mode="fail")
     assert job.returncode != 0
     log = job.stdout + job.stderr
     assert "injected failure on rank 1" in log
@@ -206,3 +208,16 @@ def test_mixed_precision_trains_close_to_fp32_with_fp32_weights(precision, asset
     assert all(p.dtype == torch.float32 for p in params)  # autocast only; master weights fp32
     np.testing.assert_allclose(losses(run_dir), losses(ref_dir), rtol=1e-2)
     assert any(not torch.equal(p, r) for p, r in zip(params, ref, strict=True))  # it did run in low precision
+
+
+@pytest.mark.slow
+def test_a_hung_rank_makes_the_others_time_out(assets, tmp_path):
+    run = tmp_path / "bc_hang"
+    job = launch(tmp_path, {"bc": settings(assets, run, max_steps=6, save_every=1, dist_timeout=5.0)},
+                 mode="hang")
+    assert job.returncode != 0
+    log = job.stdout + job.stderr
+    # rank 0 waited --dist-timeout seconds in the gradient all-reduce, then failed by itself
+    assert re.search(r"Root Cause.*?rank\s*: 0 \(local_rank: 0\)", log, re.DOTALL), log[-3000:]
+    assert "[rank 0] RuntimeError: rank 0/2: gradient all-reduce failed: another rank died or hung" in log
+    assert common.latest_checkpoint(run).name == "step_00000002"
