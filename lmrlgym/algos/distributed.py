@@ -148,7 +148,8 @@ def _record_failures(world: World) -> None:
             except Exception:
                 with contextlib.suppress(Exception):
                     handler.record_exception(value)
-        previous(kind, value, tb)
+        if previous is not sys.__excepthook__:  # the default would print it a second time
+            previous(kind, value, tb)
 
     sys.excepthook = hook
 
