@@ -213,7 +213,7 @@ def test_mixed_precision_trains_close_to_fp32_with_fp32_weights(precision, asset
 @pytest.mark.slow
 def test_a_hung_rank_makes_the_others_time_out(assets, tmp_path):
     run = tmp_path / "bc_hang"
-    job = launch(tmp_path, {"bc": settings(assets, run, max_steps=6, save_every=1, dist_timeout=5.0)},
+    job = launch(tmp_path, {"bc": settings(assets, run, max_steps=6, save_every=1, dist_timeout=8.0)},
                  mode="hang")
     assert job.returncode != 0
     log = job.stdout + job.stderr
