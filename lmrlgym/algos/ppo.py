@@ -239,6 +239,8 @@ class RowSteps:
 
 @dataclasses.dataclass
 class Advantages:
+    """GAE results, aligned with the rows they came from, and the round's ``train/*`` stats."""
+
     adv: list[Tensor]  # per row, (k,), whitened if asked
     ret: list[Tensor]  # per row, (k,), value targets (raw)
     metrics: dict[str, float]

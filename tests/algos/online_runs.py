@@ -53,7 +53,7 @@ def random_init(base: Path, task: str, vocab_size: int = 512) -> Path:
 def maze_bc_init(base: Path) -> Path:
     """BC on 300 episodes of the Maze-FO behaviour policy (random moves inside sub-mazes,
     ~10 % success, as in the paper): 80 steps reach the data's action entropy, and the policy
-    succeeds in ~30-40 % of episodes, so online methods have something to improve."""
+    succeeds in about half of the episodes, so online methods have something to improve."""
     run = base / "maze_bc"
     if (run / common.MODEL_DIR).exists():
         return run
