@@ -164,9 +164,6 @@ def render_rollouts(
 def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
     """Like ``common.start_run``, but a new run needs ``--init`` (a BC run), not ``--data``:
     every RL method starts from the task's BC checkpoint (ALGORITHMS.md §2.1)."""
-    if distributed.world_from_env().enabled:
-        raise RuntimeError(f"{common.config_algo(config)} runs in one process (rollouts and updates "
-                           "are not sharded); launch it without torchrun/accelerate")
     if config.mixed_precision != "no":
         raise ValueError(f"--mixed-precision {config.mixed_precision}: the online methods train in "
                          "float32 (PPO's ratio check needs the scoring and training passes to agree)")

@@ -39,7 +39,7 @@ import torch
 import tyro
 from torch import Tensor, nn
 
-from lmrlgym.algos import common, online
+from lmrlgym.algos import common, distributed, online
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.common import hidden_states, step_view
 from lmrlgym.algos.filtered_bc import select_episodes, selection_metrics
@@ -136,6 +136,8 @@ REPLAY_FILE = "replay.jsonl"
 def append_replay(run_dir: Path, rnd: int, kept: Sequence[online.Rollout]) -> None:
     """Persist a round's kept episodes with their sampled ids, so ``--resume`` rebuilds the
     replay buffer exactly."""
+    if not distributed.is_main():  # under torchrun every rank collects the same episodes
+        return
     with open(run_dir / REPLAY_FILE, "a", encoding="utf-8") as f:
         for r in kept:
             f.write(json.dumps({"round": rnd, "episode": r.episode.to_json(),
@@ -150,7 +152,8 @@ def load_replay(run_dir: Path, start: int) -> list[online.Rollout]:
         return []
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
              if json.loads(ln)["round"] < start]
-    path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    if distributed.is_main():
+        path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
     out = []
     for k, ln in enumerate(lines):
         rec = json.loads(ln)
@@ -184,7 +187,8 @@ def train(config: OnlineFilteredBCConfig,
     if start == 0 and config.eval_every and config.eval_episodes > 0:
         logger.log(0, online.evaluate_lm(lm, tokenizer, config))  # the initial policy
     if config.replay:
-        replay = load_replay(run_dir, start)
+        with distributed.main_first():  # rank 0 trims the file before the others read it
+            replay = load_replay(run_dir, start)
 
     for rnd in range(start, config.n_rounds):
         t0 = time.perf_counter()
