@@ -120,9 +120,13 @@ PROFILES: dict[str, Profile] = {
         offline_steps=150,
         batch_size=32,
         lr_scale=10.0,
-        online={"ppo": {"n_rounds": 4, "rollouts_per_round": 32, "lr": 1e-4},
-                "online_filtered_bc": {"n_rounds": 4, "rollouts_per_round": 32, "lr": 1e-3}},
-        extra={"*": {"vocab_size": 320}},
+        # PPO on the tiny model: one epoch at lr 3e-4 learns fastest; more epochs or larger
+        # steps drift into illegal moves within a few rounds (the paper's Maze collapse).
+        online={"ppo": {"n_rounds": 3, "rollouts_per_round": 32, "lr": 3e-4,
+                        "epochs_per_round": 1, "batch_size": 64},
+                "online_filtered_bc": {"n_rounds": 3, "rollouts_per_round": 32, "lr": 1e-3}},
+        # 512 merges keep "move right\n" at ~3 tokens (320 leaves it at ~9, over the 8 cap).
+        extra={"*": {"vocab_size": 512}},
         lengths=SMALL_LENGTHS,
     ),
     "cpu": Profile(
@@ -136,8 +140,9 @@ PROFILES: dict[str, Profile] = {
         offline_steps=500,
         batch_size=64,
         lr_scale=10.0,
-        online={"ppo": {"n_rounds": 10, "rollouts_per_round": 64, "lr": 1e-4},
-                "online_filtered_bc": {"n_rounds": 10, "rollouts_per_round": 64, "lr": 1e-3}},
+        online={"ppo": {"n_rounds": 6, "rollouts_per_round": 64, "lr": 3e-4,
+                        "epochs_per_round": 1, "batch_size": 64},
+                "online_filtered_bc": {"n_rounds": 6, "rollouts_per_round": 64, "lr": 1e-3}},
         extra={"*": {"vocab_size": 512}},
         lengths=SMALL_LENGTHS,
     ),
