@@ -175,6 +175,8 @@ class BatchingGenerator:
         self.policy = policy
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait
+        self.batches = 0  # generation batches run (rows / batches = the batching achieved)
+        self.rows = 0
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="lmrlgym-serve-gen", daemon=True)
         self._thread.start()
@@ -215,6 +217,8 @@ class BatchingGenerator:
 
     def _generate(self, sampling: Sampling, group: list[_Job]) -> None:
         p = self.policy
+        self.batches += 1
+        self.rows += len(group)
         p.greedy, p.temperature, p.top_k, p.top_p = dataclasses.astuple(sampling)
         try:
             done = complete_rows(p, [j.prompt for j in group], [j.max_tokens for j in group],
@@ -228,7 +232,8 @@ class BatchingGenerator:
 
 
 class RequestError(ValueError):
-    """A request the server refuses (HTTP 400/404), with the offending field."""
+    """A request the server refuses (HTTP 400/404, with the offending field) or could not
+    answer (HTTP 500, which clients retry)."""
 
     def __init__(self, message: str, param: str | None = None, status: int = 400):
         super().__init__(message)
@@ -292,7 +297,10 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
         sampling, max_tokens, stop = settings(req)
         futures = [generator.submit(prompt_tokens(policy, p), sampling, max_tokens, stop)
                    for p in prompts for _ in range(req.n)]
-        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        try:
+            return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        except Exception as e:  # noqa: BLE001 - a generation failure, reported to the client
+            raise RequestError(f"generation failed: {type(e).__name__}: {e}", None, 500) from e
 
     def usage(done: list[Completion]) -> dict[str, int]:
         p = sum(c.prompt_tokens for c in done)
@@ -308,8 +316,9 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, e: RequestError) -> JSONResponse:
-        return JSONResponse({"error": {"message": str(e), "type": "invalid_request_error",
-                                       "param": e.param, "code": None}}, status_code=e.status)
+        kind = "server_error" if e.status >= 500 else "invalid_request_error"
+        return JSONResponse({"error": {"message": str(e), "type": kind, "param": e.param,
+                                       "code": None}}, status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -320,8 +329,8 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
                                        "code": None}}, status_code=400)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "batches": generator.batches, "rows": generator.rows}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

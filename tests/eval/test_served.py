@@ -242,3 +242,20 @@ def test_bench_served_counts_every_action(server):
     assert format_rows(rows).splitlines()[0].split()[:2] == ["concurrency", "requests/s"]
     with pytest.raises(ValueError, match=r"episodes \(2\) must be at least the largest"):
         bench_served(f"openai:{server.base_url}/{MODEL}", TASK, (1, 3), episodes=2)
+
+
+def test_generation_failure_is_a_retried_500(run_dir):
+    policy = load_policy(run_dir)
+
+    def broken(prompts):
+        raise RuntimeError("CUDA out of memory")
+
+    policy.generate = broken
+    srv = _Server(build_app(policy, MODEL))
+    try:
+        with OpenAIPolicy(srv.base_url, MODEL, max_retries=1, backoff=0.01) as client:
+            with pytest.raises(EndpointError, match=r"failed after 2 attempts: HTTP 500.*"
+                                                    r"generation failed: RuntimeError: CUDA out"):
+                client.act(["x\n"])
+    finally:
+        srv.stop()
