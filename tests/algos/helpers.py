@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmrlgym.data.generate import generate_dataset
@@ -12,6 +13,7 @@ def micro_model(path: Path, n_layer: int = 1, n_embd: int = 32) -> str:
     that ``--model`` loads; its 512 embedding rows cover any tokenizer of ``vocab_size <= 512``
     (rows beyond ``len(tokenizer)`` are sliced off)."""
     if not path.exists():
+        torch.manual_seed(0)  # the same weights whichever tests ran before
         config = GPT2Config(n_layer=n_layer, n_head=2, n_embd=n_embd, n_positions=320,
                             vocab_size=512, bos_token_id=0, eos_token_id=1, pad_token_id=2)
         GPT2LMHeadModel(config).save_pretrained(str(path))

