@@ -1,0 +1,42 @@
+"""``bench train``: the FLOP count by hand, and one tiny end-to-end measurement."""
+
+import pytest
+import torch
+
+from lmrlgym.bench.train_speed import Shape, bench_train, flops_per_row
+from tests.algos.helpers import micro_model
+
+SHAPE = Shape(n_layer=2, d=4, vocab=10, n_trunk=100)
+
+
+def test_flops_per_row_by_hand():
+    # L = 3 tokens, n = 2 action tokens, next_ids of 2 tokens.
+    trunk = 6 * 100 * 3 + 6 * 2 * 4 * 9  # 1800 + 432
+    lm = 6 * 4 * 10 * 2  # 480
+    q = 6 * (16 + 40) * 2  # 672
+    assert flops_per_row("bc", SHAPE, 3, 2, 0) == trunk + lm
+    assert flops_per_row("filtered_bc", SHAPE, 3, 2, 0) == trunk + lm
+    assert flops_per_row("mc", SHAPE, 3, 2, 0) == trunk + lm + q
+    v = 6 * (16 + 4) * 3
+    target = (2 * 100 * 3 + 2 * 2 * 4 * 9) + 2 * 2 * (16 + 40) * 2
+    boot = 2 * 100 * 2 + 2 * 2 * 4 * 4
+    assert flops_per_row("ilql", SHAPE, 3, 2, 2) == trunk + lm + 2 * q + v + target + boot
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        flops_per_row("ppo", SHAPE, 3, 2, 0)
+
+
+def test_bench_train_measures_each_algorithm(tmp_path):
+    model = micro_model(tmp_path / "micro")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = bench_train(model, ("bc", "ilql"), batch_size=4, steps=1, max_context_tokens=64,
+                           episodes=4, workdir=str(tmp_path))
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["algo"] for r in rows] == ["bc", "ilql"]
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and 0 < r["mfu"] and r["matmul_flops_per_s"] > 0
+        assert r["flops_per_token"] > 0 and 0 < r["action_fraction"] < 1
+    assert rows[0]["rel_cost_per_token"] == 1.0
+    assert rows[1]["flops_per_token"] > rows[0]["flops_per_token"]  # ILQL does more per token
