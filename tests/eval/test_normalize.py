@@ -39,3 +39,9 @@ def test_errors():
         normalized_score("Maze-FO-v0", 0.0, "mine")
     with pytest.raises(KeyError, match="no paper normalisation constants"):
         normalized_score("CarDealer-v0", 0.0, "paper")
+
+
+def test_every_registered_task_has_project_constants_with_provenance():
+    assert set(PROJECT) == set(registry)
+    for task, c in PROJECT.items():
+        assert "20" in c.source and len(c.source) > 40, (task, c.source)  # dated, explained
