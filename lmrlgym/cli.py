@@ -396,6 +396,7 @@ def serve(
     port: int = 8000,
     model_name: str | None = None,
     max_batch_size: int = 64,
+    device: str = "cpu",
 ) -> None:
     """Serve a trained run over the OpenAI-compatible API (/v1/completions, /v1/chat/completions).
 
@@ -405,11 +406,12 @@ def serve(
         port: TCP port.
         model_name: The `model` name clients must send (default: the run directory's name).
         max_batch_size: Most concurrent requests generated as one batch.
+        device: Torch device of the model, e.g. cuda.
     """
     from lmrlgym.serve import serve_main
 
     serve_main(str(run), host=host, port=port, model_name=model_name,
-               max_batch_size=max_batch_size)
+               max_batch_size=max_batch_size, device=device)
 
 
 def bench_rollout(argv: list[str], prog: str) -> None:
@@ -508,6 +510,12 @@ def main(argv: list[str] | None = None) -> None:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"lmrlgym: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RuntimeError as e:
+        if type(e).__name__ != "EndpointError":  # an unreachable served model, not a bug
+            raise
+        print(f"lmrlgym: error: {e}\n(finished episodes so far are kept in "
+              "<out>/episodes.partial.jsonl)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 # --- output helpers ----------------------------------------------------------------------------
