@@ -511,7 +511,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lmrlgym: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
     except RuntimeError as e:
-        if type(e).__name__ != "EndpointError":  # an unreachable served model, not a bug
+        from lmrlgym.openai_api import EndpointError
+
+        if not isinstance(e, EndpointError):  # only an unreachable served model is expected
             raise
         print(f"lmrlgym: error: {e}\n(finished episodes so far are kept in "
               "<out>/episodes.partial.jsonl)", file=sys.stderr)
