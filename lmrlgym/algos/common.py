@@ -663,7 +663,8 @@ def build_lm(config: TrainConfig, tokenizer: Any, dropout: float | None = None) 
     from lmrlgym.models import lora
 
     source = str(Path(config.init_from) / MODEL_DIR) if config.init_from else config.model
-    lm = lora.build_model(source, tokenizer, merge=True, dropout=dropout)
+    # from_pretrained returns eval mode; training mode keeps the model's dropout active (BC).
+    lm = lora.build_model(source, tokenizer, merge=True, dropout=dropout).train()
     return lora.apply_lora(lm, config.lora) if config.lora else lm
 
 
