@@ -14,8 +14,10 @@ def micro_model(path: Path, n_layer: int = 1, n_embd: int = 32) -> str:
     (rows beyond ``len(tokenizer)`` are sliced off)."""
     if not path.exists():
         torch.manual_seed(0)  # the same weights whichever tests ran before
+        # No dropout: the learning tests' margins were calibrated with dropout off.
         config = GPT2Config(n_layer=n_layer, n_head=2, n_embd=n_embd, n_positions=320,
-                            vocab_size=512, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+                            vocab_size=512, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         GPT2LMHeadModel(config).save_pretrained(str(path))
     return str(path)
 
