@@ -117,8 +117,10 @@ class Profile:
         return values
 
 
-_SMALL_EVAL = {"Maze-FO-v0": 100, "Maze-PO-v0": 50, "Wordle-v0": 128, "TextNav-FO-v0": 16,
-               "TextNav-PO-v0": 16, "Chess-v0": 4, "Endgames-v0": 16, "TwentyQuestions-v0": 158,
+# Evaluation episodes of the small profiles: Maze covers every start cell, 20Q and Guess every
+# item; engine- and TextWorld-backed tasks get a handful (their references are scripted).
+_SMALL_EVAL = {"Maze-FO-v0": 50, "Maze-PO-v0": 25, "Wordle-v0": 64, "TextNav-FO-v0": 8,
+               "TextNav-PO-v0": 8, "Chess-v0": 2, "Endgames-v0": 8, "TwentyQuestions-v0": 158,
                "GuessCity-v0": 100, "CarDealer-v0": 64}
 
 PROFILES: dict[str, Profile] = {
@@ -130,7 +132,7 @@ PROFILES: dict[str, Profile] = {
         model={t: "gpt2-tiny" for t in TASKS},
         data={**{t: 400 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 2000},
         eval=_SMALL_EVAL,
-        offline_steps=150,
+        offline_steps=100,
         batch_size=32,
         lr_scale=30.0,
         # PPO on the tiny model: one epoch at lr 3e-4 learns fastest; more epochs or larger
@@ -150,7 +152,9 @@ PROFILES: dict[str, Profile] = {
         seeds=(0, 1, 2),
         model={t: "gpt2-tiny" for t in TASKS},
         data={**{t: 1000 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 5000},
-        eval={**_SMALL_EVAL, "Maze-FO-v0": 200, "Wordle-v0": 256},
+        eval={"Maze-FO-v0": 200, "Maze-PO-v0": 50, "Wordle-v0": 256, "TextNav-FO-v0": 16,
+              "TextNav-PO-v0": 16, "Chess-v0": 4, "Endgames-v0": 16, "TwentyQuestions-v0": 158,
+              "GuessCity-v0": 100, "CarDealer-v0": 64},
         offline_steps=300,
         batch_size=32,
         lr_scale=30.0,
