@@ -20,7 +20,9 @@ FAST_KWARGS = {"Chess-v0": {"opponent": "stockfish-nodes:1"},
 
 
 def test_ids_exactly_as_specified():
-    assert list(lmrlgym.registry) == [
+    # Tests may register toy envs of their own; the package's ids are those of lmrlgym.envs.
+    ours = [s.id for s in lmrlgym.registry.values() if s.entry_point.startswith("lmrlgym.envs.")]
+    assert ours == [
         "Maze-FO-v0", "Maze-PO-v0", "TextNav-FO-v0", "TextNav-PO-v0", "Wordle-v0",
         "Chess-v0", "Endgames-v0", "TwentyQuestions-v0", "GuessCity-v0", "CarDealer-v0",
     ]
