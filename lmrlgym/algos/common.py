@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lmrlgym.algos import distributed
+from lmrlgym.data.io import write_json
 
 # --------------------------------------------------------------------------------------------
 # 1. Pure tensor helpers (§1.6-1.9)
@@ -293,14 +294,6 @@ def run_dir_for(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.task}__{config_algo(config)}__{config.seed}__{stamp}"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 class MetricsLogger:
     """One flat dict of namespaced scalars per call, appended to ``metrics.jsonl`` (and
     TensorBoard when available, imported lazily). Under torchrun only rank 0 writes."""
@@ -396,7 +389,7 @@ def save_checkpoint(
         for name, module in modules.items():
             save_model(module, str(tmp / f"{name}.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "state.pt")
-        write_json_atomic(tmp / "meta.json", {"step": step, **extra})
+        write_json(tmp / "meta.json", {"step": step, **extra})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -565,7 +558,7 @@ def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
             if (run_dir / CONFIG_FILE).exists():
                 raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_dir / CONFIG_FILE, config_to_json(config))
+            write_json(run_dir / CONFIG_FILE, config_to_json(config))
     return config, run_dir, None
 
 

@@ -186,7 +186,7 @@ def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
             if (run_dir / common.CONFIG_FILE).exists():
                 raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
             run_dir.mkdir(parents=True, exist_ok=True)
-            common.write_json_atomic(run_dir / common.CONFIG_FILE, common.config_to_json(config))
+            common.write_json(run_dir / common.CONFIG_FILE, common.config_to_json(config))
     return config, run_dir, None
 
 
