@@ -6,6 +6,14 @@ Maze-FO mixture data (500 steps each, 100 evaluation episodes), over three model
 initialisations: BC −61.5 / −59.9 / −60.2, ILQL −29.4 / −41.5 / −39.7, MC (γ 0.9, β 4)
 −50.2 / −57.4 / −63.2, filtered BC (top 20 % by return) −33.9 / −31.1 / −111.5. Only ILQL > BC
 held for every initialisation, so only it is asserted on the Maze.
+
+MC was swept further on the same data and model (config seeds 0-4, BC −60.2 / −63.4 / −74.7 /
+−45.5 / −72.6). At γ 0.9 the behaviour Q (a near-random walk) is ≈ −8 for every move far from
+the goal, so β·Q only adds noise (β 4 / 16: −56.9 / −61.3, −62.6 / −77.4 for seeds 0 / 1). At
+γ 0.99 the moves' Q differ enough, but the return regression (loss ≈ 120) swamps the shared
+trunk: with bc_weight 10, head_bias −30 (≈ the mean return), β 0.5: −41.5 / −54.0 / −68.9 /
+−55.9 / −165.7 (44 % illegal moves, also at β 0); bc_weight 50 keeps it legal but loses the
+gain (seeds 3 / 4: −66.0 / −75.3). No setting beat BC for every seed, so MC is not asserted here.
 """
 
 import json
