@@ -66,8 +66,14 @@ def aggregate(cells: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in cells:
         grouped.setdefault((c["task"], c["method"]), []).append(c)
+    from lmrlgym.registry import registry
+
+    task_order = {t: i for i, t in enumerate(registry)}  # the paper's task order, not alphabetical
+    method_order = {m: i for i, m in enumerate([*METHODS, *REFERENCES])}
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (task, method), cs in sorted(grouped.items()):
+    for (task, method), cs in sorted(grouped.items(), key=lambda kv: (
+            task_order.get(kv[0][0], len(task_order)), kv[0][0],
+            method_order.get(kv[0][1], len(method_order)), kv[0][1])):
         cs = sorted(cs, key=lambda c: c["seed"])
         score, half = t_interval([c["normalized_score"] for c in cs])
         ret, ret_half = t_interval([c["mean_return"] for c in cs])
@@ -153,7 +159,7 @@ def plot_scores(agg: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(agg)
+    tasks = [t for t in agg if any(m in agg[t] for m in METHODS)]  # references-only rows: no bars
     methods = [m for m in METHODS if any(m in agg[t] for t in tasks)]
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(tasks) + 2), 4.5))
@@ -170,7 +176,7 @@ def plot_scores(agg: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     ax.set_xticks(np.arange(len(tasks)), tasks, rotation=15)
     ax.set_ylabel("normalised score (50 = dataset average)")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("lmrlgym: normalised scores (mean ± 95% CI over seeds) vs paper")
+    ax.set_title("normalised score, mean ± 95% CI over seeds (paper Table 2: black bars)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -178,28 +184,31 @@ def plot_scores(agg: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 
 def plot_learning_curves(curves: dict[str, dict[str, list[list[tuple[float, float]]]]],
                          path: Path) -> None:
-    """One panel per task; one line per (method, seed) of ``(step, eval return)`` points."""
+    """One panel per ``"<task> <metric>"``; one line per (method, seed) of ``(step, value)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(curves)
-    if not tasks:
+    panels = list(curves)
+    if not panels:
         return
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    for ax, task in zip(axes[0], tasks, strict=False):
-        for method, runs in curves[task].items():
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for method, runs in curves[panel].items():
             for i, pts in enumerate(runs):
-                if pts:
-                    xs, ys = zip(*pts, strict=False)
-                    ax.plot(xs, ys, color=colors.get(method), alpha=0.8, marker=".",
-                            label=METHODS.get(method, method) if i == 0 else None)
-        ax.set_title(task)
-        ax.set_xlabel("optimizer step / round")
-        ax.set_ylabel("eval mean return")
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, color=colors.get(method), alpha=0.8, marker="." if len(xs) < 20
+                        else None, label=METHODS.get(method, method) if i == 0 else None)
+        task, _, metric = panel.partition(" ")
+        ax.set_title(f"{task}: {metric}", fontsize=9)
+        ax.set_xlabel("round" if metric.startswith("rollout") else "optimizer step")
         ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

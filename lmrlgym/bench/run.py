@@ -288,22 +288,33 @@ def _validate(profile: presets.Profile, tasks: list[str] | None, methods: list[s
             raise ValueError(f"unknown method {m!r}; valid: {', '.join(METHOD_CONFIGS)}")
 
 
+# Learning-curve panels: offline methods log train/loss per step, online ones rollout/return
+# per round, and any run with periodic evaluation eval/return.
+CURVE_KEYS = ("train/loss", "rollout/return", "eval/return")
+
+
 def _curves(results: list[dict[str, Any]]) -> dict[str, dict[str, list[list[tuple[float, float]]]]]:
+    """``{"<task> <key>": {method: [points of each seed]}}`` from the cells' metrics.jsonl."""
     curves: dict[str, dict[str, list[list[tuple[float, float]]]]] = {}
     for r in results:
         run_dir = r.get("run_dir")
         metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
         if not metrics or not metrics.exists():
             continue
-        pts = []
+        points: dict[str, list[tuple[float, float]]] = {k: [] for k in CURVE_KEYS}
         for line in metrics.read_text().splitlines():
             try:
                 m = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "eval/return" in m:
-                pts.append((m.get("step", len(pts)), m["eval/return"]))
-        curves.setdefault(r["task"], {}).setdefault(r["method"], []).append(pts)
+            for k in CURVE_KEYS:
+                if k == "train/loss" and r["method"] in presets.ONLINE:
+                    continue  # PPO's loss includes the value loss: not comparable
+                if k in m and "step" in m:
+                    points[k].append((m["step"], m[k]))
+        for k, pts in points.items():
+            if pts:
+                curves.setdefault(f"{r['task']} {k}", {}).setdefault(r["method"], []).append(pts)
     return curves
 
 
