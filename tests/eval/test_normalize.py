@@ -42,6 +42,7 @@ def test_errors():
 
 
 def test_every_registered_task_has_project_constants_with_provenance():
-    assert set(PROJECT) == set(registry)
+    ours = {s.id for s in registry.values() if s.entry_point.startswith("lmrlgym.envs.")}
+    assert set(PROJECT) == ours  # (tests may register toy envs of their own)
     for task, c in PROJECT.items():
         assert "20" in c.source and len(c.source) > 40, (task, c.source)  # dated, explained
