@@ -27,7 +27,7 @@ from torch import nn
 from lmrlgym.algos import common, distributed
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.models.policy import LMPolicy
-from lmrlgym.models.render import ContextFn, Segment, TokenCache, _extends, prompt_ids, render
+from lmrlgym.models.render import ContextFn, Segment, TokenCache, appended_turns, prompt_ids, render
 from lmrlgym.registry import make
 
 ROLLOUT_SEED_RANGE = (2**30, 2**31)
@@ -60,7 +60,7 @@ class _RowPrompt:
 
     def next_prompt(self, turns: Sequence[Turn]) -> list[int]:
         ctx = self.context_turns(turns)
-        new = _extends(ctx, self.prev_ctx, turns[-2]) if self.row is not None else None
+        new = appended_turns(ctx, self.prev_ctx, turns[-2]) if self.row is not None else None
         e = [i for t in new for i in self.tokens(t.text)] if new is not None else None
         if self.row is not None and e is not None and len(self.row) + len(e) <= self.budget:
             self.row = self.row + e  # the env only appended: continue the row

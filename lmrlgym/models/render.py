@@ -181,7 +181,7 @@ def prompt_ids(
     return [bos_id] + ids[max(0, len(ids) - (max_context_tokens - 1)) :]
 
 
-def _extends(context: list[Turn], previous: list[Turn], action: Turn) -> list[Turn] | None:
+def appended_turns(context: list[Turn], previous: list[Turn], action: Turn) -> list[Turn] | None:
     """The new env turns when ``context == previous + [action] + new`` (the env only
     appended), else None. Compared as (text, is_action), so rewards do not matter."""
     head = [*previous, action]
@@ -263,7 +263,7 @@ def render(
     prev_ctx: list[Turn] = []
     for j, k in enumerate(action_at):
         ctx = context_fn(turns[:k])
-        new = _extends(ctx, prev_ctx, turns[action_at[j - 1]]) if row is not None else None
+        new = appended_turns(ctx, prev_ctx, turns[action_at[j - 1]]) if row is not None else None
         e = [i for t in new for i in tokens(t.text)] if new is not None else None
         if row is not None and e is not None and len(row.ids) + len(e) <= max_context_tokens:
             row.add_env(e)
@@ -281,7 +281,7 @@ def render(
         return segments
     # Not terminal: the final observation is the bootstrap state (ALGORITHMS.md §1.4 rule 4).
     ctx = context_fn(turns)
-    new = _extends(ctx, prev_ctx, turns[action_at[-1]])
+    new = appended_turns(ctx, prev_ctx, turns[action_at[-1]])
     e = [i for t in new for i in tokens(t.text)] if new is not None else None
     if e is not None and len(row.ids) + len(e) <= max_context_tokens:
         row.add_env(e)
