@@ -615,19 +615,7 @@ class GuessCityEnv(TextEnv):
         return {"city": self.city.name, "country": self.city.country}
 
     def _choose_city(self, rng: np.random.Generator, options: dict[str, Any]) -> int:
-        unknown = set(options) - {"city", "index"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; use 'city' or 'index'")
-        if "city" in options and "index" in options:
-            raise ValueError("pass either reset option 'city' or 'index', not both")
-        if "city" in options:
-            return find_city(str(options["city"]))
-        if "index" in options:
-            index = options["index"]
-            if not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.kb.cities):
-                raise ValueError(f"reset option index must be 0..{len(self.kb.cities) - 1}, got {index!r}")
-            return int(index)
-        return int(rng.integers(len(self.kb.cities)))
+        return qa.choose_index(options, "city", len(self.kb.cities), find_city, rng)
 
     def _step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         self._asked += 1

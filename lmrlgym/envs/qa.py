@@ -22,6 +22,8 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 #: Words that flip the meaning of the phrase right after them ("is it not alive").
@@ -212,3 +214,23 @@ def resolve_partner(oracle: object, role: str) -> object | None:
         f"{role} must be 'kb', a partner spec string or an object with a complete(messages) "
         f"method, got {type(oracle).__name__}"
     )
+
+
+def choose_index(
+    options: Mapping[str, Any], name_key: str, n: int, find: Any, rng: Any
+) -> int:
+    """The secret's index from reset options: ``{name_key: name}`` (resolved by ``find``) or
+    ``{"index": i}``; with neither, uniform from ``rng``. Bad options raise ``ValueError``."""
+    unknown = set(options) - {name_key, "index"}
+    if unknown:
+        raise ValueError(f"unknown reset options {sorted(unknown)}; use '{name_key}' or 'index'")
+    if name_key in options and "index" in options:
+        raise ValueError(f"pass either reset option '{name_key}' or 'index', not both")
+    if name_key in options:
+        return int(find(str(options[name_key])))
+    if "index" in options:
+        index = options["index"]
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+            raise ValueError(f"reset option index must be 0..{n - 1}, got {index!r}")
+        return int(index)
+    return int(rng.integers(n))

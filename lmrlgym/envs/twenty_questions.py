@@ -275,19 +275,7 @@ class TwentyQuestionsEnv(TextEnv):
         return FIRST_TEXT, {"item": self.item.name, "is_guess": False, "answer_source": None}
 
     def _choose_item(self, rng: np.random.Generator, options: dict[str, Any]) -> int:
-        unknown = set(options) - {"item", "index"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; use 'item' or 'index'")
-        if "item" in options and "index" in options:
-            raise ValueError("pass either reset option 'item' or 'index', not both")
-        if "item" in options:
-            return find_item(str(options["item"]))
-        if "index" in options:
-            index = options["index"]
-            if not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.kb.items):
-                raise ValueError(f"reset option index must be 0..{len(self.kb.items) - 1}, got {index!r}")
-            return int(index)
-        return int(rng.integers(len(self.kb.items)))
+        return qa.choose_index(options, "item", len(self.kb.items), find_item, rng)
 
     def _step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         self._asked += 1
