@@ -103,8 +103,9 @@ def wordle(n_dataset: int = 100_000) -> dict[str, Constants]:
     }
 
 
-def _chess_chunk(job: tuple[str, list[int]]) -> list[tuple[float, bool, int]]:
-    """(return, success, length) of default-dataset episodes ``seeds`` (one engine pair)."""
+def _dataset_chunk(job: tuple[str, list[int]]) -> list[tuple[float, bool, int]]:
+    """(return, success, length) of default-dataset episodes ``seeds`` (one env, one policy:
+    for chess one engine pair per worker)."""
     from lmrlgym.data.policies import default_policy
 
     task, seeds = job
@@ -118,21 +119,26 @@ def _chess_chunk(job: tuple[str, list[int]]) -> list[tuple[float, bool, int]]:
     return [(ep.ret, ep.success, ep.n_actions) for ep in episodes]
 
 
-def _chess_constants(task: str, n: int, workers: int) -> dict[str, Constants]:
-    # TASKS.md §5-6: min -400 (400 illegal moves), max 1 (a win), avg = the default dataset's
-    # mean return: its first n episodes against the default opponent (Elo 1350, 100 ms/move,
-    # nondeterministic, so a rerun differs within the printed standard error).
+def _dataset_rows(task: str, n: int, workers: int) -> tuple[np.ndarray, float, float]:
+    """Returns, success rate and mean length of the first ``n`` default-dataset episodes,
+    generated in ``workers`` spawned processes."""
     import multiprocessing as mp
-
-    from lmrlgym.data.policies import default_policy
 
     seeds = [DATA_SEED_BASE + i for i in range(n)]
     jobs = [(task, seeds[k::workers]) for k in range(workers)]
     with mp.get_context("spawn").Pool(workers) as pool:
-        rows = [row for chunk in pool.map(_chess_chunk, jobs) for row in chunk]
+        rows = [row for chunk in pool.map(_dataset_chunk, jobs) for row in chunk]
     data = np.array([r[0] for r in rows])
-    success = np.mean([r[1] for r in rows])
-    length = np.mean([r[2] for r in rows])
+    return data, float(np.mean([r[1] for r in rows])), float(np.mean([r[2] for r in rows]))
+
+
+def _chess_constants(task: str, n: int, workers: int) -> dict[str, Constants]:
+    # TASKS.md §5-6: min -400 (400 illegal moves), max 1 (a win), avg = the default dataset's
+    # mean return: its first n episodes against the default opponent (Elo 1350, 100 ms/move,
+    # nondeterministic, so a rerun differs within the printed standard error).
+    from lmrlgym.data.policies import default_policy
+
+    data, success, length = _dataset_rows(task, n, workers)
     name = make_policy(default_policy(task), task).name
     source = (
         f"{SCRIPT} {task.split('-')[0].lower()}: avg = {name} default dataset, first {n} "
@@ -220,35 +226,15 @@ def guess_city(n_dataset: int = 10_000) -> dict[str, Constants]:
     return _questions_constants("guess_city", "GuessCity-v0", n_dataset, len(load_kb().cities))
 
 
-def _textnav_chunk(job: tuple[str, list[int]]) -> list[tuple[float, bool, int]]:
-    """(return, success, length) of default-dataset episodes ``seeds``."""
-    from lmrlgym.data.policies import default_policy
-
-    task, seeds = job
-    env = lmrlgym.make(task)
-    policy = make_policy(default_policy(task), task)
-    episodes = [run_episode(env, policy, seed, task) for seed in seeds]
-    env.close()
-    return [(ep.ret, ep.success, ep.n_actions) for ep in episodes]
-
-
 def textnav(n_dataset: int = 2500, workers: int = 2) -> dict[str, Constants]:
     """TASKS.md §3. min 0; avg: the default ``textnav-half-expert`` dataset (the paper's 2.5k
     trajectories, seeds from 1,000,000); max: ``textnav-walkthrough`` under the evaluation
     protocol (8 start rooms x 32, seeds 32*i+k), which wins every episode."""
-    import multiprocessing as mp
-
     from lmrlgym.data.policies import OPTIMAL_POLICY, default_policy
 
     out = {}
-    seeds = [DATA_SEED_BASE + i for i in range(n_dataset)]
     for task in ("TextNav-FO-v0", "TextNav-PO-v0"):
-        jobs = [(task, seeds[k::workers]) for k in range(workers)]
-        with mp.get_context("spawn").Pool(workers) as pool:
-            rows = [row for chunk in pool.map(_textnav_chunk, jobs) for row in chunk]
-        data = np.array([r[0] for r in rows])
-        success = np.mean([r[1] for r in rows])
-        length = np.mean([r[2] for r in rows])
+        data, success, length = _dataset_rows(task, n_dataset, workers)
         behaviour = make_policy(default_policy(task), task)
         best_policy = make_policy(OPTIMAL_POLICY[task], task)
         env_cls = type(lmrlgym.make(task))
