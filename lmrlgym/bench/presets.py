@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from lmrlgym.envs import TASK_IDS
+
 ALL_METHODS = ("bc", "filtered_bc", "mc", "ilql", "ppo", "online_filtered_bc")
 ONLINE = ("ppo", "online_filtered_bc")
-TASKS = ("Maze-FO-v0", "Maze-PO-v0", "TextNav-FO-v0", "TextNav-PO-v0", "Wordle-v0", "Chess-v0",
-         "Endgames-v0", "TwentyQuestions-v0", "GuessCity-v0", "CarDealer-v0")
+TASKS = TASK_IDS
 
 # Dataset sizes (paper Table 1) and evaluation episodes (ALGORITHMS.md §4.2) for `full`.
 PAPER_DATA = {

@@ -1,6 +1,6 @@
 """The ten registered environments (TASKS.md §1). Each task lives in its own module."""
 
-from lmrlgym.registry import Requirement, register
+from lmrlgym.registry import Requirement, register, registry
 
 CHESS = Requirement("chess", 'pip install "lmrlgym[chess]"')
 STOCKFISH = Requirement(
@@ -78,3 +78,6 @@ register(
     max_turns=25,
     description="Sell a car to a rule-based buyer with a persona.",
 )
+
+# The package's own task ids, in the paper's order (tests and users may register more).
+TASK_IDS: tuple[str, ...] = tuple(registry)
