@@ -252,6 +252,11 @@ class TrainConfig:
     ``r=8,alpha=16,dropout=0.05,targets=c_attn|c_proj``; value heads stay fully trainable."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Run training forwards under torch.autocast in this dtype (weights and optimizer stay fp32)."""
+    data_parallel: Literal["ddp", "fsdp"] = "ddp"
+    """How the ranks of a torchrun/accelerate job hold the model: ``ddp`` replicates it;
+    ``fsdp`` shards each transformer block's weights, gradients and optimizer state over the
+    ranks (FSDP2), for models whose training state does not fit one device. No effect in one
+    process."""
     dist_timeout: float = 1800.0
     """Seconds a collective waits for the other ranks under torchrun/accelerate before failing."""
 
@@ -276,6 +281,12 @@ class TrainConfig:
             parse_lora(self.lora)  # a bad spec fails before any work
         if self.dist_timeout <= 0:
             raise ValueError(f"--dist-timeout must be positive, got {self.dist_timeout}")
+        if self.data_parallel == "fsdp" and self.mixed_precision == "fp16":
+            raise ValueError("--data-parallel fsdp with --mixed-precision fp16: the fp16 gradient "
+                             "scaler would check only this rank's gradient shards; use bf16")
+        if self.data_parallel == "fsdp" and self.lora is not None:
+            raise ValueError("--data-parallel fsdp with --lora: not supported (LoRA's frozen base "
+                             "has no gradients or optimizer state to shard); use ddp")
 
 
 def config_to_json(config: Any) -> dict[str, Any]:
@@ -377,18 +388,20 @@ def save_checkpoint(
     """Write ``checkpoints/step_<N>/`` atomically: build it in a temp dir, rename it, then
     point ``checkpoints/latest`` at it. A kill at any moment leaves the previous one intact.
     Under torchrun only rank 0 writes (the ranks hold the same weights)."""
-    from safetensors.torch import save_model
 
     root = run_dir / CKPT_DIR
     final = root / f"step_{step:08d}"
+    # Under FSDP every rank gathers the full weights and optimizer state (collectives).
+    states = {name: distributed.full_state_dict(module) for name, module in modules.items()}
+    optimizer_state = distributed.full_optimizer_state(optimizer)
     if not distributed.is_main():
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp_"))
     try:
-        for name, module in modules.items():
-            save_model(module, str(tmp / f"{name}.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "state.pt")
+        for name, state in states.items():
+            save_state(state, tmp / f"{name}.safetensors")
+        torch.save({"optimizer": optimizer_state, "rng": rng_state()}, tmp / "state.pt")
         write_json(tmp / "meta.json", {"step": step, **extra})
         if final.exists():
             shutil.rmtree(final)
@@ -403,6 +416,25 @@ def save_checkpoint(
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_state(state: dict[str, Tensor], path: Path) -> None:
+    """A module's state dict as safetensors, the way ``safetensors.torch.save_model`` writes it:
+    of tensors sharing memory (GPT-2's tied ``lm_head``/``wte``) only the first name is kept
+    (``load_model`` restores the others), recorded in the metadata."""
+    from safetensors.torch import save_file
+
+    kept: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out: dict[str, Tensor] = {}
+    metadata: dict[str, str] = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in kept:
+            metadata[name] = kept[key]
+        else:
+            kept[key] = name
+            out[name] = t.contiguous()
+    save_file(out, str(path), metadata=metadata or None)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -702,13 +734,15 @@ class Loop:
             meta = load_checkpoint(checkpoint, modules, optimizer)
             self.start, self.best = meta["step"], meta.get("best_eval_loss", math.inf)
             self.logger.truncate_after(self.start)
+        # Identity in one process; under torchrun: rank 0's weights, shards, global metrics,
+        # and with --data-parallel fsdp the sharded blocks (the optimizer is re-pointed at them).
+        self.parallel = distributed.DataParallel(modules, config.seed, optimizer,
+                                                 config.data_parallel, config.device)
         self.params = [p for p in optimizer.param_groups[0]["params"]]
         self.mean = MetricsMean()
         self.tokens, self.t0 = 0, time.perf_counter()
         self.epoch = 0.0
         self.progress = progress if distributed.is_main() else None  # the CLI's progress bar
-        # Identity in one process; under torchrun: rank 0's weights, shards, global metrics.
-        self.parallel = distributed.DataParallel(modules, config.seed)
         self.amp = distributed.MixedPrecision(config.mixed_precision, config.device)
 
     def steps(self) -> Iterator[int]:
@@ -744,9 +778,12 @@ class Loop:
         lr = lr_at(step, self.config.lr, self.config.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # FSDP: free gathered weights (no-grad passes keep them), so the step and any Polyak
+        # update after it act on the shards and the next forward gathers the new values.
+        distributed.free_blocks(self.parallel.blocks)
         distributed.sync_grads(self.params)  # average over ranks (no-op in one process)
         self.amp.unscale(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        grad_norm = distributed.clip_grad_norm(self.params, self.config.grad_clip)
         self.amp.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.mean.add({"train/lr": lr, "train/grad_norm": grad_norm})
@@ -778,10 +815,14 @@ class Loop:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """``eval/loss`` on the validation rows and, with ``eval_episodes``, env evaluation.
-        Rank 0 only: the other ranks wait for it in the next step's collective."""
+        Rank 0 evaluates (on full weights, gathered by every rank under FSDP) while the others
+        wait; every rank returns rank 0's metrics, so all take the same ``select_best`` path."""
+        with self.parallel.gathered():
+            out = self._evaluate() if distributed.is_main() else {}
+        return distributed.broadcast_object(out)
+
+    def _evaluate(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        if not distributed.is_main():
-            return out
         modes = {name: m.training for name, m in self.modules.items()}
         for m in self.modules.values():
             m.eval()
@@ -842,6 +883,9 @@ def export_lm(lm: nn.Module, tokenizer: Any, run_dir: Path, heads: dict[str, nn.
 
     from lmrlgym.models import lora
 
+    # Under FSDP every rank gathers the full weights (collectives); rank 0 writes them.
+    state = distributed.full_state_dict(lm)
+    head_states = {name: distributed.full_state_dict(head) for name, head in (heads or {}).items()}
     if not distributed.is_main():
         return
     hf_logging.disable_progress_bar()  # progress bars belong to the CLI layer
@@ -849,14 +893,14 @@ def export_lm(lm: nn.Module, tokenizer: Any, run_dir: Path, heads: dict[str, nn.
     if lora.is_lora(lm):
         lora.save_pretrained(lm, tmp)
     else:
-        lm.save_pretrained(str(tmp))
+        lm.save_pretrained(str(tmp), state_dict=state)
     tokenizer.save_pretrained(str(tmp))
     if (run_dir / MODEL_DIR).exists():
         shutil.rmtree(run_dir / MODEL_DIR)
     os.replace(tmp, run_dir / MODEL_DIR)
     if heads:
-        state = {f"{name}.{k}": v.detach().contiguous() for name, head in heads.items()
-                 for k, v in head.state_dict().items()}
+        state = {f"{name}.{k}": v.detach().contiguous() for name, head_state in head_states.items()
+                 for k, v in head_state.items()}
         fd, tmp_file = tempfile.mkstemp(dir=run_dir, prefix=".heads.")
         os.close(fd)
         save_file(state, tmp_file)

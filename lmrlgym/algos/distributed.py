@@ -55,6 +55,8 @@ from torch import Tensor, nn
 
 Precision = Literal["no", "bf16", "fp16"]
 PRECISIONS = ("no", "bf16", "fp16")
+Parallelism = Literal["ddp", "fsdp"]
+PARALLELISMS = ("ddp", "fsdp")
 _BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size
 
 
@@ -265,6 +267,8 @@ def all_reduce_sum(values: Tensor) -> Tensor:
 @torch.no_grad()
 def sync_grads(params: Sequence[nn.Parameter]) -> None:
     """Average the gradients over ranks in flat buckets of ~25 MB (DDP's arithmetic).
+    Parameters sharded by FSDP are skipped: their backward already reduce-scattered (averaged)
+    the gradient into this rank's shard.
 
     Which parameters got a gradient is agreed first (one small all-reduce): a parameter with a
     gradient on some rank only gets zeros on the others, and one with none anywhere keeps
@@ -274,7 +278,7 @@ def sync_grads(params: Sequence[nn.Parameter]) -> None:
     import torch.distributed as dist
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-    params = [p for p in params if p.requires_grad]
+    params = [p for p in params if p.requires_grad and not is_sharded(p)]  # FSDP syncs its own
     if not params:
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32,
@@ -302,17 +306,168 @@ def sync_grads(params: Sequence[nn.Parameter]) -> None:
             bucket, size = [], 0
 
 
+# --- FSDP: sharded transformer blocks --------------------------------------------------------
+
+
+def is_sharded(t: Tensor) -> bool:
+    """A parameter, gradient or state tensor that FSDP sharded over the ranks (a ``DTensor``)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def transformer_blocks(modules: dict[str, nn.Module]) -> list[nn.Module]:
+    """The repeated transformer blocks of every model in ``modules`` (GPT-2's ``GPT2Block``):
+    the classes a Hugging Face model lists in ``_no_split_modules``, which is also what
+    ``accelerate``'s FSDP auto-wrap policy shards by default. Embeddings, the final norm, the
+    (tied) LM head and the value heads are not blocks: they stay replicated."""
+    names: set[str] = set()
+    for module in modules.values():
+        for sub in module.modules():
+            names |= set(getattr(sub, "_no_split_modules", None) or ())
+    seen: set[int] = set()
+    blocks = []
+    for module in modules.values():
+        for sub in module.modules():
+            if type(sub).__name__ in names and id(sub) not in seen:
+                seen.add(id(sub))
+                blocks.append(sub)
+    return blocks
+
+
+def shard_blocks(modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                 device: str) -> list[nn.Module]:
+    """FSDP2 (``fully_shard``) on each transformer block, then re-point ``optimizer`` (built on
+    the unsharded parameters, as the loops do) at the sharded ones; optimizer state already
+    loaded from a checkpoint is sliced the same way. Returns the sharded blocks.
+
+    Why only the blocks: the loops call ``lm.base_model``, ``lm_head`` and the value heads
+    directly, so a root-level wrapper's ``forward`` would never run; each block's own hooks do
+    fire. Leaving the embeddings and ``lm_head`` unsharded keeps GPT-2's tied weights tied.
+
+    ``reshard_after_forward=False`` (ZeRO-2's schedule): a block's weights are gathered by the
+    first forward of a microbatch and freed after its backward (or by :func:`free_blocks`), so
+    a rank may run extra no-grad forwards that the others skip (ILQL's bootstrap pass over the
+    rows that have a next state) without a mismatched collective. Gradients and optimizer state
+    stay sharded."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    blocks = transformer_blocks(modules)
+    if not blocks:
+        raise ValueError("--data-parallel fsdp: the model declares no transformer block class "
+                         "(Hugging Face's _no_split_modules); use --data-parallel ddp")
+    owner: dict[int, tuple[nn.Module, str]] = {}
+    for module in modules.values():
+        for sub in module.modules():
+            for name, p in sub.named_parameters(recurse=False):
+                owner.setdefault(id(p), (sub, name))
+    mesh = init_device_mesh(torch.device(device).type, (_WORLD.world_size,))
+    with _collective("FSDP sharding"):
+        for block in blocks:
+            fully_shard(block, mesh=mesh, reshard_after_forward=False)
+    for group in optimizer.param_groups:
+        params = []
+        for p in group["params"]:
+            module, name = owner[id(p)]
+            new = module._parameters[name]
+            if new is not p:
+                state = optimizer.state.pop(p, {})
+                optimizer.state[new] = {
+                    k: distribute_tensor(v, mesh, new.placements, src_data_rank=None)
+                    if torch.is_tensor(v) and v.shape == p.shape and v.dim() > 0 else v
+                    for k, v in state.items()}
+            params.append(new)
+        group["params"] = params
+    return blocks
+
+
+def free_blocks(blocks: Sequence[nn.Module]) -> None:
+    """Drop the gathered weights of sharded blocks (local, no communication), so the next
+    forward gathers the current shards (after an optimizer step or a Polyak update)."""
+    for block in blocks:
+        block.reshard()
+
+
+@contextlib.contextmanager
+def gathered(blocks: Sequence[nn.Module]) -> Iterator[None]:
+    """Every rank gathers the full weights of the sharded blocks (a collective), so that rank 0
+    alone can then run forwards (evaluation, validation) without the other ranks."""
+    with _collective("FSDP all-gather of the full weights"):
+        for block in blocks:
+            block.unshard()
+    try:
+        yield
+    finally:
+        free_blocks(blocks)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    """``module.state_dict()`` with sharded tensors gathered into full ones. A collective
+    under FSDP: every rank calls it, in the same order; other tensors are returned as they are."""
+    state = module.state_dict()
+    if not any(is_sharded(v) for v in state.values()):
+        return state
+    with _collective("FSDP gather of a state dict"):
+        return {k: v.full_tensor() if is_sharded(v) else v for k, v in state.items()}
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with sharded state gathered: the same layout as a single
+    process's, so a checkpoint resumes with any number of processes, sharded or not. A
+    collective under FSDP (every rank calls it)."""
+    state = optimizer.state_dict()
+    with _collective("FSDP gather of the optimizer state"):
+        for key in sorted(state["state"]):
+            state["state"][key] = {k: v.full_tensor() if is_sharded(v) else v
+                                   for k, v in state["state"][key].items()}
+    return state
+
+
+@torch.no_grad()
+def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` over replicated and FSDP-sharded gradients: the
+    sharded ones' squares are summed over ranks, so every rank gets the global norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if is_sharded(g)]
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    plain = [g for g in grads if not is_sharded(g)]
+    local = sum((g.to_local().float().pow(2).sum() for g in sharded), torch.zeros(()))
+    total = all_reduce_sum(local.to(sharded[0].device))
+    total = (total + sum((g.float().pow(2).sum() for g in plain), torch.zeros((), device=total.device))).sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        (g.to_local() if is_sharded(g) else g).mul_(coef.to(g.dtype))
+    return total
+
+
 class DataParallel:
     """What ``common.Loop`` needs per microbatch: the shard, the loss weight and global
-    metrics. In a single process every method is the identity."""
+    metrics; with ``fsdp``, the sharded blocks. In a single process every method is the
+    identity."""
 
-    def __init__(self, modules: dict[str, nn.Module], seed: int) -> None:
+    def __init__(self, modules: dict[str, nn.Module], seed: int,
+                 optimizer: torch.optim.Optimizer | None = None, parallelism: str = "ddp",
+                 device: str = "cpu") -> None:
+        if parallelism not in PARALLELISMS:
+            raise ValueError(f"--data-parallel must be one of {', '.join(PARALLELISMS)}, got {parallelism!r}")
         self.world = _WORLD
         self.real = True  # this rank's current microbatch holds real rows
+        self.blocks: list[nn.Module] = []  # FSDP-sharded transformer blocks
         if self.world.enabled:
             broadcast_modules(modules)
+            if parallelism == "fsdp":
+                if optimizer is None:
+                    raise ValueError("FSDP needs the optimizer, to re-point it at the shards")
+                self.blocks = shard_blocks(modules, optimizer, device)
             if not self.world.is_main:  # dropout masks differ per rank (rank 0: the run's stream)
                 torch.manual_seed(rank_seed(seed))
+
+    def gathered(self) -> contextlib.AbstractContextManager:
+        """Full weights on every rank for the block (a no-op unless sharded); see :func:`gathered`."""
+        return gathered(self.blocks) if self.blocks else contextlib.nullcontext()
 
     def shard(self, idx: np.ndarray) -> np.ndarray:
         if not self.world.enabled:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -24,21 +25,23 @@ from tests.algos.helpers import maze_dataset
 ROOT = Path(__file__).resolve().parents[2]
 ALGOS = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
 
-# Runs ALGO's train() in each launched process and saves the parameters the optimizer updated
-# (captured where train() creates the optimizer) as <out>/<algo>.rank<r>.safetensors.
+# Runs each job's train() in every launched process and saves the parameters the optimizer
+# updated, gathered into full tensors under FSDP, as <out>/<label>.rank<r>.safetensors. A job
+# with "rewind": k then moves its run back to step k's checkpoint and resumes it.
 DRIVER = textwrap.dedent('''
-    import json, sys, time
+    import json, shutil, sys, time
+    from pathlib import Path
     import torch
     from safetensors.torch import save_file
     from lmrlgym.algos import bc, common, distributed, filtered_bc, ilql, mc
 
-    out, mode, runs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    out, mode, jobs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     captured = {}
     make_optimizer = common.make_optimizer
 
     def spy(params, *args, **kw):
-        captured["params"] = list(params)
-        return make_optimizer(captured["params"], *args, **kw)
+        captured["optimizer"] = make_optimizer(params, *args, **kw)
+        return captured["optimizer"]
 
     common.make_optimizer = spy
     if mode != "ok":  # rank 1 dies (or hangs) in its third optimizer step, after two checkpoints
@@ -52,12 +55,25 @@ DRIVER = textwrap.dedent('''
             return optimizer_step(self, step)
 
         common.Loop.optimizer_step = failing
-    for algo, kwargs in runs.items():
-        module = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}[algo]
-        rank = int(__import__("os").environ["RANK"])
-        module.train(module.preset("Maze-FO-v0", **kwargs))
-        state = {str(i): p.detach().contiguous() for i, p in enumerate(captured["params"])}
-        save_file(state, f"{out}/{algo}.rank{rank}.safetensors")
+    rank = distributed.world_from_env().rank
+    for label, job in jobs.items():
+        module = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}[job["algo"]]
+        run_dir = module.train(module.preset("Maze-FO-v0", **job["config"]))
+        if job.get("rewind"):
+            if rank == 0:
+                ckpt = run_dir / "checkpoints"
+                (ckpt / "latest").write_text(f"step_{job['rewind']:08d}\\n")
+                for later in ckpt.glob("step_*"):
+                    if int(later.name[5:]) > job["rewind"]:
+                        shutil.rmtree(later)
+                shutil.rmtree(run_dir / "model")
+            distributed.barrier()
+            module.train(module.preset("Maze-FO-v0", resume=str(run_dir)))
+        params = captured["optimizer"].param_groups[0]["params"]
+        state = {str(i): (p.full_tensor() if distributed.is_sharded(p) else p).detach().contiguous()
+                 for i, p in enumerate(params)}
+        sharded = sum(distributed.is_sharded(p) for p in params)
+        save_file(state, f"{out}/{label}.rank{rank}.safetensors", metadata={"sharded": str(sharded)})
 ''')
 
 
@@ -133,6 +149,7 @@ def settings(assets, out, **kw):
 
 
 def launch(tmp_path, runs, mode="ok"):
+    """torchrun with 2 gloo processes running the driver's ``runs`` (see :func:`jobs`)."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -154,6 +171,23 @@ def single_process(module, kwargs, monkeypatch):
     return run_dir, [p.detach() for p in captured["params"]]
 
 
+def jobs(**configs):
+    """``label=(algo, config)`` or ``label=(algo, config, rewind)`` -> the driver's jobs."""
+    return {label: {"algo": spec[0], "config": spec[1], "rewind": spec[2] if len(spec) > 2 else None}
+            for label, spec in configs.items()}
+
+
+def assert_ranks_equal_one_process(tmp_path, label, params):
+    rank0 = load_file(str(tmp_path / f"{label}.rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / f"{label}.rank1.safetensors"))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), f"{label}: ranks diverged"
+    assert len(params) == len(rank0)
+    for i, p in enumerate(params):
+        torch.testing.assert_close(rank0[str(i)], p, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, i=i: f"{label} parameter {i}: {m}")
+    return max(float((rank0[str(i)] - p).abs().max()) for i, p in enumerate(params))
+
+
 def losses(run_dir):
     lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [x["train/loss"] for x in lines if "train/loss" in x]
@@ -163,18 +197,12 @@ def losses(run_dir):
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(assets, tmp_path, monkeypatch):
     # batch 7 over 2 ranks: slices of 4 and 3 rows with different token counts, so a plain
     # average of per-rank means would NOT match; the token-weighted sync must.
-    runs = {algo: settings(assets, tmp_path / f"{algo}_2ranks") for algo in ALGOS}
-    job = launch(tmp_path, runs)
+    job = launch(tmp_path, jobs(**{algo: (algo, settings(assets, tmp_path / f"{algo}_2ranks"))
+                                   for algo in ALGOS}))
     assert job.returncode == 0, job.stderr[-3000:]
     for algo, module in ALGOS.items():
-        rank0 = load_file(str(tmp_path / f"{algo}.rank0.safetensors"))
-        rank1 = load_file(str(tmp_path / f"{algo}.rank1.safetensors"))
-        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), f"{algo}: ranks diverged"
         run_dir, params = single_process(module, settings(assets, tmp_path / f"{algo}_1"), monkeypatch)
-        assert len(params) == len(rank0)
-        for i, p in enumerate(params):
-            torch.testing.assert_close(rank0[str(i)], p, rtol=1e-4, atol=1e-6,
-                                       msg=lambda m, i=i, algo=algo: f"{algo} parameter {i}: {m}")
+        assert_ranks_equal_one_process(tmp_path, algo, params)
         two, one = losses(tmp_path / f"{algo}_2ranks"), losses(run_dir)
         assert len(two) == len(one) == 3
         np.testing.assert_allclose(two, one, rtol=1e-5, err_msg=algo)
@@ -186,7 +214,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(assets, tmp
 @pytest.mark.slow
 def test_a_failing_rank_stops_the_job_named_and_keeps_the_last_checkpoint(assets, tmp_path):
     run = tmp_path / "bc_fail"
-    job = launch(tmp_path, {"bc": settings(assets, run, max_steps=6, save_every=1)}, mode="fail")
+    job = launch(tmp_path, jobs(bc=("bc", settings(assets, run, max_steps=6, save_every=1))), mode="fail")
     assert job.returncode != 0
     log = job.stdout + job.stderr
     assert "injected failure on rank 1" in log
@@ -213,11 +241,65 @@ def test_mixed_precision_trains_close_to_fp32_with_fp32_weights(precision, asset
 @pytest.mark.slow
 def test_a_hung_rank_makes_the_others_time_out(assets, tmp_path):
     run = tmp_path / "bc_hang"
-    job = launch(tmp_path, {"bc": settings(assets, run, max_steps=6, save_every=1, dist_timeout=8.0)},
-                 mode="hang")
+    job = launch(tmp_path, jobs(bc=("bc", settings(assets, run, max_steps=6, save_every=1,
+                                                   dist_timeout=8.0))), mode="hang")
     assert job.returncode != 0
     log = job.stdout + job.stderr
     # rank 0 waited --dist-timeout seconds in the gradient all-reduce, then failed by itself
     assert re.search(r"Root Cause.*?rank\s*: 0 \(local_rank: 0\)", log, re.DOTALL), log[-3000:]
     assert "[rank 0] RuntimeError: rank 0/2: gradient all-reduce failed: another rank died or hung" in log
     assert common.latest_checkpoint(run).name == "step_00000002"
+
+
+@pytest.mark.slow
+def test_fsdp_two_gloo_ranks_equal_one_process_and_resume_from_a_sharded_checkpoint(
+        assets, tmp_path, monkeypatch):
+    # Each run trains 3 steps, is rewound to its step-2 checkpoint (full weights and optimizer
+    # state gathered by both ranks, written by rank 0) and resumed under FSDP: the optimizer
+    # state is sliced back into shards. ILQL adds an FSDP-sharded EMA target trunk and extra
+    # bootstrap forwards that only some ranks run.
+    # BC also runs an env evaluation at the end: rank 0 alone samples from the gathered weights.
+    extra = {"bc": dict(save_every=1, eval_episodes=1), "ilql": dict(save_every=1)}
+    fsdp = {algo: settings(assets, tmp_path / f"{algo}_fsdp", data_parallel="fsdp", **extra[algo])
+            for algo in extra}
+    job = launch(tmp_path, jobs(**{f"{algo}_fsdp": (algo, config, 2) for algo, config in fsdp.items()}))
+    assert job.returncode == 0, job.stderr[-3000:]
+    for algo, config in fsdp.items():
+        module = ALGOS[algo]
+        run_dir, params = single_process(module, settings(assets, tmp_path / f"{algo}_1", **extra[algo]),
+                                         monkeypatch)
+        assert_ranks_equal_one_process(tmp_path, f"{algo}_fsdp", params)
+        with safe_open(str(tmp_path / f"{algo}_fsdp.rank0.safetensors"), "pt") as f:
+            assert int(f.metadata()["sharded"]) == 12  # the block's weights were DTensor shards
+        two = Path(config["out"])
+        np.testing.assert_allclose(losses(two), losses(run_dir), rtol=1e-5, err_msg=algo)
+        evals = [[x for x in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+                  if "eval/loss" in x] for d in (two, run_dir)]
+        assert evals[0][-1].keys() == evals[1][-1].keys()
+        np.testing.assert_allclose([evals[0][-1][k] for k in sorted(evals[1][-1])],
+                                   [evals[1][-1][k] for k in sorted(evals[1][-1])], rtol=1e-4, err_msg=algo)
+        # The checkpoint rank 0 wrote holds the full (gathered) weights, in the one-process layout.
+        for name in ("lm.safetensors", "state.pt"):
+            assert (two / "checkpoints" / "step_00000003" / name).exists()
+        ckpt, ref = (load_file(str(d / "checkpoints" / "step_00000003" / "lm.safetensors"))
+                     for d in (two, run_dir))
+        assert ckpt.keys() == ref.keys()
+        for k in ref:
+            torch.testing.assert_close(ckpt[k], ref[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k, algo=algo: f"{algo} {k}: {m}")
+        policy = common.load_policy(two)  # the export reloads
+        assert policy.model.config.n_layer == 1
+
+
+def test_fsdp_rejects_fp16_and_lora():
+    with pytest.raises(ValueError, match="fsdp with --mixed-precision fp16"):
+        bc.BCConfig(data_parallel="fsdp", mixed_precision="fp16")
+    with pytest.raises(ValueError, match="fsdp with --lora"):
+        bc.BCConfig(data_parallel="fsdp", lora="r=4,alpha=8")
+
+
+def test_transformer_blocks_are_the_declared_no_split_classes(assets):
+    lm = GPT2LMHeadModel.from_pretrained(assets["model"])
+    blocks = distributed.transformer_blocks({"lm": lm, "copy": lm})
+    assert [type(b).__name__ for b in blocks] == ["GPT2Block"] * lm.config.n_layer  # once each
+    assert all(b is h for b, h in zip(blocks, lm.transformer.h, strict=True))
+    assert distributed.transformer_blocks({"head": torch.nn.Linear(2, 2)}) == []
