@@ -240,6 +240,18 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (pickled; rollouts and rows, not weights)."""
+    if not _WORLD.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * _WORLD.world_size
+    with _collective("all-gather of the ranks' rollouts"):
+        dist.all_gather_object(out, obj)
+    return out
+
+
 @torch.no_grad()
 def broadcast_modules(modules: dict[str, nn.Module]) -> None:
     """Copy rank 0's parameters and buffers to every rank (DDP's start-up sync)."""

@@ -12,11 +12,18 @@ spelling or the sampler picked a non-canonical tokenization.
 
 Training rollouts use seeds drawn from ``[2**30, 2**31)``: disjoint from evaluation seeds
 (``0 .. N-1``) and data-generation seeds (``1_000_000`` upward, TASKS.md §1).
+
+A round's episodes are cut into batches of ``rollout_batch_size``, and each batch samples from
+its own seeded stream (:func:`sampler_seed`). So an episode does not depend on which process
+plays it: under torchrun/accelerate rank ``r`` plays batches ``r, r + W, ...`` and the ranks
+exchange what they played (:func:`collect_round`), and every rank then holds the same round
+of episodes as a single process would.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,12 @@ def rollout_seeds(seed: int, rnd: int, n: int) -> list[int]:
     """The env seeds of round ``rnd`` of a run with ``seed``: a pure function of both."""
     rng = np.random.default_rng([seed, rnd])
     return [int(s) for s in rng.integers(*ROLLOUT_SEED_RANGE, size=n)]
+
+
+def sampler_seed(seed: int, rnd: int, batch: int) -> int:
+    """The sampling seed of env batch ``batch`` of round ``rnd``: a pure function of the three,
+    so each batch's episodes are the same whichever rank plays it."""
+    return int(np.random.default_rng([seed, rnd, 1 + batch]).integers(2**62))
 
 
 @dataclasses.dataclass
@@ -76,19 +89,56 @@ class _RowPrompt:
 
 def collect_rollouts(
     policy: LMPolicy, task: str, seeds: Sequence[int], env_kwargs: dict[str, Any] | None = None,
-    batch_size: int = 32,
+    batch_size: int = 32, sampler_seeds: Sequence[int] | None = None,
+    batches: Sequence[int] | None = None,
 ) -> list[Rollout]:
     """One episode per seed (default reset options, so e.g. Maze starts are drawn from the
-    seed), ``batch_size`` episodes in parallel."""
+    seed), ``batch_size`` episodes in parallel.
+
+    ``sampler_seeds``: one per batch; the policy is reseeded with it before the batch, so a
+    batch's episodes depend on nothing else (default: one stream through all batches).
+    ``batches``: the indices of the batches to play (default: all), e.g. one rank's share."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    envs = [make(task, **(env_kwargs or {})) for _ in range(min(batch_size, len(seeds)))]
+    n_batches = math.ceil(len(seeds) / batch_size)
+    if sampler_seeds is not None and len(sampler_seeds) != n_batches:
+        raise ValueError(f"{len(sampler_seeds)} sampler seeds for {n_batches} batches")
+    play = list(range(n_batches) if batches is None else batches)
+    envs = [make(task, **(env_kwargs or {})) for _ in range(min(batch_size, len(seeds)) if play else 0)]
     tokens = TokenCache(policy.tokenizer)
     out: list[Rollout] = []
-    for start in range(0, len(seeds), batch_size):
-        chunk = list(seeds[start : start + batch_size])
+    for k in play:
+        chunk = list(seeds[k * batch_size : (k + 1) * batch_size])
+        if sampler_seeds is not None:
+            policy.reseed(sampler_seeds[k])
         out += _collect_batch(policy, task, envs[: len(chunk)], chunk, tokens)
     return out
+
+
+def collect_round(lm: nn.Module, tokenizer: Any, config: Any, rnd: int) -> list[Rollout]:
+    """The ``rollouts_per_round`` episodes of round ``rnd``, in seed order, on every rank.
+
+    Under torchrun/accelerate rank ``r`` plays batches ``r, r + W, ...`` of the round and the
+    ranks all-gather the results, so the list equals a single process's (the sampled ids and
+    episodes exactly; the other ranks' rollouts arrive without ``prompts``, which training
+    does not read)."""
+    seeds = rollout_seeds(config.seed, rnd, config.rollouts_per_round)
+    size = config.rollout_batch_size
+    n_batches = math.ceil(len(seeds) / size)
+    world = distributed.world()
+    mine = list(range(world.rank, n_batches, world.world_size))
+    rollouts = collect_rollouts(rollout_policy(lm, tokenizer, config, rnd), config.task, seeds,
+                                batch_size=size,
+                                sampler_seeds=[sampler_seed(config.seed, rnd, k) for k in range(n_batches)],
+                                batches=mine)
+    if not world.enabled:
+        return rollouts
+    played = {k: rollouts[i * size : (i + 1) * size] for i, k in enumerate(mine)}
+    shared = {k: [dataclasses.replace(r, prompts=[]) for r in rs] for k, rs in played.items()}
+    for part in distributed.all_gather_object(shared):
+        for k, rs in part.items():
+            played.setdefault(k, rs)
+    return [r for k in range(n_batches) for r in played[k]]
 
 
 def _collect_batch(
@@ -167,6 +217,9 @@ def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
     if config.mixed_precision != "no":
         raise ValueError(f"--mixed-precision {config.mixed_precision}: the online methods train in "
                          "float32 (PPO's ratio check needs the scoring and training passes to agree)")
+    if config.data_parallel != "ddp":
+        raise ValueError(f"--data-parallel {config.data_parallel}: the online methods replicate the "
+                         "model on every rank (ddp); FSDP is offered for the offline methods")
     if config.resume:
         return common.start_run(config)
     if not config.init_from:
@@ -176,7 +229,7 @@ def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
     if not (init / common.MODEL_DIR).is_dir() or not (init / common.TOKENIZER_DIR).is_dir():
         raise FileNotFoundError(f"--init {init}: no {common.MODEL_DIR}/ and {common.TOKENIZER_DIR}/ "
                                 "(not a finished training run)")
-    # Under torchrun every rank runs the same rollouts and updates (no sharding yet); rank 0
+    # Under torchrun the ranks share each round's rollouts and each update's rows; rank 0
     # alone creates the run directory, logs and checkpoints (algos/distributed.py).
     if distributed.init_distributed(config.device, config.dist_timeout).enabled:
         config = dataclasses.replace(config, device=distributed.device_for(config.device))
@@ -201,16 +254,24 @@ def load_init(config: Any, run_dir: Path) -> tuple[nn.Module, Any]:
 
 def rollout_policy(lm: nn.Module, tokenizer: Any, config: Any, rnd: int) -> LMPolicy:
     """The sampler of round ``rnd``: ancestral sampling at ``rollout_temperature`` (no top-k or
-    top-p, §3.6), seeded by (run seed, round) so a resumed run replays the same rollouts."""
+    top-p, §3.6), seeded by (run seed, round) so a resumed run replays the same rollouts
+    (:func:`collect_round` reseeds it per batch)."""
     return LMPolicy(lm, tokenizer, context_turns=common.context_fn(config.task),
                     max_context_tokens=config.max_context_tokens,
                     max_new_tokens=config.max_new_tokens, temperature=config.rollout_temperature,
-                    seed=int(np.random.default_rng([config.seed, rnd, 1]).integers(2**62)),
+                    seed=sampler_seed(config.seed, rnd, 0),
                     batch_size=config.rollout_batch_size, name=common.config_algo(config))
 
 
 def evaluate_lm(lm: nn.Module, tokenizer: Any, config: Any) -> dict[str, float]:
-    """``eval/*`` of the current policy under the task's protocol (``eval_episodes``)."""
+    """``eval/*`` of the current policy under the task's protocol (``eval_episodes``). Under
+    torchrun rank 0 evaluates while the others wait, and every rank returns its metrics."""
+    if not distributed.is_main():
+        return distributed.broadcast_object({})
+    return distributed.broadcast_object(_evaluate_lm(lm, tokenizer, config))
+
+
+def _evaluate_lm(lm: nn.Module, tokenizer: Any, config: Any) -> dict[str, float]:
     from lmrlgym.eval.evaluate import evaluate
 
     was_training = lm.training

@@ -35,7 +35,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import torch
 import tyro
 from torch import Tensor, nn
 
@@ -136,7 +135,7 @@ REPLAY_FILE = "replay.jsonl"
 def append_replay(run_dir: Path, rnd: int, kept: Sequence[online.Rollout]) -> None:
     """Persist a round's kept episodes with their sampled ids, so ``--resume`` rebuilds the
     replay buffer exactly."""
-    if not distributed.is_main():  # under torchrun every rank collects the same episodes
+    if not distributed.is_main():  # under torchrun every rank holds the round's episodes
         return
     with open(run_dir / REPLAY_FILE, "a", encoding="utf-8") as f:
         for r in kept:
@@ -184,6 +183,9 @@ def train(config: OnlineFilteredBCConfig,
         meta = common.load_checkpoint(checkpoint, modules, optimizer)
         start, n_steps = meta["step"], meta["optimizer_steps"]
         logger.truncate_after(start)
+    # Identity in one process; under torchrun: rank 0's weights, row shards, global metrics.
+    parallel = distributed.DataParallel(modules, config.seed)
+    params = [p for p in lm.parameters() if p.requires_grad]
     if start == 0 and config.eval_every and config.eval_episodes > 0:
         logger.log(0, online.evaluate_lm(lm, tokenizer, config))  # the initial policy
     if config.replay:
@@ -192,11 +194,9 @@ def train(config: OnlineFilteredBCConfig,
 
     for rnd in range(start, config.n_rounds):
         t0 = time.perf_counter()
-        # Collect with the current policy on training seeds, keep the sampled ids.
-        rollouts = online.collect_rollouts(
-            online.rollout_policy(lm, tokenizer, config, rnd), config.task,
-            online.rollout_seeds(config.seed, rnd, config.rollouts_per_round),
-            batch_size=config.rollout_batch_size)
+        # Collect with the current policy on training seeds, keep the sampled ids (under
+        # torchrun each rank plays a share of the round and every rank gets all of it).
+        rollouts = online.collect_round(lm, tokenizer, config, rnd)
         metrics: dict[str, float] = online.rollout_metrics(rollouts)
         # Keep the successful episodes, or the best fraction by return (§3.2).
         by_episode = {id(r.episode): r for r in rollouts}
@@ -227,13 +227,18 @@ def train(config: OnlineFilteredBCConfig,
                 n_total = sum(int(rows[j].action_mask.sum()) for j in step_rows)
                 optimizer.zero_grad(set_to_none=True)
                 for part in parts:
+                    part = parallel.shard(part)  # this rank's slice of the microbatch
                     batch = collate([rows[j] for j in part], pad_id).to(config.device)
                     loss, m = bc_forward(lm, batch, n_vocab)
-                    # Pooled mean over the step's action tokens (§ conventions).
-                    (loss * batch.n_action_tokens / n_total).backward()
+                    # Pooled mean over the step's action tokens (§ conventions): the
+                    # microbatch's (global) mean, weighted by its share of the step's tokens.
+                    loss, m, attended = parallel.weigh(loss, m, batch.n_action_tokens,
+                                                       int(batch.attention_mask.sum()))
+                    (loss * m.pop("train/action_tokens") / n_total).backward()
                     mean.add(m)
-                    tokens += int(batch.attention_mask.sum())
-                grad_norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), config.grad_clip)
+                    tokens += attended
+                distributed.sync_grads(params)  # average over ranks (no-op in one process)
+                grad_norm = distributed.clip_grad_norm(params, config.grad_clip)
                 optimizer.step()
                 n_steps += 1
                 mean.add({"train/grad_norm": grad_norm, "train/action_tokens": n_total})
@@ -254,4 +259,5 @@ def train(config: OnlineFilteredBCConfig,
             progress(done, config.n_rounds, metrics)
     logger.close()
     common.export_lm(lm, tokenizer, run_dir)
+    distributed.cleanup()  # every rank waits for rank 0's export
     return run_dir

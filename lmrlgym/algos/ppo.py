@@ -41,11 +41,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import tyro
 from torch import Tensor, nn
 
-from lmrlgym.algos import common, online
+from lmrlgym.algos import common, distributed, online
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.common import gae, hidden_states, step_mean, step_view
 from lmrlgym.models.heads import make_head
@@ -396,6 +397,29 @@ def score_rows(
     return rows, v_boot
 
 
+def score_round(
+    model: PPOModel, reference: nn.Module, segments: Sequence[Segment], pad_id: int, chunk: int,
+) -> tuple[list[RowSteps], dict[int, float]]:
+    """:func:`score_rows` over the round's rows. Under torchrun each rank scores a contiguous
+    share of the episodes (whole episodes, so each ``V_boot`` is read from its episode's last
+    row) and the ranks all-gather the results: every rank gets every row, in segment order."""
+    if not distributed.world().enabled:
+        return score_rows(model, reference, segments, pad_id, chunk)
+    episodes = sorted({int(s.episode_id) for s in segments})
+    part, real = distributed.shard(np.arange(len(episodes)))
+    mine = {episodes[i] for i in part} if real else set()
+    local = [j for j, s in enumerate(segments) if int(s.episode_id) in mine]
+    rows, v_boot = score_rows(model, reference, [segments[j] for j in local], pad_id, chunk)
+    out: list[RowSteps | None] = [None] * len(segments)
+    v_all: dict[int, float] = {}
+    for idx, r, v in distributed.all_gather_object((local, rows, v_boot)):
+        for j, row in zip(idx, r, strict=True):
+            out[j] = row
+        v_all.update(v)
+    assert all(r is not None for r in out)
+    return out, v_all  # type: ignore[return-value]
+
+
 # --------------------------------------------------------------------------------------------
 # One round's update: epochs_per_round shuffled passes of clipped steps (§3.6 step 5)
 # --------------------------------------------------------------------------------------------
@@ -406,14 +430,18 @@ RATIO_ATOL = 1e-4  # |log ρ| allowed on a round's first minibatch (float noise 
 def update_round(
     model: PPOModel, optimizer: torch.optim.Optimizer, segments: Sequence[Segment],
     rows: Sequence[RowSteps], adv: Advantages, cfg: PPOConfig, rnd: int, pad_id: int,
-    bc_batches: Any = None,
+    bc_batches: Any = None, parallel: distributed.DataParallel | None = None,
 ) -> dict[str, float]:
     """Clipped PPO steps over the round's rows; returns the minibatch metrics averaged over
     the round. Each optimizer step takes ``batch_size`` rows in ``grad_accum`` microbatches.
 
     ``bc_batches``: when ``bc_weight > 0``, a callable returning the next offline BC
-    :class:`Batch` (an independent stream, §3.6 step 5).
+    :class:`Batch` (an independent stream, §3.6 step 5), this rank's slice of it.
+    ``parallel``: under torchrun, every rank holds the round's rows and trains on its slice
+    of each microbatch with the offline loops' token-weighted gradient sync (default: one
+    process).
     """
+    parallel = parallel if parallel is not None else distributed.DataParallel({}, cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     targets = [StepTargets(r.old_logp, r.old_v, a, R) for r, a, R in zip(rows, adv.adv, adv.ret, strict=True)]
     micro = cfg.batch_size // cfg.grad_accum
@@ -429,6 +457,7 @@ def update_round(
             n_total = sum(len(rows[j].r) for j in step_rows)
             optimizer.zero_grad(set_to_none=True)
             for part in parts:
+                part = parallel.shard(part)  # this rank's slice of the microbatch
                 batch = collate([segments[j] for j in part], pad_id).to(device)
                 logp, v = model.step_outputs(batch)  # (n,)
                 tg = StepTargets(*(torch.cat([getattr(targets[j], f.name) for j in part]).to(device)
@@ -437,15 +466,20 @@ def update_round(
                     check_ratio_is_one(logp, tg.old_logp, rnd)
                     first = False
                 loss, metrics = ppo_loss(logp, v, tg, cfg)
-                weight = len(logp) / n_total  # pooled mean over the step's action tokens
-                total = weight * loss
+                # Pooled mean over the step's action tokens: the microbatch's (global) mean,
+                # weighted by its share of the step's tokens.
+                loss, metrics, _ = parallel.weigh(loss, metrics, len(logp), 0)
+                total = loss * metrics.pop("train/action_tokens") / n_total
                 if cfg.bc_weight > 0:
-                    bc = bc_step_loss(model.policy, bc_batches(), model.n_vocab)
+                    bc_batch = bc_batches()
+                    bc = bc_step_loss(model.policy, bc_batch, model.n_vocab)
+                    bc, bc_metrics, _ = parallel.weigh(bc, {"train/bc_loss": bc}, bc_batch.n_action_tokens, 0)
                     total = total + cfg.bc_weight * bc / len(parts)
-                    metrics["train/bc_loss"] = bc
+                    metrics["train/bc_loss"] = bc_metrics["train/bc_loss"]
                 total.backward()
                 mean.add(metrics)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            distributed.sync_grads(params)  # average over ranks (no-op in one process)
+            grad_norm = distributed.clip_grad_norm(params, cfg.grad_clip)
             optimizer.step()
             mean.add({"train/grad_norm": grad_norm, "train/action_tokens": n_total})
     return mean.pop()
@@ -497,33 +531,34 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
         modules["value_trunk"] = value_trunk
     optimizer = common.make_optimizer(model.parameters(), config.lr, config.weight_decay)
     window = common.context_fn(config.task)
-    bc_batches = _bc_stream(config, run_dir, tokenizer) if config.bc_weight > 0 else None
 
     logger = common.MetricsLogger(run_dir, config.tensorboard)
-    start, kl_coef, n_steps = 0, config.kl_coef, 0
+    start, kl_coef, n_steps, bc_position = 0, config.kl_coef, 0, 0
     if checkpoint is not None:
         meta = common.load_checkpoint(checkpoint, modules, optimizer)
         start, kl_coef, n_steps = meta["step"], meta["kl_coef"], meta["optimizer_steps"]
-        if bc_batches is not None:
-            bc_batches.position = meta["bc_position"]
+        bc_position = meta["bc_position"]
         logger.truncate_after(start)
+    # Identity in one process; under torchrun: rank 0's weights, row shards, global metrics.
+    parallel = distributed.DataParallel(modules, config.seed)
+    bc_batches = _bc_stream(config, run_dir, tokenizer, parallel) if config.bc_weight > 0 else None
+    if bc_batches is not None:
+        bc_batches.position = bc_position
     if start == 0 and config.eval_every and config.eval_episodes > 0:
         logger.log(0, online.evaluate_lm(lm, tokenizer, config))  # the initial policy
 
     for rnd in range(start, config.n_rounds):
         t0 = time.perf_counter()
-        # 1. Roll out on training seeds with the current policy; keep the sampled ids.
+        # 1. Roll out on training seeds with the current policy; keep the sampled ids (under
+        #    torchrun each rank plays a share of the round and every rank gets all of it).
         model.eval()
-        rollouts = online.collect_rollouts(
-            online.rollout_policy(lm, tokenizer, config, rnd), config.task,
-            online.rollout_seeds(config.seed, rnd, config.rollouts_per_round),
-            batch_size=config.rollout_batch_size)
+        rollouts = online.collect_round(lm, tokenizer, config, rnd)
         segments = online.render_rollouts(rollouts, tokenizer, window, config.max_context_tokens,
                                           config.gamma, config.discount_mode,
                                           config.truncation_is_terminal)
         # 2. No-grad pass: old_logp, ref_logp, old_v per action step; V_boot per episode.
-        rows, v_boot = score_rows(model, reference, segments, pad_id, config.batch_size)
-        # 3-4. Shaped rewards, GAE per episode, whitening.
+        rows, v_boot = score_round(model, reference, segments, pad_id, config.batch_size)
+        # 3-4. Shaped rewards, GAE per episode, whitening: over the whole round, on every rank.
         adv = compute_advantages(rows, v_boot, kl_coef, config)
         t1 = time.perf_counter()
         # 5. Clipped updates (dropout is off, so train mode only matters for custom modules).
@@ -532,7 +567,7 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
         for group in optimizer.param_groups:
             group["lr"] = lr
         metrics = update_round(model, optimizer, segments, rows, adv, config, rnd, pad_id,
-                               bc_batches)
+                               bc_batches, parallel)
         n_steps += config.epochs_per_round * math.ceil(len(segments) / config.batch_size)
         t2 = time.perf_counter()
         # 6. KL controller (steps with the round's episode count), logging, evaluation.
@@ -556,6 +591,7 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
             progress(done, config.n_rounds, metrics)
     logger.close()
     common.export_lm(lm, tokenizer, run_dir, heads={"value": value_head})
+    distributed.cleanup()  # every rank waits for rank 0's export
     return run_dir
 
 
@@ -563,18 +599,22 @@ class _BCStream:
     """Offline BC minibatches for ``bc_weight`` (§3.6 step 5): the dataset's training split,
     reshuffled each epoch, as an endless resumable stream."""
 
-    def __init__(self, rows: list, micro: int, seed: int, pad_id: int, device: str):
-        self.rows, self.pad_id, self.device = rows, pad_id, device
+    def __init__(self, rows: list, micro: int, seed: int, pad_id: int, device: str,
+                 parallel: distributed.DataParallel):
+        self.rows, self.pad_id, self.device, self.parallel = rows, pad_id, device, parallel
         self.schedule = common.BatchSchedule(len(rows), micro, seed)
         self.position = 0
 
     def __call__(self) -> Batch:
+        """The next microbatch: this rank's slice under torchrun (weigh it next)."""
         _, idx = self.schedule(self.position)
         self.position += 1
+        idx = self.parallel.shard(idx)
         return collate([self.rows[i] for i in idx], self.pad_id).to(self.device)
 
 
-def _bc_stream(config: PPOConfig, run_dir: Path, tokenizer: Any) -> _BCStream:
+def _bc_stream(config: PPOConfig, run_dir: Path, tokenizer: Any,
+               parallel: distributed.DataParallel) -> _BCStream:
     data = common.prepare_data(config, run_dir, config.gamma, config.discount_mode)
     return _BCStream(data.train_rows, config.batch_size // config.grad_accum, config.seed,
-                     tokenizer.pad_token_id, config.device)
+                     tokenizer.pad_token_id, config.device, parallel)

@@ -19,8 +19,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lmrlgym.algos import bc, common, distributed, filtered_bc, ilql, mc
+from lmrlgym.algos import bc, common, distributed, filtered_bc, ilql, mc, online_filtered_bc, ppo
+from lmrlgym.models.factory import build_model
+from lmrlgym.models.tokenizer import train_tokenizer
 from tests.algos.helpers import maze_dataset
+from tests.algos.online_runs import logged
+from tests.algos.toy import TASK as TOY
+from tests.algos.toy import toy_episodes
 
 ROOT = Path(__file__).resolve().parents[2]
 ALGOS = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
@@ -29,11 +34,11 @@ ALGOS = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
 # updated, gathered into full tensors under FSDP, as <out>/<label>.rank<r>.safetensors. A job
 # with "rewind": k then moves its run back to step k's checkpoint and resumes it.
 DRIVER = textwrap.dedent('''
-    import json, shutil, sys, time
+    import importlib, json, shutil, sys, time
     from pathlib import Path
     import torch
     from safetensors.torch import save_file
-    from lmrlgym.algos import bc, common, distributed, filtered_bc, ilql, mc
+    from lmrlgym.algos import common, distributed
 
     out, mode, jobs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     captured = {}
@@ -57,8 +62,13 @@ DRIVER = textwrap.dedent('''
         common.Loop.optimizer_step = failing
     rank = distributed.world_from_env().rank
     for label, job in jobs.items():
-        module = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}[job["algo"]]
-        run_dir = module.train(module.preset("Maze-FO-v0", **job["config"]))
+        # Imported on demand: with the online modules loaded, a dying rank 1 exits fast enough
+        # for rank 0's own error to land in the same second, and torchrun (1 s timestamps)
+        # would then name rank 0 as the root cause in the failure test.
+        module = importlib.import_module(f"lmrlgym.algos.{job['algo']}")
+        if job["task"] == "Toy-Choice-v0":
+            importlib.import_module("tests.algos.toy")  # registers the toy task
+        run_dir = module.train(module.preset(job.get("task", "Maze-FO-v0"), **job["config"]))
         if job.get("rewind"):
             if rank == 0:
                 ckpt = run_dir / "checkpoints"
@@ -68,7 +78,7 @@ DRIVER = textwrap.dedent('''
                         shutil.rmtree(later)
                 shutil.rmtree(run_dir / "model")
             distributed.barrier()
-            module.train(module.preset("Maze-FO-v0", resume=str(run_dir)))
+            module.train(module.preset(job.get("task", "Maze-FO-v0"), resume=str(run_dir)))
         params = captured["optimizer"].param_groups[0]["params"]
         state = {str(i): (p.full_tensor() if distributed.is_sharded(p) else p).detach().contiguous()
                  for i, p in enumerate(params)}
@@ -158,7 +168,7 @@ def launch(tmp_path, runs, mode="ok"):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
 
-def single_process(module, kwargs, monkeypatch):
+def single_process(module, kwargs, monkeypatch, task="Maze-FO-v0"):
     captured = {}
     make_optimizer = common.make_optimizer
 
@@ -167,13 +177,14 @@ def single_process(module, kwargs, monkeypatch):
         return make_optimizer(captured["params"], *args, **kw)
 
     monkeypatch.setattr(common, "make_optimizer", spy)
-    run_dir = module.train(module.preset("Maze-FO-v0", **kwargs))
+    run_dir = module.train(module.preset(task, **kwargs))
     return run_dir, [p.detach() for p in captured["params"]]
 
 
-def jobs(**configs):
+def jobs(task="Maze-FO-v0", **configs):
     """``label=(algo, config)`` or ``label=(algo, config, rewind)`` -> the driver's jobs."""
-    return {label: {"algo": spec[0], "config": spec[1], "rewind": spec[2] if len(spec) > 2 else None}
+    return {label: {"algo": spec[0], "config": spec[1], "rewind": spec[2] if len(spec) > 2 else None,
+                    "task": task}
             for label, spec in configs.items()}
 
 
@@ -303,3 +314,62 @@ def test_transformer_blocks_are_the_declared_no_split_classes(assets):
     assert [type(b).__name__ for b in blocks] == ["GPT2Block"] * lm.config.n_layer  # once each
     assert all(b is h for b, h in zip(blocks, lm.transformer.h, strict=True))
     assert distributed.transformer_blocks({"head": torch.nn.Linear(2, 2)}) == []
+
+
+# --- online methods ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_init(assets):
+    """An untrained micro GPT-2 with a tokenizer of the toy task's text, as a finished run."""
+    run = assets["root"] / "toy_init"
+    run.mkdir()
+    tokenizer = train_tokenizer((t.text for e in toy_episodes(50, 0) for t in e.turns), 300)
+    torch.manual_seed(0)
+    common.export_lm(build_model(assets["model"], tokenizer, dropout=0.0), tokenizer, run)
+    tokenizer.save_pretrained(str(run / common.TOKENIZER_DIR))
+    return str(run)
+
+
+def online_settings(init, out, **kw):
+    # 7 episodes in batches of 2: rank 0 plays batches 0 and 2 (and the short last one, 3),
+    # rank 1 batch 1; steps of 3 rows split 2 + 1 over the ranks. lr 1e-4 as in the offline
+    # test: at 1e-3 Adam turns float noise in near-zero gradients into 5e-5 differences in a
+    # few elements (1 in 4000).
+    return {**dict(init_from=init, out=str(out), n_rounds=2, rollouts_per_round=7,
+                   rollout_batch_size=2, batch_size=3, epochs_per_round=2, lr=1e-4,
+                   max_new_tokens=3, max_context_tokens=32, tensorboard=False), **kw}
+
+
+ONLINE = {"ppo": (ppo, dict(value_head_bias=0.0, kl_target=0.1, kl_horizon=20)),
+          "online_filtered_bc": (online_filtered_bc, dict(keep="top_fraction", top_fraction=0.5))}
+
+
+@pytest.mark.slow
+def test_online_methods_on_two_gloo_ranks_equal_one_process_with_the_same_rollouts(
+        toy_init, tmp_path, monkeypatch):
+    # Each rank plays its share of every round's episodes; the update shards each microbatch
+    # and syncs token-weighted gradients, as the offline loops do. The adaptive KL controller
+    # and PPO's advantage whitening use the whole round.
+    two = {algo: online_settings(toy_init, tmp_path / f"{algo}_2ranks", **extra)
+           for algo, (_, extra) in ONLINE.items()}
+    job = launch(tmp_path, jobs(task=TOY, **{algo: (algo, config) for algo, config in two.items()}))
+    assert job.returncode == 0, job.stderr[-3000:]
+    for algo, (module, extra) in ONLINE.items():
+        one, params = single_process(module, online_settings(toy_init, tmp_path / f"{algo}_1", **extra),
+                                     monkeypatch, task=TOY)
+        assert_ranks_equal_one_process(tmp_path, algo, params)
+        init = load_file(str(Path(toy_init) / "model" / "model.safetensors"))["transformer.wte.weight"]
+        assert (params[0] - init).abs().max() > 1e-4  # the embeddings (parameter 0) trained
+        run = Path(two[algo]["out"])
+        a, b = logged(run), logged(one)
+        assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2]
+        for x, y in zip(a, b, strict=True):  # the same rollouts, global metrics
+            assert {k: v for k, v in x.items() if k.startswith("rollout/")} == \
+                   {k: v for k, v in y.items() if k.startswith("rollout/")}
+            keys = sorted(k for k in y if k.startswith("train/"))
+            assert sorted(k for k in x if k.startswith("train/")) == keys
+            np.testing.assert_allclose([x[k] for k in keys], [y[k] for k in keys], rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{algo}: {keys}")
+        assert (run / "model" / "config.json").exists()
+        assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
