@@ -1,8 +1,10 @@
 """Data-parallel training under ``torchrun`` / ``accelerate launch``, with no change to the loops.
 
-Every ``train()`` calls the same plumbing (``common.start_run``, ``common.Loop``); that
-plumbing calls the helpers here, which do nothing in a single process. Under a launcher
-(``WORLD_SIZE > 1`` in the environment) they make the job behave as ONE training run:
+Every ``train()`` calls the same plumbing (``common.start_run`` and ``common.Loop`` for the
+offline methods, ``online.start_online_run`` and ``online.collect_round`` for PPO and online
+filtered BC); that plumbing calls the helpers here, which do nothing in a single process.
+Under a launcher (``WORLD_SIZE > 1`` in the environment) they make the job behave as ONE
+training run:
 
 - **Same global batch.** Every rank draws the same seeded global microbatch and takes its
   contiguous slice (:func:`shard`), so W ranks see exactly the rows one process would.
@@ -17,6 +19,20 @@ plumbing calls the helpers here, which do nothing in a single process. Under a l
   ``lm.base_model`` and separate heads directly, which bypasses a DDP wrapper's ``forward``
   (where DDP arms its reducer), so wrapping would silently not sync. The cost: no overlap of
   communication with the backward pass.
+- **FSDP** (``--data-parallel fsdp``, offline methods): :func:`shard_blocks` applies FSDP2's
+  ``fully_shard`` to each transformer block (their own hooks fire, unlike a root wrapper's),
+  so the blocks' weights, gradients and AdamW state are split over the ranks; embeddings, the
+  tied LM head and the value heads stay replicated and synced as above. Anything rank 0 does
+  alone first gathers on every rank: checkpoints and the export write
+  :func:`full_state_dict` / :func:`full_optimizer_state` (the single-process layout, so a run
+  resumes with any number of processes, sharded or not), and evaluation runs inside
+  :func:`gathered`. Gradient clipping uses the global norm over both kinds (:func:`clip_grad_norm`).
+- **Online methods.** A round's episodes are cut into batches with their own sampling seeds;
+  rank ``r`` plays batches ``r, r + W, ...`` and the ranks all-gather the episodes
+  (:func:`all_gather_object`), so every rank holds the round a single process would play.
+  Statistics over the round (advantage whitening, the KL controller, rollout metrics, episode
+  selection) are computed from the whole round on every rank; PPO's no-grad scoring pass is
+  split by episode and all-gathered; the update shards each microbatch as above.
 - **Rank 0 only** writes the run directory, the tokenizer, logs, checkpoints and the export;
   the other ranks wait at barriers and read what rank 0 wrote. Logged metrics are global
   (token-weighted all-reduce), so ``metrics.jsonl`` reads like the single-process run's.
@@ -31,10 +47,7 @@ plumbing calls the helpers here, which do nothing in a single process. Under a l
 
 Mixed precision (``--mixed-precision bf16|fp16``) runs each training microbatch's forward
 under ``torch.autocast``; fp16 adds a gradient scaler. Master weights and optimizer state stay
-fp32.
-
-The online methods (PPO, online filtered BC) have their own loops, whose rollouts and
-updates are not sharded: they refuse to start under a launcher (``online.start_online_run``).
+fp32. The online methods train in fp32 and replicate the model (no FSDP).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ original's ``llm_rl_scripts/*/online_filtered_bc/train_online_filtered_bc.py``
 (ALGORITHMS.md §3.7); selection is offline filtered BC's (``filtered_bc.select_episodes``,
 §3.2) and the loss is BC's (§3.1).
 
+Under torchrun/accelerate each rank plays a share of the round, every rank selects from the
+whole round, and each trains on a slice of each minibatch (algos/distributed.py).
+
 Deviations from the original (docs/deviations.md):
 1. Whole episodes are rendered (chains for replacing envs, §1.4) with the sampled ids, and rows
    without action tokens are dropped. The original built examples from the last transition's
@@ -64,6 +67,8 @@ class OnlineFilteredBCConfig(common.TrainConfig):
     max_steps: tyro.conf.Suppress[int | None] = None
     log_every: tyro.conf.Suppress[int] = 1
     vocab_size: tyro.conf.Suppress[int] = 1024
+    # Under torchrun every rank holds the whole model (FSDP is for the offline methods).
+    data_parallel: tyro.conf.Suppress[Literal["ddp", "fsdp"]] = "ddp"
     n_rounds: int = 100
     """Collect/filter/train rounds (original Maze and Chess scripts: 100; Wordle 1)."""
     rollouts_per_round: int = 128

@@ -10,6 +10,10 @@ KV-cached sampler, render them with the sampled ids (§1.3), score them once wit
 rewards ``r' = r − c_KL (old_logp − ref_logp)``, run GAE over each episode's flat action steps
 (§1.7), whiten the advantages, then ``epochs_per_round`` shuffled passes of clipped updates.
 
+Under torchrun/accelerate each rank plays a share of the round, scores a share of the episodes
+and trains on a slice of each minibatch; every statistic is over the whole round, and the
+weights equal a single process's up to float summation order (algos/distributed.py).
+
 Deviations from the original (docs/deviations.md):
 1. Discounting is per turn by default (γ and λ once per action turn, the paper's text); the
    original discounted per token (``discount_mode="token"``).
@@ -69,6 +73,8 @@ class PPOConfig(common.TrainConfig):
     max_steps: tyro.conf.Suppress[int | None] = None
     log_every: tyro.conf.Suppress[int] = 1
     vocab_size: tyro.conf.Suppress[int] = 1024
+    # Under torchrun every rank holds the whole model (FSDP is for the offline methods).
+    data_parallel: tyro.conf.Suppress[Literal["ddp", "fsdp"]] = "ddp"
     n_rounds: int = 60
     """Rollout/update rounds (the paper's Maze curve spans ~60 rounds; a preset value)."""
     rollouts_per_round: int = 512
