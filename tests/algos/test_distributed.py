@@ -373,3 +373,25 @@ def test_online_methods_on_two_gloo_ranks_equal_one_process_with_the_same_rollou
                                        err_msg=f"{algo}: {keys}")
         assert (run / "model" / "config.json").exists()
         assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+
+
+def test_a_rollout_batch_is_the_same_whichever_batches_a_rank_plays(toy_init):
+    # What makes the ranks' shares add up to a single process's round: each batch samples from
+    # its own seed, so playing batches [2, 1] alone gives the same episodes as playing all.
+    from lmrlgym.algos import online
+    from lmrlgym.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(toy_init) / common.TOKENIZER_DIR)
+    lm = build_model(str(Path(toy_init) / common.MODEL_DIR), tokenizer, dropout=0.0)
+    seeds, samplers = online.rollout_seeds(3, 0, 5), [11, 22, 33]
+
+    def play(batches):
+        policy = online.LMPolicy(lm, tokenizer, max_context_tokens=32, max_new_tokens=3, seed=0)
+        out = online.collect_rollouts(policy, TOY, seeds, batch_size=2, sampler_seeds=samplers,
+                                      batches=batches)
+        return [(r.episode.seed, r.action_ids) for r in out]
+
+    every = play(None)
+    assert [s for s, _ in every] == seeds
+    assert play([2, 1]) == every[4:] + every[2:4]
+    assert len({tuple(map(tuple, ids)) for _, ids in every}) > 1  # the samples do differ
