@@ -58,6 +58,7 @@ import dataclasses
 import datetime
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -71,6 +72,7 @@ PRECISIONS = ("no", "bf16", "fp16")
 Parallelism = Literal["ddp", "fsdp"]
 PARALLELISMS = ("ddp", "fsdp")
 _BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size
+_FAILURE_GRACE_S = 3.0  # see _collective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,10 +214,17 @@ def shard(indices: Sequence[int] | np.ndarray, rank: int | None = None,
 @contextlib.contextmanager
 def _collective(what: str) -> Iterator[None]:
     """Turn a backend error (a peer died, or ``--dist-timeout`` ran out) into one that says
-    which rank saw it and what to look at."""
+    which rank saw it and what to look at.
+
+    The error is raised after a short wait: a peer's death closes its connections at once, and
+    torchrun names as root cause the failure with the earliest error-file timestamp, in whole
+    seconds. Without the wait this rank's own error often lands in the same second and, on a
+    tie, the lower rank is named. Waiting lets the launcher see the first failure and stop
+    this rank."""
     try:
         yield
     except RuntimeError as e:
+        time.sleep(_FAILURE_GRACE_S)
         raise RuntimeError(
             f"rank {_WORLD.rank}/{_WORLD.world_size}: {what} failed: another rank died or hung "
             f"(a collective waits --dist-timeout seconds); see the launcher's summary for the "
@@ -389,9 +398,8 @@ def shard_blocks(modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer
             for name, p in sub.named_parameters(recurse=False):
                 owner.setdefault(id(p), (sub, name))
     mesh = init_device_mesh(torch.device(device).type, (_WORLD.world_size,))
-    with _collective("FSDP sharding"):
-        for block in blocks:
-            fully_shard(block, mesh=mesh, reshard_after_forward=False)
+    for block in blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=False)
     for group in optimizer.param_groups:
         params = []
         for p in group["params"]:

@@ -62,9 +62,6 @@ DRIVER = textwrap.dedent('''
         common.Loop.optimizer_step = failing
     rank = distributed.world_from_env().rank
     for label, job in jobs.items():
-        # Imported on demand: with the online modules loaded, a dying rank 1 exits fast enough
-        # for rank 0's own error to land in the same second, and torchrun (1 s timestamps)
-        # would then name rank 0 as the root cause in the failure test.
         module = importlib.import_module(f"lmrlgym.algos.{job['algo']}")
         if job["task"] == "Toy-Choice-v0":
             importlib.import_module("tests.algos.toy")  # registers the toy task
