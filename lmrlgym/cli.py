@@ -371,16 +371,27 @@ def bench_run(
 
 
 def bench_compare(results: tyro.conf.Positional[Path]) -> None:
-    """Print our scores next to the paper's Table 2 and flag method orderings that differ.
+    """Print our scores next to the paper's Table 2, each method's difference from BC paired
+    by seed, and flag method orderings that differ from the paper's.
 
     Args:
         results: A results.json written by `lmrlgym bench run`.
     """
-    from lmrlgym.bench.report import comparison_table, load_results, ordering_flags
+    from lmrlgym.bench.report import (
+        comparison_table,
+        load_results,
+        ordering_flags,
+        paired_table,
+        paired_vs_bc,
+    )
 
     data = load_results(results)
     agg = data["summary"]
     print(comparison_table(agg))
+    paired = paired_vs_bc(agg)
+    if paired:
+        print("Difference from BC, paired by seed (mean ± 95% CI, seeds above BC / seeds):")
+        print(paired_table(paired))
     flags = ordering_flags(agg)
     print("Orderings that differ from the paper:" if flags else "All method orderings match "
           "the paper where both cells exist.")

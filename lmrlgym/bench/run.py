@@ -32,6 +32,8 @@ from lmrlgym.bench.report import (
     comparison_table,
     markdown_table,
     ordering_flags,
+    paired_table,
+    paired_vs_bc,
     plot_learning_curves,
     plot_scores,
 )
@@ -325,6 +327,7 @@ def write_report(
 
     agg = aggregate(results)
     flags = ordering_flags(agg)
+    paired = paired_vs_bc(agg)
     data = {
         "format": "lmrlgym.results/1",
         "profile": profile.name,
@@ -332,11 +335,17 @@ def write_report(
         "machine": machine_info(),
         "cells": results,
         "summary": agg,
+        "paired_vs_bc": paired,
         "ordering_differences_vs_paper": flags,
         "failed_cells": failed,
     }
     write_json(out / "results.json", data)
     md = markdown_table(agg, title=f"lmrlgym `{profile.name}` profile")
+    if paired:
+        md += ("\n### Difference from BC, paired by seed\n\n" + paired_table(paired)
+               + "\nCells: mean over seeds of (method − BC at the same seed) ± 95 % t-interval "
+               "(seeds above BC / seeds). MC Returns, ILQL and the online methods start from "
+               "that seed's BC run, so this removes BC's seed-to-seed spread.\n")
     md += "\n### Compared with the paper (Table 2)\n\n" + comparison_table(agg)
     if flags:
         md += "\nOrderings that differ from the paper:\n\n" + "".join(f"- {f}\n" for f in flags)

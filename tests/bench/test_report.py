@@ -9,6 +9,8 @@ from lmrlgym.bench.report import (
     comparison_table,
     markdown_table,
     ordering_flags,
+    paired_table,
+    paired_vs_bc,
     plot_scores,
     t_interval,
 )
@@ -50,6 +52,28 @@ def test_ordering_flags_only_for_reversed_pairs():
     flags = ordering_flags(aggregate(_cells()))
     # Only (BC, MC) is reversed; (BC, ILQL) and (MC, ILQL) agree with the paper.
     assert flags == ["Maze-FO-v0: paper has BC < MC Returns (58.2 vs 75.0); ours 42.0 vs 10.0"]
+
+
+def test_paired_difference_from_bc_hand_computed():
+    cells = []
+    # BC spreads by 20 points between seeds; PPO is BC + 3 at seed 0 and BC + 5 at seed 1, so
+    # the unpaired intervals overlap but the paired one is 4 ± 12.706 * sqrt(2) / sqrt(2).
+    for seed, (bc, ppo) in enumerate([(40.0, 43.0), (60.0, 65.0)]):
+        cells.append({"task": "Maze-FO-v0", "method": "bc", "seed": seed, "mean_return": 0.0,
+                      "normalized_score": bc})
+        cells.append({"task": "Maze-FO-v0", "method": "ppo", "seed": seed, "mean_return": 0.0,
+                      "normalized_score": ppo})
+    # A seed BC lacks is left out of the pairing; a task without BC gets no row.
+    cells.append({"task": "Maze-FO-v0", "method": "ppo", "seed": 7, "mean_return": 0.0,
+                  "normalized_score": 0.0})
+    cells.append({"task": "Wordle-v0", "method": "ilql", "seed": 0, "mean_return": 0.0,
+                  "normalized_score": 9.0})
+    paired = paired_vs_bc(aggregate(cells))
+    assert list(paired) == ["Maze-FO-v0"] and list(paired["Maze-FO-v0"]) == ["ppo"]
+    d = paired["Maze-FO-v0"]["ppo"]
+    assert d["diffs"] == [3.0, 5.0] and d["mean"] == 4.0 and d["above"] == 2
+    assert d["ci95"] == pytest.approx(12.706)
+    assert "| Maze-FO-v0 | — | — | — | +4.0 ± 12.7 (2/2) | — |" in paired_table(paired)
 
 
 def test_comparison_and_plot(tmp_path):

@@ -1,0 +1,90 @@
+"""`lmrlgym bench run`: the grid runs, resumes without redoing finished cells, reruns corrupted
+or half-finished ones with a warning, and rejects unknown profiles, tasks and methods."""
+
+import json
+
+import pytest
+
+from lmrlgym.bench import presets, run
+from tests.algos.helpers import micro_model
+
+TASK = "Maze-FO-v0"
+
+
+@pytest.fixture
+def tiny_profile(tmp_path, monkeypatch):
+    """A one-task, one-seed profile small enough to train BC and ILQL for a few steps; 25
+    evaluation episodes are the 25 Maze starts, so the optimum scores exactly 100."""
+    profile = presets.Profile(
+        name="tiny", method_tasks=(TASK,), reference_tasks=(), seeds=(0,),
+        model={TASK: micro_model(tmp_path / "model")}, data={TASK: 30}, eval={TASK: 25},
+        offline_steps={"*": 2}, batch_size=4, lr_scale=1.0, online={},
+        extra={"*": {"vocab_size": 300, "save_every": 1}},
+    )
+    monkeypatch.setitem(presets.PROFILES, "tiny", profile)
+    return profile
+
+
+def _cell_mtimes(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+
+
+def test_grid_resumes_and_reruns_broken_cells(tmp_path, tiny_profile):
+    out = tmp_path / "grid"
+    results = run.run_grid("tiny", out, methods=["ilql"])  # pulls in BC, which ILQL starts from
+    keys = sorted(c["method"] for c in results["cells"])
+    assert keys == ["bc", "behaviour", "ilql", "optimal"]
+    assert results["summary"][TASK]["optimal"]["normalized_score"] == pytest.approx(100.0)
+    assert "ILQL" in (out / "results.md").read_text() and (out / "scores.png").exists()
+    assert "Difference from BC, paired by seed" in (out / "results.md").read_text()
+
+    # A rerun trains nothing: every cell file is left as it was.
+    before = _cell_mtimes(out)
+    run.run_grid("tiny", out, methods=["ilql"])
+    assert _cell_mtimes(out) == before
+
+    # A corrupted cell result and a run dir that died before its first checkpoint: both cells
+    # are rerun with a warning; the others are kept.
+    (out / "cells" / f"{TASK}__ilql__0.json").write_text('{"normalized_score": ')
+    (out / "cells" / f"{TASK}__bc__0.json").unlink()
+    for ckpt in (out / "runs" / f"{TASK}__bc__0" / "checkpoints").iterdir():
+        if ckpt.is_dir():
+            for f in ckpt.iterdir():
+                f.unlink()
+            ckpt.rmdir()
+        else:
+            ckpt.unlink()
+    with pytest.warns(UserWarning, match="corrupted cell result"):
+        again = run.run_grid("tiny", out, methods=["ilql"])
+    after = _cell_mtimes(out)
+    rerun = {k for k in after if after[k] != before.get(k)}
+    assert rerun == {f"{TASK}__bc__0.json", f"{TASK}__ilql__0.json"}
+    assert json.loads((out / "cells" / f"{TASK}__ilql__0.json").read_text())["config_hash"]
+    assert len(again["cells"]) == 4
+
+
+def test_changed_settings_rerun_the_cell(tmp_path, tiny_profile, monkeypatch):
+    out = tmp_path / "grid"
+    run.run_grid("tiny", out, methods=["bc"])
+    changed = presets.dataclasses.replace(tiny_profile, offline_steps={"*": 3})
+    monkeypatch.setitem(presets.PROFILES, "tiny", changed)
+    with pytest.warns(UserWarning, match="settings changed"):
+        run.run_grid("tiny", out, methods=["bc"])
+
+
+def test_corrupted_results_json_is_rewritten(tmp_path, tiny_profile):
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / "results.json").write_text("not json")
+    results = run.run_grid("tiny", out, methods=["bc"])
+    assert json.loads((out / "results.json").read_text())["cells"] == results["cells"]
+
+
+def test_unknown_names_list_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; valid: smoke, cpu, full"):
+        run.run_grid("huge", tmp_path)
+    with pytest.raises(ValueError, match=r"unknown task 'Mase-FO-v0' .*valid: Maze-FO-v0"):
+        run.run_grid("smoke", tmp_path, tasks=["Mase-FO-v0"])
+    with pytest.raises(ValueError, match="unknown method 'dqn'; valid: bc, filtered_bc"):
+        run.run_grid("smoke", tmp_path, methods=["dqn"])
+    assert not (tmp_path / "cells").exists()
