@@ -134,9 +134,9 @@ PROFILES: dict[str, Profile] = {
         model={t: "gpt2-tiny" for t in TASKS},
         data={**{t: 400 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 2000},
         eval=_SMALL_EVAL,
-        # Maze-FO gets the cpu profile's 300 steps: at 100 every method was still a copy of
-        # the behaviour policy (45.9-48.7). Wordle stays at 100: a tiny model needs ~2,000
-        # steps just to spell valid guesses (docs/cpu-scale.md), beyond a smoke budget.
+        # Maze-FO gets the cpu profile's 300 steps (BC's validation loss is flat from ~250).
+        # Wordle stays at 100: a tiny model needs ~2,000 steps just to spell valid guesses
+        # (docs/cpu-scale.md), beyond a smoke budget.
         offline_steps={"*": 100, "Maze-FO-v0": 300},
         batch_size=32,
         lr_scale=30.0,

@@ -133,6 +133,9 @@ def rollout_main(
 ) -> None:
     """Measure generated actions/s with and without batching and KV cache (Maze/Wordle prompts).
 
+    With ``--policy openai:<base_url>/<model>`` it measures a served model instead (see
+    ``lmrlgym bench rollout --policy URL --help``).
+
     Args:
         model: Model preset or local model directory.
         prompts: Prompts in the batched modes (one batch).
