@@ -319,6 +319,7 @@ def bench_run(
     out: Path | None = None,
     tasks: tuple[str, ...] = (),
     methods: tuple[str, ...] = (),
+    seeds: tuple[int, ...] = (),
     dry_run: bool = False,
 ) -> None:
     """Run (or resume) the benchmark grid and print the results table.
@@ -331,6 +332,8 @@ def bench_run(
         out: Output directory (default: bench_out/<profile>).
         tasks: Only these tasks (default: the profile's).
         methods: Only these methods (BC runs too when an RL method needs its init).
+        seeds: Training seeds instead of the profile's (e.g. --seeds 0 1 2 3 4 5 6 7 8 9 for
+            tighter intervals).
         dry_run: Print every cell with its resolved config instead of running.
     """
     import time as _time
@@ -341,7 +344,8 @@ def bench_run(
 
     out = out or Path("bench_out") / profile
     if dry_run:
-        print(describe_grid(profile, out, list(tasks) or None, list(methods) or None))
+        print(describe_grid(profile, out, list(tasks) or None, list(methods) or None,
+                            list(seeds) or None))
         return
     t0 = _time.time()
     bar = None
@@ -356,7 +360,8 @@ def bench_run(
 
     failures = None
     try:
-        run_grid(profile, out, list(tasks) or None, list(methods) or None, progress)
+        run_grid(profile, out, list(tasks) or None, list(methods) or None, progress,
+                 list(seeds) or None)
     except CellFailures as e:
         failures = e
     if bar is not None:

@@ -186,7 +186,8 @@ def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> 
     return dataclasses.replace(base, **values)
 
 
-def plan(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None) -> list[Cell]:
+def plan(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None,
+         seeds: list[int] | None = None) -> list[Cell]:
     """The cells to run, in dependency order (references, then BC before the methods using it)."""
     cells: list[Cell] = []
     for task in profile.tasks:
@@ -198,7 +199,7 @@ def plan(profile: presets.Profile, tasks: list[str] | None, methods: list[str] |
                 f"{r.name} ({r.install})" for r in missing), stacklevel=2)
             continue
         cells += [Cell(task, ref, 0) for ref in ("behaviour", "optimal")]
-        for seed in profile.seeds:
+        for seed in seeds or profile.seeds:
             for method in profile.methods(task):
                 if not methods or method in methods or (
                     method == "bc" and set(methods) & NEEDS_BC_INIT
@@ -208,13 +209,14 @@ def plan(profile: presets.Profile, tasks: list[str] | None, methods: list[str] |
 
 
 def describe_grid(
-    profile_name: str, out: Path, tasks: list[str] | None, methods: list[str] | None
+    profile_name: str, out: Path, tasks: list[str] | None, methods: list[str] | None,
+    seeds: list[int] | None = None,
 ) -> str:
     """Every planned cell with its resolved config (``bench run --dry-run``)."""
     profile = presets.get_profile(profile_name)
-    _validate(profile, tasks, methods)
+    _validate(profile, tasks, methods, seeds)
     lines = []
-    for cell in plan(profile, tasks, methods):
+    for cell in plan(profile, tasks, methods, seeds):
         if cell.method in METHOD_CONFIGS:
             config = cell_config(profile, cell, out, out / "data" / cell.task)
             lines.append(f"{cell.key}: {config}")
@@ -230,13 +232,15 @@ def run_grid(
     tasks: list[str] | None = None,
     methods: list[str] | None = None,
     progress: Callable[[Cell, int, int], None] | None = None,
+    seeds: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the grid and write the results; returns the results dict."""
+    """Run (or resume) the grid and write the results; returns the results dict.
+    ``seeds`` replaces the profile's training seeds (e.g. more seeds for tighter intervals)."""
     profile = presets.get_profile(profile_name)
-    _validate(profile, tasks, methods)
+    _validate(profile, tasks, methods, seeds)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(exist_ok=True)
-    cells = plan(profile, tasks, methods)
+    cells = plan(profile, tasks, methods, seeds)
     results: list[dict[str, Any]] = []
     failed: list[str] = []
     for i, cell in enumerate(cells):
@@ -280,7 +284,8 @@ class CellFailures(RuntimeError):
                          + "\n  ".join(failed))
 
 
-def _validate(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None) -> None:
+def _validate(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None,
+              seeds: list[int] | None = None) -> None:
     for t in tasks or []:
         if t not in profile.tasks:
             raise ValueError(f"unknown task {t!r} for profile {profile.name!r}; valid: "
@@ -288,6 +293,9 @@ def _validate(profile: presets.Profile, tasks: list[str] | None, methods: list[s
     for m in methods or []:
         if m not in METHOD_CONFIGS:
             raise ValueError(f"unknown method {m!r}; valid: {', '.join(METHOD_CONFIGS)}")
+    bad = [s for s in seeds or [] if s < 0]
+    if bad or (seeds is not None and len(set(seeds)) != len(seeds)):
+        raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
 
 
 # Learning-curve panels: offline methods log train/loss per step, online ones rollout/return

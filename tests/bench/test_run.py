@@ -87,4 +87,13 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
         run.run_grid("smoke", tmp_path, tasks=["Mase-FO-v0"])
     with pytest.raises(ValueError, match="unknown method 'dqn'; valid: bc, filtered_bc"):
         run.run_grid("smoke", tmp_path, methods=["dqn"])
+    with pytest.raises(ValueError, match="distinct non-negative"):
+        run.run_grid("smoke", tmp_path, seeds=[3, 3])
     assert not (tmp_path / "cells").exists()
+
+
+def test_seeds_replace_the_profiles():
+    cells = run.plan(presets.get_profile("smoke"), [TASK], ["mc"], seeds=[5, 7])
+    assert [c.key for c in cells] == [f"{TASK}__behaviour__0", f"{TASK}__optimal__0",
+                                      f"{TASK}__bc__5", f"{TASK}__mc__5",
+                                      f"{TASK}__bc__7", f"{TASK}__mc__7"]
