@@ -119,6 +119,14 @@ class Profile:
         return values
 
 
+# Online methods in the small profiles. PPO on the tiny model: one epoch at lr 3e-4 learns
+# fastest; more epochs or larger steps drift into illegal moves within a few rounds (the
+# paper's Maze collapse). At 3 rounds of 32 rollouts one smoke seed still collapsed; at these
+# sizes both online methods improved on their BC start on 10 of 10 seeds (docs/cpu-scale.md).
+SMALL_ONLINE = {"ppo": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 3e-4,
+                        "epochs_per_round": 1, "batch_size": 64},
+                "online_filtered_bc": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 1e-3}}
+
 # Evaluation episodes of the small profiles: Maze covers every start cell, 20Q and Guess every
 # item; engine- and TextWorld-backed tasks get a handful (their references are scripted).
 _SMALL_EVAL = {"Maze-FO-v0": 100, "Maze-PO-v0": 25, "Wordle-v0": 64, "TextNav-FO-v0": 8,
@@ -140,11 +148,7 @@ PROFILES: dict[str, Profile] = {
         offline_steps={"*": 100, "Maze-FO-v0": 300},
         batch_size=32,
         lr_scale=30.0,
-        # PPO on the tiny model: one epoch at lr 3e-4 learns fastest; more epochs or larger
-        # steps drift into illegal moves within a few rounds (the paper's Maze collapse).
-        online={"ppo": {"n_rounds": 3, "rollouts_per_round": 32, "lr": 3e-4,
-                        "epochs_per_round": 1, "batch_size": 64},
-                "online_filtered_bc": {"n_rounds": 3, "rollouts_per_round": 32, "lr": 1e-3}},
+        online=SMALL_ONLINE,
         # 512 merges keep "move right\n" at ~3 tokens (320 leaves it at ~9, over the 8 cap).
         extra={"*": {"vocab_size": 512}, **SMALL_VALUE},
         task_extra=SMALL_TASK_VALUE,
@@ -163,9 +167,7 @@ PROFILES: dict[str, Profile] = {
         offline_steps={"*": 300},
         batch_size=32,
         lr_scale=30.0,
-        online={"ppo": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 3e-4,
-                        "epochs_per_round": 1, "batch_size": 64},
-                "online_filtered_bc": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 1e-3}},
+        online=SMALL_ONLINE,
         extra={"*": {"vocab_size": 512}, **SMALL_VALUE},
         task_extra=SMALL_TASK_VALUE,
         lengths=SMALL_LENGTHS,
