@@ -26,9 +26,10 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import tyro
 from torch import nn
 
 from lmrlgym.algos import common, distributed
@@ -38,6 +39,23 @@ from lmrlgym.models.render import ContextFn, Segment, TokenCache, appended_turns
 from lmrlgym.registry import make
 
 ROLLOUT_SEED_RANGE = (2**30, 2**31)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig(common.TrainConfig):
+    """What PPO and online filtered BC share: they start from a BC run and train in rounds."""
+
+    init_from: Annotated[str | None, tyro.conf.arg(aliases=("--init",))] = None
+    """The task's BC run directory to start from (model and tokenizer; PPO's frozen KL
+    reference too). Every RL method starts from BC (§2.1)."""
+    # Offline-only settings, hidden from the CLI: rounds replace epochs and steps, each round
+    # logs one line, and the tokenizer comes from the init run.
+    epochs: tyro.conf.Suppress[int] = 1
+    max_steps: tyro.conf.Suppress[int | None] = None
+    log_every: tyro.conf.Suppress[int] = 1
+    vocab_size: tyro.conf.Suppress[int] = 1024
+    # Under torchrun every rank holds the whole model (FSDP is for the offline methods).
+    data_parallel: tyro.conf.Suppress[Literal["ddp", "fsdp"]] = "ddp"
 
 
 def rollout_seeds(seed: int, rnd: int, n: int) -> list[int]:

@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import tyro
 from torch import Tensor, nn
@@ -50,25 +50,16 @@ from lmrlgym.models.render import Batch, Segment, collate
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineFilteredBCConfig(common.TrainConfig):
+class OnlineFilteredBCConfig(online.OnlineConfig):
     """Online filtered BC (ALGORITHMS.md §3.7). Defaults: paper Table 3 and the original's
     Maze script."""
 
     ALGO: ClassVar[str] = "online_filtered_bc"
 
-    init_from: Annotated[str | None, tyro.conf.arg(aliases=("--init",))] = None
-    """The task's BC run directory to start from (model and tokenizer, §2.1)."""
-    # Offline-only settings, hidden from the CLI: no dataset is read, rounds replace epochs and
-    # steps, each round logs one line, and the tokenizer comes from the init run.
+    # Offline-only settings PPO keeps (its BC term reads a dataset), hidden from the CLI here.
     data: tyro.conf.Suppress[str] = ""
     val_fraction: tyro.conf.Suppress[float] = 0.05
     skip_bad: tyro.conf.Suppress[bool] = False
-    epochs: tyro.conf.Suppress[int] = 1
-    max_steps: tyro.conf.Suppress[int | None] = None
-    log_every: tyro.conf.Suppress[int] = 1
-    vocab_size: tyro.conf.Suppress[int] = 1024
-    # Under torchrun every rank holds the whole model (FSDP is for the offline methods).
-    data_parallel: tyro.conf.Suppress[Literal["ddp", "fsdp"]] = "ddp"
     n_rounds: int = 100
     """Collect/filter/train rounds (original Maze and Chess scripts: 100; Wordle 1)."""
     rollouts_per_round: int = 128

@@ -43,11 +43,10 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-import tyro
 from torch import Tensor, nn
 
 from lmrlgym.algos import common, distributed, online
@@ -58,23 +57,12 @@ from lmrlgym.models.render import Batch, Segment, collate
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOConfig(common.TrainConfig):
+class PPOConfig(online.OnlineConfig):
     """Online PPO (ALGORITHMS.md §3.6). Defaults: paper Table 3, Maze column, plus the
     original's launch values where the paper is silent."""
 
     ALGO: ClassVar[str] = "ppo"
 
-    init_from: Annotated[str | None, tyro.conf.arg(aliases=("--init",))] = None
-    """The task's BC run directory to start from (model and tokenizer; also the frozen KL
-    reference). Every RL method starts from BC (§2.1)."""
-    # Offline-only settings, hidden from the CLI: rounds replace epochs and steps, each round
-    # logs one line, and the tokenizer comes from the init run.
-    epochs: tyro.conf.Suppress[int] = 1
-    max_steps: tyro.conf.Suppress[int | None] = None
-    log_every: tyro.conf.Suppress[int] = 1
-    vocab_size: tyro.conf.Suppress[int] = 1024
-    # Under torchrun every rank holds the whole model (FSDP is for the offline methods).
-    data_parallel: tyro.conf.Suppress[Literal["ddp", "fsdp"]] = "ddp"
     n_rounds: int = 60
     """Rollout/update rounds (the paper's Maze curve spans ~60 rounds; a preset value)."""
     rollouts_per_round: int = 512

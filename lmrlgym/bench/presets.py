@@ -127,51 +127,46 @@ SMALL_ONLINE = {"ppo": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 3e-4,
                         "epochs_per_round": 1, "batch_size": 64},
                 "online_filtered_bc": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 1e-3}}
 
-# Evaluation episodes of the small profiles: Maze covers every start cell, 20Q and Guess every
+# Evaluation episodes of the smoke profile: Maze covers every start cell, 20Q and Guess every
 # item; engine- and TextWorld-backed tasks get a handful (their references are scripted).
-_SMALL_EVAL = {"Maze-FO-v0": 100, "Maze-PO-v0": 25, "Wordle-v0": 64, "TextNav-FO-v0": 8,
+_SMOKE_EVAL = {"Maze-FO-v0": 100, "Maze-PO-v0": 25, "Wordle-v0": 64, "TextNav-FO-v0": 8,
                "TextNav-PO-v0": 8, "Chess-v0": 2, "Endgames-v0": 8, "TwentyQuestions-v0": 158,
                "GuessCity-v0": 100, "CarDealer-v0": 64}
 
+_CPU = Profile(
+    name="cpu",
+    method_tasks=("Maze-FO-v0", "Wordle-v0"),
+    reference_tasks=tuple(t for t in TASKS if t not in ("Maze-FO-v0", "Wordle-v0")),
+    seeds=(0, 1, 2),
+    model={t: "gpt2-tiny" for t in TASKS},
+    data={**{t: 1000 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 5000},
+    eval={"Maze-FO-v0": 200, "Maze-PO-v0": 50, "Wordle-v0": 256, "TextNav-FO-v0": 16,
+          "TextNav-PO-v0": 16, "Chess-v0": 4, "Endgames-v0": 16, "TwentyQuestions-v0": 158,
+          "GuessCity-v0": 100, "CarDealer-v0": 64},
+    offline_steps={"*": 300},
+    batch_size=32,
+    lr_scale=30.0,
+    online=SMALL_ONLINE,
+    # 512 merges keep "move right\n" at ~3 tokens (320 leaves it at ~9, over the 8 cap).
+    extra={"*": {"vocab_size": 512}, **SMALL_VALUE},
+    task_extra=SMALL_TASK_VALUE,
+    lengths=SMALL_LENGTHS,
+)
+
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
+    # The cpu profile with 2 seeds, smaller datasets and evaluations.
+    "smoke": dataclasses.replace(
+        _CPU,
         name="smoke",
-        method_tasks=("Maze-FO-v0", "Wordle-v0"),
-        reference_tasks=tuple(t for t in TASKS if t not in ("Maze-FO-v0", "Wordle-v0")),
         seeds=(0, 1),
-        model={t: "gpt2-tiny" for t in TASKS},
         data={**{t: 400 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 2000},
-        eval=_SMALL_EVAL,
-        # Maze-FO gets the cpu profile's 300 steps (BC's validation loss is flat from ~250).
-        # Wordle stays at 100: a tiny model needs ~2,000 steps just to spell valid guesses
+        eval=_SMOKE_EVAL,
+        # Maze-FO keeps the cpu profile's 300 steps (BC's validation loss is flat from ~250).
+        # Wordle gets 100: a tiny model needs ~2,000 steps just to spell valid guesses
         # (docs/cpu-scale.md), beyond a smoke budget.
         offline_steps={"*": 100, "Maze-FO-v0": 300},
-        batch_size=32,
-        lr_scale=30.0,
-        online=SMALL_ONLINE,
-        # 512 merges keep "move right\n" at ~3 tokens (320 leaves it at ~9, over the 8 cap).
-        extra={"*": {"vocab_size": 512}, **SMALL_VALUE},
-        task_extra=SMALL_TASK_VALUE,
-        lengths=SMALL_LENGTHS,
     ),
-    "cpu": Profile(
-        name="cpu",
-        method_tasks=("Maze-FO-v0", "Wordle-v0"),
-        reference_tasks=tuple(t for t in TASKS if t not in ("Maze-FO-v0", "Wordle-v0")),
-        seeds=(0, 1, 2),
-        model={t: "gpt2-tiny" for t in TASKS},
-        data={**{t: 1000 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 5000},
-        eval={"Maze-FO-v0": 200, "Maze-PO-v0": 50, "Wordle-v0": 256, "TextNav-FO-v0": 16,
-              "TextNav-PO-v0": 16, "Chess-v0": 4, "Endgames-v0": 16, "TwentyQuestions-v0": 158,
-              "GuessCity-v0": 100, "CarDealer-v0": 64},
-        offline_steps={"*": 300},
-        batch_size=32,
-        lr_scale=30.0,
-        online=SMALL_ONLINE,
-        extra={"*": {"vocab_size": 512}, **SMALL_VALUE},
-        task_extra=SMALL_TASK_VALUE,
-        lengths=SMALL_LENGTHS,
-    ),
+    "cpu": _CPU,
     "full": Profile(
         name="full",
         method_tasks=TASKS,
