@@ -295,9 +295,9 @@ def bench_envs(
             '{"opponent": "stockfish-nodes:100"}' for Chess-v0.
     """
     from lmrlgym.bench.env_speed import bench_env
-    from lmrlgym.registry import registry, spec
+    from lmrlgym.registry import parse_env_kwargs, registry, spec
 
-    kwargs = _json_object(env_kwargs, "--env-kwargs")
+    kwargs = parse_env_kwargs(env_kwargs)
     ids = [spec(t).id for t in tasks] or [s.id for s in registry.values() if not s.missing()]
     rows = []
     for env_id in ids:
@@ -553,16 +553,6 @@ def _print_stats(stats: dict[str, Any]) -> None:
     keys = ["episodes", "success_rate", "return_mean", "return_std", "length_mean",
             "length_std", "generator", "skipped_lines"]
     _table(["statistic", "value"], [[k, _fmt(stats[k])] for k in keys if k in stats])
-
-
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{flag} is not valid JSON: {e.msg}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{flag} must be a JSON object")
-    return value
 
 
 def _fmt(v: Any) -> str:

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -120,3 +121,15 @@ def unknown_id_message(id: str) -> str:
 def make(id: str, **kwargs: Any) -> TextEnv:
     """Build a registered env, with ``kwargs`` overriding the spec's defaults."""
     return spec(id).make(**kwargs)
+
+
+def parse_env_kwargs(text: str, flag: str = "--env-kwargs") -> dict[str, Any]:
+    """Env keyword arguments given on a command line as a JSON object (``flag`` names the
+    option in the error)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} is not valid JSON: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return value

@@ -140,3 +140,13 @@ def test_episode_record_round_trip():
     rec = ep.to_json()
     assert rec["return"] == -1.0 and rec["format"] == "lmrlgym.episode/1"
     assert ep.n_actions == 1 and ep.actions == ["up\n"]
+
+
+def test_parse_env_kwargs_names_the_flag_on_bad_input():
+    from lmrlgym.registry import parse_env_kwargs
+
+    assert parse_env_kwargs('{"grid": "umaze"}') == {"grid": "umaze"}
+    with pytest.raises(ValueError, match="--env-kwargs is not valid JSON"):
+        parse_env_kwargs("{grid: 1}")
+    with pytest.raises(ValueError, match="--kw must be a JSON object"):
+        parse_env_kwargs("[1, 2]", "--kw")

@@ -26,6 +26,8 @@ from typing import Annotated, Any
 import numpy as np
 import tyro
 
+from lmrlgym.registry import parse_env_kwargs
+
 
 def bench_served(
     policy_spec: str,
@@ -119,12 +121,7 @@ def served_main(
         env_kwargs: JSON object of env keyword arguments.
         json_output: One JSON object per level instead of a table.
     """
-    try:
-        kwargs = json.loads(env_kwargs)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--env-kwargs is not valid JSON: {e.msg}") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError("--env-kwargs must be a JSON object")
+    kwargs = parse_env_kwargs(env_kwargs)
     rows = bench_served(policy, task, tuple(concurrency), episodes, temperature, max_tokens, mode,
                         seed, kwargs)
     if json_output:

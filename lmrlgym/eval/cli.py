@@ -63,6 +63,7 @@ def eval_main(
     from tqdm import tqdm
 
     from lmrlgym.eval.evaluate import PROTOCOL_EPISODES, evaluate, format_summary_table
+    from lmrlgym.registry import parse_env_kwargs
 
     if threads is not None:
         if threads <= 0:
@@ -72,12 +73,7 @@ def eval_main(
         torch.set_num_threads(threads)
     if (run is None) == (policy is None):
         raise ValueError("give exactly one of --run RUN_DIR or --policy NAME")
-    try:
-        kwargs = json.loads(env_kwargs)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--env-kwargs is not valid JSON: {e.msg}") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError("--env-kwargs must be a JSON object")
+    kwargs = parse_env_kwargs(env_kwargs)
 
     if run is not None:
         from lmrlgym.algos.common import load_config, load_policy
