@@ -34,6 +34,16 @@ PAPER: dict[str, Constants] = {
     # Car Dealer: the paper prints only a minimum of 0, so no paper constants exist.
 }
 
+# Text-Nav FO and PO: one set of constants (see their entries in PROJECT).
+_TEXTNAV = Constants(
+    0.0, 0.262, 1.0,
+    "scripts/compute_constants.py textnav: avg = textnav-half-expert(p_near=0.25,"
+    "q_follow=1.0) default dataset, first 2500 episodes (seeds 1000000+i), mean 0.2624 "
+    "+- 0.0088 (SE), success 0.262, length 12.56; max = textnav-walkthrough, evaluation "
+    "protocol (256 episodes, 8 rooms x 32, seeds 32*i+k), mean 1.0000; min = no win; "
+    "TextWorld 1.7.0; lmrlgym 0.1.0, 2026-11-25",
+)
+
 # Project constants: one entry per task, filled in from the project's default dataset (avg)
 # and its optimal / best scripted policy (max) under the task's evaluation protocol.
 PROJECT: dict[str, Constants] = {
@@ -75,22 +85,8 @@ PROJECT: dict[str, Constants] = {
     # Text-Nav (TASKS.md §3): min = no win; avg = the default dataset (the paper's 2.5k
     # trajectories; the scripted policy reads the true state, so FO and PO data are the same
     # episodes); max = the walkthrough, which wins every evaluation episode.
-    "TextNav-FO-v0": Constants(
-        0.0, 0.262, 1.0,
-        "scripts/compute_constants.py textnav: avg = textnav-half-expert(p_near=0.25,"
-        "q_follow=1.0) default dataset, first 2500 episodes (seeds 1000000+i), mean 0.2624 "
-        "+- 0.0088 (SE), success 0.262, length 12.56; max = textnav-walkthrough, evaluation "
-        "protocol (256 episodes, 8 rooms x 32, seeds 32*i+k), mean 1.0000; min = no win; "
-        "TextWorld 1.7.0; lmrlgym 0.1.0, 2026-11-25",
-    ),
-    "TextNav-PO-v0": Constants(
-        0.0, 0.262, 1.0,
-        "scripts/compute_constants.py textnav: avg = textnav-half-expert(p_near=0.25,"
-        "q_follow=1.0) default dataset, first 2500 episodes (seeds 1000000+i), mean 0.2624 "
-        "+- 0.0088 (SE), success 0.262, length 12.56; max = textnav-walkthrough, evaluation "
-        "protocol (256 episodes, 8 rooms x 32, seeds 32*i+k), mean 1.0000; min = no win; "
-        "TextWorld 1.7.0; lmrlgym 0.1.0, 2026-11-25",
-    ),
+    "TextNav-FO-v0": _TEXTNAV,
+    "TextNav-PO-v0": _TEXTNAV,
     # Twenty Questions (TASKS.md §7): min = no correct guess; avg = the default dataset; max =
     # the best splitter on the 158 objects (theoretical maximum 0).
     "TwentyQuestions-v0": Constants(
