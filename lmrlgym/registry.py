@@ -47,8 +47,57 @@ def find_binary(name: str, env_var: str | None = None) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Lengths:
+    """A task's token budgets: the prompt the policy conditions on and one action's tokens."""
+
+    max_context_tokens: int
+    max_new_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.max_context_tokens <= 0 or self.max_new_tokens <= 0:
+            raise ValueError(f"token lengths must be positive, got {self}")
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A task's full evaluation: ``episodes`` episodes whose resets cycle through ``cycle``
+    start items (``cycle_over``: Maze's start cells, Twenty Questions' objects, ...; 1 when
+    only the seed varies). ``episodes`` is a multiple of ``cycle``, so every item is played
+    equally often; the resets themselves come from the env class's ``evaluation_resets``."""
+
+    episodes: int = 100
+    cycle: int = 1
+    cycle_over: str = ""
+
+    def __post_init__(self) -> None:
+        if self.episodes <= 0 or self.cycle <= 0:
+            raise ValueError(f"protocol sizes must be positive, got {self}")
+        if self.episodes % self.cycle:
+            raise ValueError(
+                f"protocol of {self.episodes} episodes does not play each of the {self.cycle} "
+                f"{self.cycle_over or 'items'} equally often"
+            )
+
+    @property
+    def repeats(self) -> int:
+        """Episodes per cycled item."""
+        return self.episodes // self.cycle
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperSettings:
+    """What the LMRL-Gym paper used for a task: its model and its dataset size (trajectories)."""
+
+    model: str
+    data_episodes: int
+
+
+@dataclasses.dataclass(frozen=True)
 class EnvSpec:
-    """How to build one registered env id."""
+    """How to build one registered env id, and the task facts every other module reads."""
 
     id: str
     entry_point: str  # "module.path:ClassName"
@@ -57,21 +106,36 @@ class EnvSpec:
     nondeterministic: bool = False
     requires: tuple[Requirement, ...] = ()
     description: str = ""
+    lengths: Lengths | None = None  # training/decoding budgets (None: the config's defaults)
+    protocol: Protocol = Protocol()
+    group: str | None = None  # tasks sharing per-method paper settings ("maze", "dialogue", ...)
+    paper: PaperSettings | None = None
 
     def missing(self) -> list[Requirement]:
         """Requirements that are not installed on this machine."""
         return [r for r in self.requires if not r.available()]
+
+    def env_class(self) -> type[TextEnv]:
+        """The class the entry point names (imported; no env is built)."""
+        module_name, _, attr = self.entry_point.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
 
     def make(self, **kwargs: Any) -> TextEnv:
         missing = self.missing()
         if missing:
             hints = "; ".join(f"{r.name}: {r.install}" for r in missing)
             raise DependencyNotInstalled(f"{self.id} needs {hints}")
-        module_name, _, attr = self.entry_point.partition(":")
-        cls: Callable[..., TextEnv] = getattr(importlib.import_module(module_name), attr)
+        cls: Callable[..., TextEnv] = self.env_class()
         env = cls(**{**self.kwargs, **kwargs})
         env.spec_id = self.id  # type: ignore[attr-defined]
         return env
+
+    def evaluation_resets(self, n_episodes: int | None = None, **env_kwargs: Any
+                          ) -> list[tuple[int, dict[str, Any]]]:
+        """``(seed, reset options)`` of the protocol's episodes (``n_episodes`` replaces its
+        count); ``env_kwargs`` override the spec's, as in :meth:`make`."""
+        n = self.protocol.episodes if n_episodes is None else n_episodes
+        return self.env_class().evaluation_resets(n, **{**self.kwargs, **env_kwargs})
 
 
 registry: dict[str, EnvSpec] = {}
@@ -85,12 +149,17 @@ def register(
     nondeterministic: bool = False,
     requires: tuple[Requirement, ...] = (),
     description: str = "",
+    lengths: Lengths | None = None,
+    protocol: Protocol = Protocol(),
+    group: str | None = None,
+    paper: PaperSettings | None = None,
 ) -> EnvSpec:
     """Add an env id to the registry (and to Gymnasium's, as ``lmrlgym/<id>``)."""
     if id in registry:
         raise ValueError(f"env id {id!r} is already registered")
     spec_ = EnvSpec(
-        id, entry_point, dict(kwargs or {}), max_turns, nondeterministic, requires, description
+        id, entry_point, dict(kwargs or {}), max_turns, nondeterministic, requires, description,
+        lengths, protocol, group, paper,
     )
     registry[id] = spec_
     import gymnasium

@@ -17,25 +17,17 @@ import dataclasses
 from typing import Any
 
 from lmrlgym.envs import TASK_IDS
+from lmrlgym.registry import spec
 
 ALL_METHODS = ("bc", "filtered_bc", "mc", "ilql", "ppo", "online_filtered_bc")
 ONLINE = ("ppo", "online_filtered_bc")
 TASKS = TASK_IDS
 
-# Dataset sizes (paper Table 1) and evaluation episodes (ALGORITHMS.md §4.2) for `full`.
-PAPER_DATA = {
-    "Maze-FO-v0": 1240, "Maze-PO-v0": 1240, "TextNav-FO-v0": 2500, "TextNav-PO-v0": 2500,
-    "Wordle-v0": 1_000_000, "Chess-v0": 625_000, "Endgames-v0": 97_800,
-    "TwentyQuestions-v0": 100_000, "GuessCity-v0": 100_000, "CarDealer-v0": 19_000,
-}
-PAPER_EVAL = {
-    "Maze-FO-v0": 800, "Maze-PO-v0": 800, "TextNav-FO-v0": 512, "TextNav-PO-v0": 512,
-    "Wordle-v0": 4096, "Chess-v0": 1000, "Endgames-v0": 645, "TwentyQuestions-v0": 632,
-    "GuessCity-v0": 500, "CarDealer-v0": 512,
-}
-# Paper §5: GPT-2 small for most tasks, medium for 20Q/Guess, XL for Car Dealer (§2.1).
-PAPER_MODEL = {**{t: "gpt2" for t in TASKS}, "TwentyQuestions-v0": "gpt2-medium",
-               "GuessCity-v0": "gpt2-medium", "CarDealer-v0": "gpt2-xl"}
+# The `full` profile's sizes, from each task's registry spec: dataset sizes (paper Table 1),
+# evaluation episodes (its protocol, ALGORITHMS.md §4.2) and models (paper §5, §2.1).
+PAPER_DATA = {t: spec(t).paper.data_episodes for t in TASKS}
+PAPER_EVAL = {t: spec(t).protocol.episodes for t in TASKS}
+PAPER_MODEL = {t: spec(t).paper.model for t in TASKS}
 # Offline value methods on the tiny model (tests/algos/test_learning.py): with the paper's
 # β 16 / γ 0.99 on Maze, MC's return regression swamps the shared 2-layer trunk and ILQL's
 # advantages drown the LM logits, giving ~99 % illegal moves. These CPU-scale values

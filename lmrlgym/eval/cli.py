@@ -62,7 +62,7 @@ def eval_main(
     """
     from tqdm import tqdm
 
-    from lmrlgym.eval.evaluate import PROTOCOL_EPISODES, evaluate, format_summary_table
+    from lmrlgym.eval.evaluate import evaluate, format_summary_table, protocol_episodes
     from lmrlgym.registry import parse_env_kwargs
 
     if threads is not None:
@@ -101,7 +101,7 @@ def eval_main(
         else:
             pol = make_policy(policy, task)
     if episodes is None:
-        episodes = PROTOCOL_EPISODES.get(task, 100)
+        episodes = protocol_episodes(task)
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
 

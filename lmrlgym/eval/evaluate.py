@@ -18,7 +18,6 @@ exist) and the decoding settings. ``out_dir`` receives ``episodes.jsonl`` and
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 from collections.abc import Callable
@@ -31,15 +30,10 @@ from lmrlgym.core import Episode, Policy, TextEnv
 from lmrlgym.data.io import dumps_episode, write_json, write_shard
 from lmrlgym.data.policies import BehaviourPolicy
 from lmrlgym.eval.normalize import PAPER, PROJECT, score
+from lmrlgym.registry import Protocol
 from lmrlgym.registry import spec as registry_spec
 
 BOOTSTRAP_RESAMPLES = 10_000
-#: Episodes of the ``full`` evaluation profile (ALGORITHMS.md §4.2): the CLI's default.
-PROTOCOL_EPISODES: dict[str, int] = {
-    "Maze-FO-v0": 800, "Maze-PO-v0": 800, "Wordle-v0": 4096, "Chess-v0": 1000,
-    "Endgames-v0": 645, "TextNav-FO-v0": 512, "TextNav-PO-v0": 512, "CarDealer-v0": 512,
-    "TwentyQuestions-v0": 500, "GuessCity-v0": 500,
-}
 SUMMARY_FILE = "eval_summary.json"
 EPISODES_FILE = "episodes.jsonl"
 #: Finished episodes, appended as they finish; removed once ``EPISODES_FILE`` is written.
@@ -66,10 +60,7 @@ def env_class(task: str | type[TextEnv]) -> type[TextEnv]:
         if not issubclass(task, TextEnv):
             raise TypeError(f"{task.__name__} is not a TextEnv subclass")
         return task
-    from lmrlgym.registry import spec
-
-    module_name, _, attr = spec(task).entry_point.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return registry_spec(task).env_class()
 
 
 def _env_maker(task: str | type[TextEnv], env_kwargs: dict[str, Any]) -> Callable[[], TextEnv]:
@@ -81,6 +72,12 @@ def _env_maker(task: str | type[TextEnv], env_kwargs: dict[str, Any]) -> Callabl
     return lambda: make(task, **env_kwargs)
 
 
+def protocol_episodes(task: str | type[TextEnv]) -> int:
+    """Episodes of the task's full evaluation (its registry protocol, ALGORITHMS.md §4.2): the
+    CLI's default. A custom env class gets the default protocol's count."""
+    return registry_spec(task).protocol.episodes if isinstance(task, str) else Protocol().episodes
+
+
 def evaluation_resets(
     task: str | type[TextEnv], n_episodes: int, seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
@@ -89,9 +86,10 @@ def evaluation_resets(
 
     ``seed=0`` is the task's fixed protocol, shared by all methods (paired comparisons).
     """
-    # The spec's kwargs first: one class serves several ids (Chess/Endgames: mode=...).
-    spec_kwargs = registry_spec(task).kwargs if isinstance(task, str) else {}
-    resets = env_class(task).evaluation_resets(n_episodes, **{**spec_kwargs, **(env_kwargs or {})})
+    if isinstance(task, str):  # with the spec's kwargs (Chess/Endgames share a class)
+        resets = registry_spec(task).evaluation_resets(n_episodes, **(env_kwargs or {}))
+    else:
+        resets = env_class(task).evaluation_resets(n_episodes, **(env_kwargs or {}))
     if len(resets) != n_episodes:
         raise ValueError(f"{task}.evaluation_resets({n_episodes}) returned {len(resets)} resets")
     return [(int(s) + seed, dict(opts)) for s, opts in resets]
