@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from lmrlgym.algos import distributed
 from lmrlgym.data.io import write_json
+from lmrlgym.envs import task_group, task_lengths
 
 # --------------------------------------------------------------------------------------------
 # 1. Pure tensor helpers (§1.6-1.9)
@@ -512,24 +513,14 @@ def total_steps(config: TrainConfig, n_rows: int) -> int:
 
 # --- per-task presets ---------------------------------------------------------------------------
 
-DIALOGUE = ("TwentyQuestions-v0", "GuessCity-v0", "CarDealer-v0")
-TEXTNAV = ("TextNav-FO-v0", "TextNav-PO-v0")
-MAZE = ("Maze-FO-v0", "Maze-PO-v0")
-CHESS = ("Chess-v0", "Endgames-v0")
+# Task groups and lengths come from the registry specs (lmrlgym/envs/__init__.py).
+DIALOGUE = task_group("dialogue")
+TEXTNAV = task_group("textnav")
+MAZE = task_group("maze")
+CHESS = task_group("chess")
 
 # (P = max_context_tokens, M = max_new_tokens) per task: the original's lengths (§3.1, §4.1).
-TASK_LENGTHS: dict[str, dict[str, int]] = {
-    "Maze-FO-v0": {"max_context_tokens": 256, "max_new_tokens": 8},
-    "Maze-PO-v0": {"max_context_tokens": 1024, "max_new_tokens": 16},
-    "Chess-v0": {"max_context_tokens": 256, "max_new_tokens": 16},
-    "Endgames-v0": {"max_context_tokens": 150, "max_new_tokens": 10},
-    "TwentyQuestions-v0": {"max_context_tokens": 1024, "max_new_tokens": 128},
-    "GuessCity-v0": {"max_context_tokens": 1024, "max_new_tokens": 128},
-    "CarDealer-v0": {"max_context_tokens": 512, "max_new_tokens": 128},
-    "Wordle-v0": {"max_context_tokens": 2048, "max_new_tokens": 128},
-    "TextNav-FO-v0": {"max_context_tokens": 2048, "max_new_tokens": 128},
-    "TextNav-PO-v0": {"max_context_tokens": 2048, "max_new_tokens": 128},
-}
+TASK_LENGTHS: dict[str, dict[str, int]] = task_lengths()
 
 
 def expand_tasks(table: dict[tuple[str, ...] | str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
