@@ -10,11 +10,10 @@ import pytest
 import lmrlgym
 from lmrlgym.data.generate import run_episode
 from lmrlgym.data.policies import OPTIMAL_POLICY, make_policy
-from lmrlgym.envs.car_dealer import (
+from lmrlgym.envs.car_buyer import (
     PATIENCE,
     REVEALERS,
     BuyerState,
-    CarDealerEnv,
     LMBuyer,
     Persona,
     agrees,
@@ -34,6 +33,7 @@ from lmrlgym.envs.car_dealer import (
     read_decision,
     reservation_price,
 )
+from lmrlgym.envs.car_dealer import CarDealerEnv
 
 TOYOTA = Persona("polite", "a Toyota", "sedan", ("heated seats", "sunroof"), 30000)
 CARD_PERSONA = {

@@ -26,7 +26,7 @@ import numpy as np
 
 from lmrlgym.core import TextEnv
 from lmrlgym.data.policies import BehaviourPolicy
-from lmrlgym.envs.car_dealer import (
+from lmrlgym.envs.car_buyer import (
     PATIENCE,
     bare_brand,
     buyer_attributes,
