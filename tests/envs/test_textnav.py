@@ -19,7 +19,7 @@ from lmrlgym.data import generate  # noqa: E402
 from lmrlgym.data.generate import generate_dataset, run_episode  # noqa: E402
 from lmrlgym.data.io import read_episodes  # noqa: E402
 from lmrlgym.data.policies import OPTIMAL_POLICY, make_policy  # noqa: E402
-from lmrlgym.envs import textnav  # noqa: E402
+from lmrlgym.envs import _textnav_game  # noqa: E402
 from lmrlgym.envs.textnav import (  # noqa: E402
     OBJECTIVE,
     ROOMS,
@@ -233,7 +233,7 @@ def test_bad_arguments(fo):
 def test_missing_textworld_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "textworld", None)
     with pytest.raises(DependencyNotInstalled, match=r'pip install "lmrlgym\[textnav\]"'):
-        textnav.game_definition()
+        _textnav_game.game_definition()
     monkeypatch.setattr(Requirement, "available", lambda self: False)
     with pytest.raises(DependencyNotInstalled, match=r'pip install "lmrlgym\[textnav\]"'):
         lmrlgym.make("TextNav-PO-v0")
@@ -241,16 +241,16 @@ def test_missing_textworld_names_the_install_command(monkeypatch):
 
 # --- the compiled-game cache -----------------------------------------------------------------
 def test_corrupted_cache_is_rebuilt(tmp_path):
-    good = textnav.game_files()
+    good = _textnav_game.game_files()
     key = good["kitchen"].parent.name
     shutil.copytree(good["kitchen"].parent, tmp_path / key)
-    assert textnav._read_cache(tmp_path / key) is not None
+    assert _textnav_game._read_cache(tmp_path / key) is not None
     (tmp_path / key / "manifest.json").write_text("{not json")
-    assert textnav._read_cache(tmp_path / key) is None
+    assert _textnav_game._read_cache(tmp_path / key) is None
     shutil.copy(good["kitchen"].parent / "manifest.json", tmp_path / key)
     (tmp_path / key / "kitchen.z8").write_bytes(b"garbage")
-    assert textnav._read_cache(tmp_path / key) is None
-    files = textnav.game_files(tmp_path)  # rebuilds instead of crashing
+    assert _textnav_game._read_cache(tmp_path / key) is None
+    files = _textnav_game.game_files(tmp_path)  # rebuilds instead of crashing
     assert files["kitchen"].read_bytes() == good["kitchen"].read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [key]
 
@@ -258,7 +258,7 @@ def test_corrupted_cache_is_rebuilt(tmp_path):
 def test_unwritable_cache_names_the_variable(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match="LMRLGYM_CACHE"):
-        textnav.game_files(tmp_path / "file" / "cache")
+        _textnav_game.game_files(tmp_path / "file" / "cache")
 
 
 # --- behaviour policies ----------------------------------------------------------------------
@@ -307,7 +307,7 @@ def test_parallel_generation_is_identical_and_replays(tmp_path, monkeypatch, po)
     monkeypatch.setenv("LMRLGYM_CACHE", str(tmp_path / "cache"))
     two = generate_dataset("TextNav-PO-v0", tmp_path / "two", 24, workers=2)
     builds = [p for p in (tmp_path / "cache" / "textnav").iterdir() if p.is_dir()]
-    assert len(builds) == 1 and textnav._read_cache(builds[0]) is not None
+    assert len(builds) == 1 and _textnav_game._read_cache(builds[0]) is not None
     assert {k: v for k, v in one.items() if k != "shards"} == {
         k: v for k, v in two.items() if k != "shards"
     }
