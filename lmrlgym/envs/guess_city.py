@@ -232,59 +232,63 @@ _LANGUAGES = {
     "hokkien": ("Taiwanese Hokkien",), "taiwanese": ("Taiwanese Hokkien",),
     "swahili": ("Swahili",), "dutch": ("Dutch",), "polish": ("Polish",), "greek": ("Greek",),
 }  # fmt: skip
-_PHRASES: dict[str, tuple[str, Any]] = {}
 
 
-def _add(field: str, value: Any, *phrases: str) -> None:
-    for p in phrases:
-        _PHRASES[p] = (field, value)
+def _field_phrases() -> dict[str, tuple[str, Any]]:
+    """Phrase -> ``(field, value)`` of the parser (built by :func:`_tables`, once)."""
+    phrases: dict[str, tuple[str, Any]] = {}
 
+    def add(field: str, value: Any, *words: str) -> None:
+        for p in words:
+            phrases[p] = (field, value)
 
-_add("continent", None, "continent", "which continent", "what continent")
-for _name, _words in _CONTINENTS.items():
-    _add("continent", _name, *_words)
-for _group in _REGION_GROUPS:
-    _add("region", _group, _group)
-_add("region", None, "region", "part of the world", "where", "located", "location", "whereabouts",
-     "what area", "which area")
-_add("hemisphere", None, "hemisphere", "hemispheres", "equator")
-_add("hemisphere", "northern", "northern hemisphere", "north of the equator", "northern half")
-_add("hemisphere", "southern", "southern hemisphere", "south of the equator", "southern half",
-     "below the equator")
-_add("hemisphere", "eastern", "eastern hemisphere")
-_add("hemisphere", "western", "western hemisphere")
-_add("coast", None, "coast", "coastal", "sea", "ocean", "beach", "beaches", "port", "seaport",
-     "harbour", "harbor", "seaside", "by the sea", "near the sea", "near the ocean", "on the water",
-     "body of water", "waterfront", "shore", "bay", "landlocked", "inland")
-_add("coast", "lake", "lake", "lakeside", "great lakes", "on a lake")
-_add("river", None, "river", "on a river", "river flow", "riverside", "river run")
-_add("capital", None, "capital", "capital city", "seat of government", "national capital",
-     "government", "parliament")
-_add("population", None, "population", "how many people", "people live", "inhabitants",
-     "how big", "how large", "populous", "million", "millions", "residents", "big city",
-     "large city", "size", "crowded", "megacity")
-_add("largest", None, "largest city", "biggest city", "most populous city", "largest in",
-     "biggest in", "most populous in", "the largest", "the biggest")
-_add("language", None, "language", "languages", "speak", "spoken", "tongue", "dialect")
-for _word, _langs in _LANGUAGES.items():
-    _add("language", _word, _word)
-_add("climate", None, "climate", "weather", "temperature", "season", "seasons", "rain", "rainy",
-     "humid", "monsoon", "sunny", "typhoon", "hurricane")
-_add("climate", "hot", "hot", "warm", "heat", "hottest")
-_add("climate", "cold", "cold", "cool", "chilly", "freezing", "cold winters")
-_add("climate", "snow", "snow", "snowy", "snows", "snowfall")
-_add("climate", "tropical", "tropical", "tropics")
-_add("climate", "dry", "desert", "dry", "arid")
-_add("altitude", None, "altitude", "elevation", "high up", "mountains", "mountainous",
-     "above sea level", "highlands", "plateau", "high altitude")
-_add("food", None, "food", "foods", "dish", "dishes", "cuisine", "eat", "meal", "delicacy",
-     "specialty", "speciality", "drink", "snack")
-_add("landmark", None, "landmark", "landmarks", "famous for", "known for", "monument",
-     "attraction", "attractions", "tourist", "tourists", "sights", "sightseeing", "building",
-     "buildings", "famous", "visit", "see there")
-_add("fact", None, "tell me about", "interesting", "fact", "facts", "history", "historical",
-     "hint", "clue", "special about", "describe", "unique", "something about")
-_add("country", None, "country", "nation", "which country", "what country")
+    add("continent", None, "continent", "which continent", "what continent")
+    for name, words in _CONTINENTS.items():
+        add("continent", name, *words)
+    for group in _REGION_GROUPS:
+        add("region", group, group)
+    add("region", None, "region", "part of the world", "where", "located", "location",
+        "whereabouts", "what area", "which area")
+    add("hemisphere", None, "hemisphere", "hemispheres", "equator")
+    add("hemisphere", "northern", "northern hemisphere", "north of the equator", "northern half")
+    add("hemisphere", "southern", "southern hemisphere", "south of the equator", "southern half",
+        "below the equator")
+    add("hemisphere", "eastern", "eastern hemisphere")
+    add("hemisphere", "western", "western hemisphere")
+    add("coast", None, "coast", "coastal", "sea", "ocean", "beach", "beaches", "port", "seaport",
+        "harbour", "harbor", "seaside", "by the sea", "near the sea", "near the ocean",
+        "on the water", "body of water", "waterfront", "shore", "bay", "landlocked", "inland")
+    add("coast", "lake", "lake", "lakeside", "great lakes", "on a lake")
+    add("river", None, "river", "on a river", "river flow", "riverside", "river run")
+    add("capital", None, "capital", "capital city", "seat of government", "national capital",
+        "government", "parliament")
+    add("population", None, "population", "how many people", "people live", "inhabitants",
+        "how big", "how large", "populous", "million", "millions", "residents", "big city",
+        "large city", "size", "crowded", "megacity")
+    add("largest", None, "largest city", "biggest city", "most populous city", "largest in",
+        "biggest in", "most populous in", "the largest", "the biggest")
+    add("language", None, "language", "languages", "speak", "spoken", "tongue", "dialect")
+    for word in _LANGUAGES:
+        add("language", word, word)
+    add("climate", None, "climate", "weather", "temperature", "season", "seasons", "rain", "rainy",
+        "humid", "monsoon", "sunny", "typhoon", "hurricane")
+    add("climate", "hot", "hot", "warm", "heat", "hottest")
+    add("climate", "cold", "cold", "cool", "chilly", "freezing", "cold winters")
+    add("climate", "snow", "snow", "snowy", "snows", "snowfall")
+    add("climate", "tropical", "tropical", "tropics")
+    add("climate", "dry", "desert", "dry", "arid")
+    add("altitude", None, "altitude", "elevation", "high up", "mountains", "mountainous",
+        "above sea level", "highlands", "plateau", "high altitude")
+    add("food", None, "food", "foods", "dish", "dishes", "cuisine", "eat", "meal", "delicacy",
+        "specialty", "speciality", "drink", "snack")
+    add("landmark", None, "landmark", "landmarks", "famous for", "known for", "monument",
+        "attraction", "attractions", "tourist", "tourists", "sights", "sightseeing", "building",
+        "buildings", "famous", "visit", "see there")
+    add("fact", None, "tell me about", "interesting", "fact", "facts", "history", "historical",
+        "hint", "clue", "special about", "describe", "unique", "something about")
+    add("country", None, "country", "nation", "which country", "what country")
+    return phrases
+
 
 # Weak phrases only count when nothing more specific was asked ("Where is it, on the coast?").
 _WEAK = {("region", None), ("country", None), ("landmark", None), ("fact", None)}
@@ -304,7 +308,7 @@ class Reading(NamedTuple):
 @functools.lru_cache(maxsize=1)
 def _tables() -> tuple[qa.PhraseMatcher, dict[str, int], list[tuple[int, tuple[str, ...]]]]:
     kb = load_kb()
-    phrases = dict(_PHRASES)
+    phrases = _field_phrases()
     for country, others in kb.countries.items():
         for name in (country, *others):
             phrases[name] = ("country", country)
