@@ -1,36 +1,42 @@
 """Chess-v0 and Endgames-v0: play White against Stockfish, moves as spaced SAN (TASKS.md §5-6).
 
-## Description
+Description
+-----------
 ``mode="game"`` (Chess-v0): full games from the standard start. ``mode="endgame"``
 (Endgames-v0): theoretical wins for White (``kQK``, ``kRK``, ``kQRK``, ``kRRK``: lower case is
 Black, upper case White), so games are short and test strategy rather than memorised openings.
 The agent is always White; python-chess enforces the rules.
 
-## Observation
+Observation
+-----------
 The FEN (python-chess ``Board.fen()``) with every character separated by one space, so the
 FEN's own spaces become three, then ``"\\n"``. The window is the current position only::
 
     r n b q k b n r / p p p p p p p p / 8 / 8 / 8 / 8 / P P P P P P P P / R N B Q K B N R   w   K Q k q   -   0   1
 
-## Action
+Action
+------
 A move in SAN, spaced (``N f 3``) or not (``Nf3``), or in UCI (``g1f3``, ``e7e8q``). Parsing
 removes all whitespace and tries SAN, then UCI. A legal move is stored as spaced SAN
 (``g1f3`` -> ``N f 3\\n``). Empty text, null moves (``--``, ``0000``), unparsable text and
 illegal moves are illegal.
 
-## Rewards
+Rewards
+-------
 Illegal move: -1, position unchanged (the same FEN is shown again). Legal move: +1 if it
 checkmates, 0 if it draws; otherwise the opponent replies: -1 if that checkmates White, else 0.
 Draws are the ones python-chess ends automatically (stalemate, insufficient material, 75-move
 rule, fivefold repetition); claimable draws do not end the game. Return range [-400, 1].
 
-## Episode End
+Episode End
+-----------
 ``terminated`` on checkmate or an automatic draw. ``truncated`` after the 400th agent step
 (legal or not), which still gets its normal reward, or when the opponent engine died
 mid-game (``info["engine_error"]``; the episode counts as failed, the next reset starts a new
 engine).
 
-## Arguments
+Arguments
+---------
 - ``mode``: ``"game"`` or ``"endgame"``.
 - ``opponent``: ``"stockfish-elo:1350"`` (default; ``UCI_LimitStrength`` at Elo 1350, 100 ms
   per move; nondeterministic), ``"stockfish-elo:<E>:<ms>"``, ``"stockfish-nodes:<N>"``
@@ -44,7 +50,8 @@ engine).
   endgames, ``{"eval_index": i}``. Extra info keys: ``fen``, ``opponent_move`` (SAN or None),
   ``outcome``, ``winner`` (``"white"``/``"black"``/None), ``engine``, ``position_type``.
 
-## Differences from LMRL-Gym
+Differences from LMRL-Gym
+-------------------------
 1. The default opponent is Stockfish at Elo 1350 (Stockfish 15.1's minimum), said plainly; the
    original asked for 1200, which the engine ignored. Out-of-range Elo raises ``ValueError``.
 2. Deterministic opponents (``stockfish-nodes:N``, ``random``) for reproducible tests.
@@ -54,11 +61,13 @@ engine).
 6. Endgames: the evaluation set is regenerated from seed 0 with an exact filter
    (``scripts/make_endgame_positions.py``); training positions are checked against all of it.
 
-## References
+References
+----------
 Abdulhai et al., "LMRL Gym" (2023), §4 Chess and Endgames; python-chess; Stockfish 15.1.
 
-## Version History
-- v0: initial version.
+Version History
+---------------
+v0: initial release (TASKS.md §5-6).
 """
 
 from __future__ import annotations
