@@ -46,7 +46,7 @@ Dialogue = list[tuple[str, str]]  # (role "seller" | "buyer", line without the n
 
 # --- data files --------------------------------------------------------------------------------
 def _load_json(name: str) -> Any:
-    return json.loads(resources.files("lmrlgym.data").joinpath(f"files/{name}").read_text("utf-8"))
+    return json.loads(resources.files("lmrlgym.envs").joinpath(f"data/{name}").read_text("utf-8"))
 
 
 @functools.cache

@@ -67,7 +67,7 @@ References
 ----------
 Abdulhai et al., "LMRL Gym: Benchmarks for Multi-Turn Reinforcement Learning with Language
 Models" (2023); original code ``llm_rl_scripts/car_dealer`` (MIT). Persona lists:
-``lmrlgym/data/files/car_dealer_buyer_attributes.json``; the buyer's phrasing:
+``lmrlgym/envs/data/car_dealer_buyer_attributes.json``; the buyer's phrasing:
 ``car_dealer_buyer_templates.json``; the car catalogue: ``car_catalogue.json``.
 
 Version History

@@ -96,7 +96,7 @@ MAX_STEPS = 400
 DEFAULT_OPPONENT = "stockfish-elo:1350"
 #: Endgame type -> White's pieces besides the king (Black has only its king).
 ENDGAME_PIECES: dict[str, str] = {"kQK": "Q", "kRK": "R", "kQRK": "QR", "kRRK": "RR"}
-EVAL_SET = Path(__file__).resolve().parent.parent / "data" / "files" / "endgames_eval_645.jsonl"
+EVAL_SET = Path(__file__).resolve().parent / "data" / "endgames_eval_645.jsonl"
 
 
 # --- text rules -------------------------------------------------------------------------------

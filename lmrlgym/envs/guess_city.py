@@ -29,7 +29,7 @@ One question, any text; nothing is illegal.
   city X", "are you from X", "is the city you are from X", a bare "X", ...) naming another listed
   city: ``No.``. Other mentions of other cities go to the parser.
 - The parser maps the question to one field of the knowledge base
-  ``lmrlgym/data/files/guess_city_kb.json`` with phrase tables (continent, region, hemisphere,
+  ``lmrlgym/envs/data/guess_city_kb.json`` with phrase tables (continent, region, hemisphere,
   coast, river, capital, population, largest city, language, climate, altitude, food, landmark,
   a distinctive fact, country). Open questions get a one-sentence answer from that field; yes/no
   questions get ``Yes.``/``No.`` plus a short related fact where the field allows
@@ -97,7 +97,7 @@ from lmrlgym.envs import qa
 MAX_QUESTIONS = 20
 FIRST_TEXT = "Questions:\n"
 YES, NO, UNKNOWN = "Yes.\n", "No.\n", "I don't know.\n"
-KB_FILE = "files/guess_city_kb.json"
+KB_FILE = "data/guess_city_kb.json"
 GUESS_PREFIXES = (
     "is it", "is it in", "is your city", "is the city", "is your city in", "are you from",
     "are you in", "is the city you are from", "is the city you come from", "do you live in",
@@ -157,7 +157,7 @@ _FIELDS = [f.name for f in dataclasses.fields(City)]
 @functools.lru_cache(maxsize=1)
 def load_kb() -> CityKB:
     """The shipped knowledge base, validated (a malformed file raises ``ValueError``)."""
-    raw = json.loads(resources.files("lmrlgym.data").joinpath(KB_FILE).read_text("utf-8"))
+    raw = json.loads(resources.files("lmrlgym.envs").joinpath(KB_FILE).read_text("utf-8"))
     return parse_kb(raw)
 
 

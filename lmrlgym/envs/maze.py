@@ -59,7 +59,7 @@ References
 ----------
 Abdulhai et al., "LMRL Gym: Benchmarks for Multi-Turn Reinforcement Learning with Language
 Models" (2023); original code ``llm_rl_scripts/maze/env`` (MIT). The grids and the optimal action
-table are in ``lmrlgym/data/files/mazes.json``.
+table are in ``lmrlgym/envs/data/mazes.json``.
 
 Version History
 ---------------
@@ -245,7 +245,7 @@ class Maze:
 
 
 def _mazes_json() -> dict[str, Any]:
-    return json.loads(resources.files("lmrlgym.data").joinpath("files/mazes.json").read_text())
+    return json.loads(resources.files("lmrlgym.envs").joinpath("data/mazes.json").read_text())
 
 
 @functools.lru_cache(maxsize=8)

@@ -31,7 +31,7 @@ One question, any text; nothing is illegal. Questions are read by the rules belo
   monitor" names Monitor). The hidden object: ``Yes.``; another object: ``No.``. An unknown noun
   ("is it a zebra?") is no guess.
 - Otherwise the oracle looks for attribute phrases (several per attribute: "alive", "a living
-  thing", "living") in the knowledge base ``lmrlgym/data/files/twenty_questions_kb.json``. Exactly
+  thing", "living") in the knowledge base ``lmrlgym/envs/data/twenty_questions_kb.json``. Exactly
   one attribute found: ``Yes.``/``No.`` from the KB (a ``not`` right before the phrase, or an
   opposite phrasing such as "small" for "bigger than a breadbox", flips it). No attribute, several
   ("is it a fruit or a vegetable?") or an open question ("what color is it?"): ``I don't know.``
@@ -99,7 +99,7 @@ from lmrlgym.envs import qa
 MAX_QUESTIONS = 20
 FIRST_TEXT = "Questions:\n"
 YES, NO, UNKNOWN = "Yes.\n", "No.\n", "I don't know.\n"
-KB_FILE = "files/twenty_questions_kb.json"
+KB_FILE = "data/twenty_questions_kb.json"
 GUESS_PREFIXES = (
     "is it", "is this", "is that", "is the object", "is your object", "is the thing",
     "are they", "are these", "could it be", "it is", "my guess is", "i guess", "",
@@ -145,7 +145,7 @@ class KnowledgeBase:
 @functools.lru_cache(maxsize=1)
 def load_kb() -> KnowledgeBase:
     """The shipped knowledge base, validated (a malformed file raises ``ValueError``)."""
-    raw = json.loads(resources.files("lmrlgym.data").joinpath(KB_FILE).read_text("utf-8"))
+    raw = json.loads(resources.files("lmrlgym.envs").joinpath(KB_FILE).read_text("utf-8"))
     return parse_kb(raw)
 
 

@@ -58,7 +58,7 @@ Differences from LMRL-Gym
 References
 ----------
 Abdulhai et al., "LMRL Gym" (2023), original code ``llm_rl_scripts/wordle/env`` (MIT); word lists
-in ``lmrlgym/data/files/wordle/``.
+in ``lmrlgym/envs/data/wordle/``.
 
 Version History
 ---------------
@@ -171,7 +171,7 @@ def read_word_list(source: str | os.PathLike | Sequence[str], what: str) -> tupl
     """A word list from a name in ``WORD_LISTS``, a path or a sequence of words (validated)."""
     if isinstance(source, (str, os.PathLike)):
         if str(source) in WORD_LISTS:
-            files = resources.files("lmrlgym.data").joinpath("files/wordle")
+            files = resources.files("lmrlgym.envs").joinpath("data/wordle")
             text = files.joinpath(WORD_LISTS[str(source)]).read_text()
         elif os.path.exists(source):
             with open(source, encoding="utf-8") as f:

@@ -416,7 +416,7 @@ def test_templates_cover_every_personality_and_kind():
 
 def test_catalogue_schema():
     data = json.loads(
-        resources.files("lmrlgym.data").joinpath("files/car_catalogue.json").read_text()
+        resources.files("lmrlgym.envs").joinpath("data/car_catalogue.json").read_text()
     )
     a = buyer_attributes()
     brands = {b.split(" ", 1)[1] for b in a["DEFAULT_BRANDS"]}

@@ -25,7 +25,7 @@ from lmrlgym.envs.guess_city import (
 )
 
 KB = load_kb()
-RAW = json.loads(resources.files("lmrlgym.data").joinpath("files/guess_city_kb.json").read_text("utf-8"))
+RAW = json.loads(resources.files("lmrlgym.envs").joinpath("data/guess_city_kb.json").read_text("utf-8"))
 CLIMATES = {
     "tropical rainforest", "tropical monsoon", "tropical wet and dry", "hot desert", "mild desert",
     "semi-arid", "humid subtropical", "mediterranean", "oceanic", "temperate", "humid continental",

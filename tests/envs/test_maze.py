@@ -87,7 +87,7 @@ def test_start_cells_and_optimal_table():
     assert len(START_CELLS) == 25 and list(START_CELLS) == sorted(D_TABLE)
     maze = load_maze("double_t_maze")
     assert {c: maze.distance[c] for c in START_CELLS} == D_TABLE
-    table = json.loads(resources.files("lmrlgym.data").joinpath("files/mazes.json").read_text())
+    table = json.loads(resources.files("lmrlgym.envs").joinpath("data/mazes.json").read_text())
     expected = table["double_t_maze"]["optimal_action_per_cell"]
     assert {f"{r},{c}": maze.optimal_command((r, c)) + "\n" for r, c in START_CELLS} == expected
 

@@ -40,7 +40,7 @@ def answer(name: str, key: str) -> bool:
 
 # --- knowledge base -----------------------------------------------------------------------
 def test_kb_schema():
-    raw = json.loads(resources.files("lmrlgym.data").joinpath("files/twenty_questions_kb.json").read_text())
+    raw = json.loads(resources.files("lmrlgym.envs").joinpath("data/twenty_questions_kb.json").read_text())
     assert raw["format"] == "lmrlgym.twenty_questions_kb/1"
     assert len(KB.items) == 158
     assert [KB.items[i].name for i in (0, 34, 53, 157)] == ["Basketball", "Airplane", "Television", "Drill"]
@@ -59,7 +59,7 @@ def test_kb_schema():
 
 
 def test_kb_rejects_bad_files():
-    raw = json.loads(resources.files("lmrlgym.data").joinpath("files/twenty_questions_kb.json").read_text())
+    raw = json.loads(resources.files("lmrlgym.envs").joinpath("data/twenty_questions_kb.json").read_text())
     raw["objects"][3]["yes"] = ["no_such_attribute"]
     with pytest.raises(ValueError, match="unknown attributes"):
         parse_kb(raw)

@@ -42,7 +42,7 @@ from lmrlgym.envs.car_buyer import (
 )
 
 # List prices by type for opening when the budget is unknown: medians (to $500) of the catalogue
-# (lmrlgym/data/files/car_catalogue.json), fixed here so a catalogue edit cannot move the data.
+# (lmrlgym/envs/data/car_catalogue.json), fixed here so a catalogue edit cannot move the data.
 LIST_PRICE = {
     "sedan": 24000,
     "SUV": 37500,
