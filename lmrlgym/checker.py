@@ -1,7 +1,7 @@
 """``check_env``: the contract every lmrlgym env must keep (TASKS.md §1), checked from outside.
 
-Checks the API types, the observation/window identity, the turn-history invariants, the reward
-range, seed determinism (two seeded rollouts with the same random actions, hostile strings
+Checks the API types, the observation/window identity, the turn-history invariants, the action
+set's form, the reward range, seed determinism (two seeded rollouts with the same random actions, hostile strings
 included, must match exactly) and the ``seed=None`` replay rule. Runs a handful of short
 episodes, so it is cheap enough to run over the whole registry in CI.
 """
@@ -110,6 +110,17 @@ def _check_obs(env: TextEnv, obs: Any, info: Any, where: str) -> None:
         _fail(f"{where}: observation != window(info['turns'])")
     if obs not in env.observation_space:
         _fail(f"{where}: observation not in observation_space")
+    _check_action_set(env, info, where)
+
+
+def _check_action_set(env: TextEnv, info: dict[str, Any], where: str) -> None:
+    actions = env.action_set()
+    if actions is not None and not (
+        isinstance(actions, tuple) and all(isinstance(a, str) and "\n" not in a for a in actions)
+    ):
+        _fail(f"{where}: action_set() must be None or a tuple of str without newlines")
+    if "action_set" in info and info["action_set"] != actions:
+        _fail(f"{where}: info['action_set'] differs from action_set()")
 
 
 def _check_turns(turns: list[Turn], where: str) -> None:

@@ -111,6 +111,8 @@ class TextEnv(gym.Env[str, str]):
     deterministic: bool = True
     #: (min, max) of the per-episode return, checked by `check_env`.
     return_range: tuple[float, float] = (-float("inf"), float("inf"))
+    #: Whether ``info["action_set"]`` carries :meth:`action_set` (envs whose sets are small).
+    action_set_in_info: bool = False
 
     def __init__(self, render_mode: str | None = None, max_obs_length: int = 1_000_000):
         self.render_mode = render_mode
@@ -134,6 +136,13 @@ class TextEnv(gym.Env[str, str]):
     def context_turns(turns: Sequence[Turn]) -> list[Turn]:
         """Turns the policy conditions on next; the default is the whole transcript."""
         return list(turns)
+
+    def action_set(self) -> tuple[str, ...] | None:
+        """The actions the env accepts as legal in the current state, spelled as it stores
+        them, without the trailing newline; None where the task cannot list them (free text).
+        Envs that know their legal actions override it (each card says what the set holds).
+        """
+        return None
 
     @classmethod
     def evaluation_resets(cls, n_episodes: int, **env_kwargs: Any) -> list[tuple[int, dict]]:
@@ -206,6 +215,8 @@ class TextEnv(gym.Env[str, str]):
             "illegal": illegal,
             "success": self._success,
         }
+        if self.action_set_in_info:
+            info["action_set"] = self.action_set()
         info.update(extra)
         self._last_info = info
         return info

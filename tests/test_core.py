@@ -105,12 +105,27 @@ class NoEnd(Counter):
         return text, r, False, False, info
 
 
+class NewlineInActionSet(Counter):
+    def action_set(self):
+        return ("up\n",)
+
+
+class StaleActionSetInInfo(Counter):
+    action_set_in_info = True
+
+    def _step(self, action):
+        text, r, term, trunc, info = super()._step(action)
+        return text, r, term, trunc, {**info, "action_set": ("down",)}
+
+
 @pytest.mark.parametrize(
     "cls, match",
     [
         (Nondeterministic, "same seed"),
         (WrongWindow, "window"),
         (OutOfRange, "return_range"),
+        (NewlineInActionSet, "action_set"),
+        (StaleActionSetInInfo, "action_set"),
     ],
 )
 def test_check_env_catches_broken_envs(cls, match):

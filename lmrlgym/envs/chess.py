@@ -19,7 +19,8 @@ Action
 A move in SAN, spaced (``N f 3``) or not (``Nf3``), or in UCI (``g1f3``, ``e7e8q``). Parsing
 removes all whitespace and tries SAN, then UCI. A legal move is stored as spaced SAN
 (``g1f3`` -> ``N f 3\\n``). Empty text, null moves (``--``, ``0000``), unparsable text and
-illegal moves are illegal.
+illegal moves are illegal. ``env.action_set()`` and ``info["action_set"]`` hold White's legal
+moves in spaced SAN (empty once the game is over).
 
 Rewards
 -------
@@ -255,6 +256,7 @@ class ChessEnv(TextEnv):
     """White against Stockfish from the start (``game``) or from won endgames (``endgame``)."""
 
     return_range = (-float(MAX_STEPS), 1.0)
+    action_set_in_info = True
 
     def __init__(
         self,
@@ -304,6 +306,10 @@ class ChessEnv(TextEnv):
     def board(self) -> chess.Board:
         """A copy of the current board."""
         return self._board.copy()
+
+    def action_set(self) -> tuple[str, ...]:
+        """White's legal moves in spaced SAN (``"N f 3"``), in python-chess's move order."""
+        return tuple(spaced(self._board.san(m)) for m in self._board.legal_moves)
 
     @property
     def engine_pid(self) -> int | None:

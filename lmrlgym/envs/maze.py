@@ -26,7 +26,8 @@ Action
 ``move up`` (row - 1), ``move down`` (row + 1), ``move left`` (col - 1), ``move right``
 (col + 1), matched case-insensitively after stripping surrounding whitespace (inner spacing must
 match) and stored in lower case. Walking into a wall is legal and changes nothing. Any other text
-is unrecognised (``info["illegal"]``) and changes nothing.
+is unrecognised (``info["illegal"]``) and changes nothing. ``env.action_set()`` and
+``info["action_set"]`` hold the four commands (in the order above) in every state.
 
 Rewards
 -------
@@ -283,6 +284,7 @@ class MazeEnv(TextEnv):
     """Grid maze with text observations; see the module docstring for the card."""
 
     return_range = (MAX_STEPS * ILLEGAL_REWARD + CAP_REWARD, GOAL_REWARD)
+    action_set_in_info = True
 
     def __init__(
         self,
@@ -329,6 +331,10 @@ class MazeEnv(TextEnv):
                 seed = len(starts) * k + i
             resets.append((seed, {"start": starts[i]}))
         return resets
+
+    def action_set(self) -> tuple[str, ...]:
+        """The four moves (walking into a wall is legal too)."""
+        return COMMANDS
 
     def cell_text(self, cell: Cell) -> str:
         """The env text shown on ``cell`` (FO or PO form; the goal shows ``Success``)."""

@@ -36,6 +36,8 @@ several actions in one line (``.``, ``,``, ``;``, ``then``, ``and``, ``all``, ..
 can't use multiple objects with that verb.``; interpreter meta commands (``undo``, ``restart``,
 ``quit``, ``save``, ``restore``, ``script``, TextWorld's ``tw-`` debug commands, ...) get
 ``That's not a verb I recognise.``.
+``env.action_set()`` and ``info["action_set"]`` hold the admissible commands the text shows:
+every legal command except the ``examine``, ``look`` and ``inventory`` ones, which stay legal.
 
 Rewards
 -------
@@ -268,6 +270,7 @@ class TextNavEnv(TextEnv):
     """TextWorld house: put the stale food in the fridge (see the module card)."""
 
     return_range = (0.0, 1.0)
+    action_set_in_info = True
 
     def __init__(
         self,
@@ -303,6 +306,12 @@ class TextNavEnv(TextEnv):
             seed = 32 * i + k if k < 32 else len(ROOMS) * k + i
             resets.append((seed, {"start_room": ROOMS[i]}))
         return resets
+
+    def action_set(self) -> tuple[str, ...] | None:
+        """The admissible commands the text shows; None before the first reset."""
+        if self._state is None:
+            return None
+        return tuple(shown_commands(self._state["admissible_commands"]))
 
     # --- engine access ----------------------------------------------------------------------
     def _open(self, room: str) -> Any:
