@@ -38,6 +38,7 @@ PROBE_ACTIONS: tuple[str, ...] = (
     "\x00\x07\x1b[31m",
     "ünïcødé ☃ 漢字 🚗",
     "a" * 10_000,
+    "a\ud800b",
     "move up\nmove down",
 )
 
@@ -108,8 +109,12 @@ def _check_obs(env: TextEnv, obs: Any, info: Any, where: str) -> None:
     _check_turns(turns, where)
     if obs != env.window(turns):
         _fail(f"{where}: observation != window(info['turns'])")
-    if obs not in env.observation_space:
-        _fail(f"{where}: observation not in observation_space")
+    if obs not in env.observation_space or len(obs) > env.observation_space.max_length:
+        _fail(f"{where}: observation not in observation_space (or longer than its max_length)")
+    try:
+        obs.encode("utf-8")
+    except UnicodeEncodeError:
+        _fail(f"{where}: observation cannot be encoded as UTF-8 (a lone surrogate?)")
     _check_action_set(env, info, where)
 
 

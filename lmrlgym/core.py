@@ -9,6 +9,7 @@ the common ``info`` keys and the step-after-end ``RuntimeError``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -78,9 +79,27 @@ class Episode:
         }
 
 
-def normalize_action(action: str) -> str:
-    """Cut at the first newline, strip trailing whitespace, end with exactly one newline."""
-    return action.split("\n", 1)[0].rstrip() + "\n"
+#: Characters of an action an env keeps (the rest is dropped before parsing), so an echoed action
+#: cannot grow an observation without bound. Envs may lower it; each card states its value.
+MAX_ACTION_CHARS = 1000
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with each lone surrogate (a code point UTF-8 cannot encode) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def normalize_action(action: str, max_chars: int | None = None) -> str:
+    """Keep at most ``max_chars`` characters, cut at the first newline, replace lone surrogates
+    (U+FFFD), strip trailing whitespace, end with exactly one newline."""
+    # Capping first is the same as capping the first line, and never copies a huge string.
+    line = action[:max_chars].split("\n", 1)[0]
+    return clean_text(line).rstrip() + "\n"
 
 
 class AnyText(spaces.Text):
@@ -101,7 +120,8 @@ class TextEnv(gym.Env[str, str]):
 
     - ``_reset(rng, options) -> (text, info)``: start an episode; ``text`` is the first env text.
     - ``_step(action) -> (text, reward, terminated, truncated, info)``: ``action`` is already
-      normalised (one line ending in ``"\\n"``); return the stored form of the action (canonical
+      normalised (one line of at most ``max_action_chars`` characters, lone surrogates
+      replaced, ending in ``"\\n"``); return the stored form of the action (canonical
       spelling when recognised) in ``info["action"]`` if it differs, plus ``illegal``/``success``.
     - ``context_turns(turns) -> list[Turn]`` (static/pure): the turns the policy sees next.
     """
@@ -113,6 +133,8 @@ class TextEnv(gym.Env[str, str]):
     return_range: tuple[float, float] = (-float("inf"), float("inf"))
     #: Whether ``info["action_set"]`` carries :meth:`action_set` (envs whose sets are small).
     action_set_in_info: bool = False
+    #: Characters of an action kept before parsing and storing (see :func:`normalize_action`).
+    max_action_chars: int = MAX_ACTION_CHARS
 
     def __init__(self, render_mode: str | None = None, max_obs_length: int = 1_000_000):
         self.render_mode = render_mode
@@ -182,7 +204,7 @@ class TextEnv(gym.Env[str, str]):
             raise RuntimeError("step() called on a finished episode; call reset() first")
         if not isinstance(action, str):
             raise TypeError(f"action must be a str, got {type(action).__name__}")
-        normalized = normalize_action(action)
+        normalized = normalize_action(action, self.max_action_chars)
         text, reward, terminated, truncated, extra = self._step(normalized)
         stored = extra.pop("action", normalized)
         reward = float(reward)
@@ -227,7 +249,7 @@ def _check_env_text(text: str) -> str:
     # what the policy sees, so it fails loudly.
     if not text.endswith("\n") or text.endswith("\n\n"):
         raise AssertionError(f"env text must end with exactly one newline: {text[-40:]!r}")
-    return text
+    return clean_text(text)  # a partner's reply may carry lone surrogates (e.g. JSON "\\ud800")
 
 
 @runtime_checkable

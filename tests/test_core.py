@@ -118,6 +118,11 @@ class StaleActionSetInInfo(Counter):
         return text, r, term, trunc, {**info, "action_set": ("down",)}
 
 
+class TinySpace(Counter):
+    def __init__(self):
+        super().__init__(max_obs_length=4)  # "count 0\n" does not fit
+
+
 @pytest.mark.parametrize(
     "cls, match",
     [
@@ -126,6 +131,7 @@ class StaleActionSetInInfo(Counter):
         (OutOfRange, "return_range"),
         (NewlineInActionSet, "action_set"),
         (StaleActionSetInInfo, "action_set"),
+        (TinySpace, "max_length"),
     ],
 )
 def test_check_env_catches_broken_envs(cls, match):

@@ -33,6 +33,9 @@ counter would reach it, else make the next counter; (6) a neutral line about the
 Polite, respectful and talkative buyers reveal everything at once and name their budget; the
 others reveal one wish per question and refuse to name a budget.
 
+Before parsing, an action is cut to its first 1,000 characters and lone surrogates become U+FFFD
+(the stored action too), so the transcript holds at most 25 seller lines of 1,001 characters.
+
 Rewards
 -------
 Only at the end: ``buy_price / budget`` after a sale (at most 1), 0 otherwise. Return range [0, 1].

@@ -22,6 +22,9 @@ removes all whitespace and tries SAN, then UCI. A legal move is stored as spaced
 illegal moves are illegal. ``env.action_set()`` and ``info["action_set"]`` hold White's legal
 moves in spaced SAN (empty once the game is over).
 
+Before parsing, an action is cut to its first 1,000 characters and lone surrogates become U+FFFD
+(the stored action too), the observation shows no action.
+
 Rewards
 -------
 Illegal move: -1, position unchanged (the same FEN is shown again). Legal move: +1 if it

@@ -37,6 +37,9 @@ One question, any text; nothing is illegal.
   bare ``Yes.``/``No.``. Unmapped or compound questions get ``I don't know.``.
 - No answer names the city, an alias or the country (tested for every city and template).
 
+Before parsing, an action is cut to its first 1,000 characters and lone surrogates become U+FFFD
+(the stored action too), so the transcript holds at most 20 questions of 1,001 characters.
+
 Rewards
 -------
 -1 per question, except 0 for the correct guess. Return range [-20, 0].

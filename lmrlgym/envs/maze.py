@@ -29,6 +29,10 @@ match) and stored in lower case. Walking into a wall is legal and changes nothin
 is unrecognised (``info["illegal"]``) and changes nothing. ``env.action_set()`` and
 ``info["action_set"]`` hold the four commands (in the order above) in every state.
 
+Before parsing, an action is cut to its first 1,000 characters and lone surrogates become U+FFFD
+(the stored action too), so a PO window holds at most 20 actions of 1,001 characters; FO shows no
+action.
+
 Rewards
 -------
 0 when the new position is the goal; else -4 for an unrecognised action; else -1 (a wall bump

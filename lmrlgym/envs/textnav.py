@@ -39,6 +39,10 @@ can't use multiple objects with that verb.``; interpreter meta commands (``undo`
 ``env.action_set()`` and ``info["action_set"]`` hold the admissible commands the text shows:
 every legal command except the ``examine``, ``look`` and ``inventory`` ones, which stay legal.
 
+Before parsing, an action is cut to its first 190 characters (what the interpreter reads) and lone
+surrogates become U+FFFD (the stored action too), so the transcript holds at most 15 actions of 191
+characters.
+
 Rewards
 -------
 1 on the winning step (the stale food is in the closed fridge), else 0 (the losing step
@@ -271,6 +275,7 @@ class TextNavEnv(TextEnv):
 
     return_range = (0.0, 1.0)
     action_set_in_info = True
+    max_action_chars = MAX_COMMAND_CHARS  # stored as the interpreter reads it
 
     def __init__(
         self,

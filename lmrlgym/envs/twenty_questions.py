@@ -36,6 +36,9 @@ One question, any text; nothing is illegal. Questions are read by the rules belo
   opposite phrasing such as "small" for "bigger than a breadbox", flips it). No attribute, several
   ("is it a fruit or a vegetable?") or an open question ("what color is it?"): ``I don't know.``
 
+Before parsing, an action is cut to its first 1,000 characters and lone surrogates become U+FFFD
+(the stored action too), so the transcript holds at most 20 questions of 1,001 characters.
+
 Rewards
 -------
 -1 per question, except 0 for the correct guess. Solving on question k gives -(k - 1); failing

@@ -22,6 +22,9 @@ the allowed-guess list; an invalid guess uses an attempt. ``env.action_set()`` h
 allowed guess, spaced and sorted (built once per word list; not in ``info``: 431 to 12,972
 words).
 
+Before parsing, an action is cut to its first 1,000 characters and lone surrogates become U+FFFD
+(the stored action too), so the transcript holds at most six actions of 1,001 characters.
+
 Rewards
 -------
 -1 per valid attempt that does not solve, 0 for the solving guess, ``invalid_reward`` (default
