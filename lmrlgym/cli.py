@@ -406,28 +406,14 @@ def bench_compare(results: tyro.conf.Positional[Path]) -> None:
 
 # --- dispatch ----------------------------------------------------------------------------------
 
-def serve(
-    run: tyro.conf.Positional[Path],
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    model_name: str | None = None,
-    max_batch_size: int = 64,
-    device: str = "cpu",
-) -> None:
-    """Serve a trained run over the OpenAI-compatible API (/v1/completions, /v1/chat/completions).
-
-    Args:
-        run: Run directory written by `lmrlgym train`.
-        host: Interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it.
-        port: TCP port.
-        model_name: The `model` name clients must send (default: the run directory's name).
-        max_batch_size: Most concurrent requests generated as one batch.
-        device: Torch device of the model, e.g. cuda.
-    """
+def serve(argv: list[str], prog: str) -> None:
+    """Serve a trained run over the OpenAI-compatible API (/v1/completions, /v1/chat/completions)."""
     from lmrlgym.serve import serve_main
 
-    serve_main(str(run), host=host, port=port, model_name=model_name,
-               max_batch_size=max_batch_size, device=device)
+    tyro.cli(serve_main, args=argv, prog=prog)
+
+
+serve.takes_argv = True  # type: ignore[attr-defined]
 
 
 def bench_rollout(argv: list[str], prog: str) -> None:

@@ -24,15 +24,25 @@ tokenization), left-truncated to the run's context budget with BOS kept. Request
 - ``n`` copies per prompt; ``stream`` and ``logprobs`` are refused with HTTP 400.
 
 Concurrent requests are batched: one worker thread owns the model, takes every request queued
-while it was busy (waiting up to ``batch_wait``, 5 ms, for stragglers of a burst) and generates
-them as one left-padded batch per sampling setting (a row's
-result does not depend on its batch neighbours, ALGORITHMS.md §4.1).
+while it was busy (waiting up to ``batch_wait``, 5 ms, for stragglers of a burst), tokenizes
+their prompts and generates them as one left-padded batch per sampling setting (a row's
+result does not depend on its batch neighbours, ALGORITHMS.md §4.1). The event loop only parses
+and checks requests, so a huge prompt never delays ``/health`` or other clients' answers.
+
+Network clients are untrusted (docs/security.md): :class:`ServeLimits` bounds what one request
+may cost (body size -> 413, prompts x ``n`` -> 400, each answer naming the limit and its flag),
+a body must arrive within ``body_timeout``, idle keep-alive connections are closed (uvicorn's
+``timeout_keep_alive``) and at most ``max_connections`` are served at once (uvicorn's
+``limit_concurrency``; more get 503). With an API key (``--api-key`` or ``$LMRLGYM_API_KEY``),
+every ``/v1`` request needs ``Authorization: Bearer <key>`` (401 otherwise); ``/health`` stays
+open. The default bind is 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import os
 import queue
 import threading
@@ -41,14 +51,38 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import tyro
 from pydantic import BaseModel, ConfigDict
 
 from lmrlgym.core import Turn
 
-#: Largest ``n`` a request may ask for (copies of one prompt).
-MAX_N = 64
+#: The environment variable read when ``--api-key`` is not given.
+API_KEY_ENV = "LMRLGYM_API_KEY"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeLimits:
+    """What one client may cost the server; each field is a ``lmrlgym serve`` flag."""
+
+    max_body_bytes: int = 1 << 20
+    """Largest request body (HTTP 413 above; about 250k prompt tokens)."""
+    max_rows: int = 64
+    """Most completions per request, prompts x ``n`` (HTTP 400 above)."""
+    body_timeout: float = 30.0
+    """Seconds a client may take to send its request body (HTTP 408 after)."""
+    keep_alive_timeout: int = 5
+    """Seconds an idle keep-alive connection stays open (uvicorn's ``timeout_keep_alive``)."""
+    max_connections: int = 64
+    """Connections served at once; more are answered 503 (uvicorn's ``limit_concurrency``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_rows", "body_timeout", "keep_alive_timeout",
+                     "max_connections"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, "
+                                 f"got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +191,7 @@ class ChatRequest(_Common):
 
 @dataclasses.dataclass
 class _Job:
-    prompt: list[int]
+    prompt: str
     sampling: Sampling
     max_tokens: int
     stop: tuple[str, ...]
@@ -181,7 +215,7 @@ class BatchingGenerator:
         self._thread = threading.Thread(target=self._run, name="lmrlgym-serve-gen", daemon=True)
         self._thread.start()
 
-    def submit(self, prompt: list[int], sampling: Sampling, max_tokens: int,
+    def submit(self, prompt: str, sampling: Sampling, max_tokens: int,
                stop: tuple[str, ...]) -> Future:
         future: Future = Future()
         self._queue.put(_Job(prompt, sampling, max_tokens, stop, future))
@@ -209,19 +243,25 @@ class BatchingGenerator:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 jobs.append(nxt)
-            groups: dict[Sampling, list[_Job]] = {}
+            groups: dict[Sampling, list[tuple[_Job, list[int]]]] = {}
             for j in jobs:
-                groups.setdefault(j.sampling, []).append(j)
+                try:  # tokenized here, off the event loop: its cost grows with the prompt
+                    ids = prompt_tokens(self.policy, j.prompt)
+                except Exception as e:  # noqa: BLE001 - handed to the waiting request
+                    j.future.set_exception(e)
+                    continue
+                groups.setdefault(j.sampling, []).append((j, ids))
             for sampling, group in groups.items():
                 self._generate(sampling, group)
 
-    def _generate(self, sampling: Sampling, group: list[_Job]) -> None:
+    def _generate(self, sampling: Sampling, rows: list[tuple[_Job, list[int]]]) -> None:
         p = self.policy
+        group = [j for j, _ in rows]
         self.batches += 1
         self.rows += len(group)
         p.greedy, p.temperature, p.top_k, p.top_p = dataclasses.astuple(sampling)
         try:
-            done = complete_rows(p, [j.prompt for j in group], [j.max_tokens for j in group],
+            done = complete_rows(p, [ids for _, ids in rows], [j.max_tokens for j in group],
                                  [j.stop for j in group])
         except Exception as e:  # noqa: BLE001 - handed to the waiting requests as HTTP 500
             for j in group:
@@ -241,9 +281,76 @@ class RequestError(ValueError):
         self.status = status
 
 
+def error_body(message: str, param: str | None = None, status: int = 400) -> dict[str, Any]:
+    """An error answer in the OpenAI API's shape."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+class _Guard:
+    """ASGI middleware run before any handler: the bearer token, then the body, read with a
+    size cap and a deadline (it is replayed to the app only when it is complete)."""
+
+    def __init__(self, app: Any, api_key: str | None, limits: ServeLimits):
+        self.app = app
+        self.api_key = api_key
+        self.limits = limits
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.responses import JSONResponse
+
+        async def refuse(status: int, message: str, param: str | None = None,
+                         headers: dict[str, str] | None = None) -> None:
+            await JSONResponse(error_body(message, param, status), status_code=status,
+                               headers=headers)(scope, receive, send)
+
+        headers = dict(scope["headers"])
+        if self.api_key and scope["path"] != "/health":
+            expected = f"Bearer {self.api_key}".encode()
+            if not hmac.compare_digest(headers.get(b"authorization", b""), expected):
+                return await refuse(401, "missing or wrong API key: send 'Authorization: "
+                                    "Bearer <key>' with the server's --api-key", None,
+                                    {"WWW-Authenticate": "Bearer"})
+        cap = self.limits.max_body_bytes
+        too_big = (f"request body larger than the server's limit of {cap} bytes "
+                   "(--max-body-bytes)")
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > cap:
+            return await refuse(413, too_big)
+        body, more = b"", True
+        deadline = asyncio.get_running_loop().time() + self.limits.body_timeout
+        while more:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except asyncio.TimeoutError:
+                return await refuse(408, f"request body not received within "
+                                    f"{self.limits.body_timeout:g} s (--body-timeout)")
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > cap:  # a chunked body has no content-length to check up front
+                return await refuse(413, too_big)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
 def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
-              batch_wait: float = 0.005) -> Any:
-    """The FastAPI app serving ``policy`` (an ``LMPolicy``) under the name ``model_name``."""
+              batch_wait: float = 0.005, api_key: str | None = None,
+              limits: ServeLimits = ServeLimits()) -> Any:
+    """The FastAPI app serving ``policy`` (an ``LMPolicy``) under the name ``model_name``;
+    ``api_key`` (if any) is required as a bearer token on ``/v1``."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -266,8 +373,8 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
             raise RequestError("stream=true is not supported", "stream")
         if req.logprobs not in (None, False, 0):
             raise RequestError("logprobs are not supported", "logprobs")
-        if not 1 <= req.n <= MAX_N:
-            raise RequestError(f"n must be in 1..{MAX_N}, got {req.n}", "n")
+        if req.n < 1:
+            raise RequestError(f"n must be >= 1, got {req.n}", "n")
         max_tokens = default_max_tokens if req.max_tokens is None else req.max_tokens
         if not 1 <= max_tokens <= max_tokens_limit:
             raise RequestError(f"max_tokens must be in 1..{max_tokens_limit} (the model's "
@@ -295,7 +402,11 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
 
     async def run(prompts: list[str], req: _Common) -> list[Completion]:
         sampling, max_tokens, stop = settings(req)
-        futures = [generator.submit(prompt_tokens(policy, p), sampling, max_tokens, stop)
+        if len(prompts) * req.n > limits.max_rows:
+            raise RequestError(f"{len(prompts)} prompts x n={req.n} completions exceed the "
+                               f"server's limit of {limits.max_rows} per request (--max-rows)",
+                               "n")
+        futures = [generator.submit(p, sampling, max_tokens, stop)
                    for p in prompts for _ in range(req.n)]
         try:
             return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
@@ -313,20 +424,18 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
         generator.close()
 
     app = FastAPI(title="lmrlgym serve", lifespan=lifespan)
+    app.add_middleware(_Guard, api_key=api_key, limits=limits)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, e: RequestError) -> JSONResponse:
-        kind = "server_error" if e.status >= 500 else "invalid_request_error"
-        return JSONResponse({"error": {"message": str(e), "type": kind, "param": e.param,
-                                       "code": None}}, status_code=e.status)
+        return JSONResponse(error_body(str(e), e.param, e.status), status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0] if e.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return JSONResponse({"error": {"message": f"{where}: {first.get('msg', 'invalid')}",
-                                       "type": "invalid_request_error", "param": where,
-                                       "code": None}}, status_code=400)
+        return JSONResponse(error_body(f"{where}: {first.get('msg', 'invalid')}", where),
+                            status_code=400)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -376,33 +485,62 @@ def load_served_policy(run_dir: str | os.PathLike[str], device: str = "cpu") -> 
     return load_policy(path, device=device)
 
 
+def uvicorn_config(app: Any, host: str, port: int, limits: ServeLimits) -> Any:
+    """uvicorn's settings for ``app``: the connection limits of ``limits``."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning",
+                          timeout_keep_alive=limits.keep_alive_timeout,
+                          limit_concurrency=limits.max_connections)
+
+
 def serve(run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000,
-          model_name: str | None = None, max_batch_size: int = 64, device: str = "cpu") -> None:
+          model_name: str | None = None, max_batch_size: int = 64, device: str = "cpu",
+          api_key: str | None = None, limits: ServeLimits = ServeLimits()) -> None:
     """Serve the run's policy until interrupted; the model name defaults to the run's
     directory name."""
     import uvicorn
 
     policy = load_served_policy(run_dir, device)
     name = model_name or Path(run_dir).resolve().name
-    app = build_app(policy, name, max_batch_size)
+    app = build_app(policy, name, max_batch_size, api_key=api_key, limits=limits)
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host} without an API key: anyone who can reach this port "
+              f"can use the model (set --api-key or ${API_KEY_ENV})", flush=True)
     print(f"serving {name!r}; evaluate it with --policy openai:http://{host}:{port}/v1/{name}",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(app, host, port, limits)).run()
 
 
-def serve_main(run: str, host: str = "127.0.0.1", port: int = 8000,
+def serve_main(run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")],
+               host: str = "127.0.0.1", port: int = 8000,
                model_name: str | None = None, max_batch_size: int = 64,
-               device: str = "cpu") -> None:
+               device: str = "cpu", api_key: str | None = None,
+               max_body_bytes: int = ServeLimits.max_body_bytes,
+               max_rows: int = ServeLimits.max_rows,
+               body_timeout: float = ServeLimits.body_timeout,
+               keep_alive_timeout: int = ServeLimits.keep_alive_timeout,
+               max_connections: int = ServeLimits.max_connections) -> None:
     """Serve a trained run over the OpenAI-compatible API (/v1/completions,
     /v1/chat/completions, /v1/models).
 
     Args:
         run: the run directory written by ``lmrlgym train`` (its exported ``model/``).
-        host: interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it.
+        host: interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it (set an API key).
         port: TCP port.
         model_name: the ``model`` name clients must send (default: the run directory's name).
         max_batch_size: most concurrent requests generated as one batch.
         device: torch device of the model.
+        api_key: require ``Authorization: Bearer <key>`` on /v1 (default: $LMRLGYM_API_KEY;
+            prefer the variable, a flag is visible to other users in the process list).
+            Clients such as ``lmrlgym eval --policy openai:...`` send $OPENAI_API_KEY.
+        max_body_bytes: largest request body (HTTP 413 above).
+        max_rows: most completions per request, prompts x n (HTTP 400 above).
+        body_timeout: seconds a client may take to send its request body (HTTP 408 after).
+        keep_alive_timeout: seconds an idle keep-alive connection stays open.
+        max_connections: connections served at once; more are answered 503.
     """
+    limits = ServeLimits(max_body_bytes, max_rows, body_timeout, keep_alive_timeout,
+                         max_connections)
     serve(run, host=host, port=port, model_name=model_name, max_batch_size=max_batch_size,
-          device=device)
+          device=device, api_key=api_key or os.environ.get(API_KEY_ENV) or None, limits=limits)

@@ -7,9 +7,6 @@ goal, and the returns differ per start cell.
 """
 
 import re
-import socket
-import threading
-import time
 
 import httpx
 import pytest
@@ -23,41 +20,14 @@ from lmrlgym.eval.evaluate import EPISODES_FILE, PARTIAL_FILE, SUMMARY_FILE, eva
 from lmrlgym.eval.openai_policy import OpenAIPolicy, is_openai_spec, policy_from_spec
 from lmrlgym.openai_api import EndpointError
 from lmrlgym.serve import build_app, find_stop, serve_main
+from tests.serving import Server as _Server
+from tests.serving import free_port as _free_port
 
 TASK = "Maze-FO-v0"
 ROOM = {"grid": [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1],
                  [1, 1, 1, 1, 1]], "goal": [2, 2]}
 N_EPISODES = 8  # one per start cell of the room
 MODEL = "room-bc"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """uvicorn on 127.0.0.1 in a daemon thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                pytest.fail("the local server did not start")
-            time.sleep(0.02)
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +123,7 @@ def test_completions_wire_format(server):
     ("completions", {"model": MODEL, "prompt": 3}, 400, "prompt"),
     ("completions", {"model": MODEL, "prompt": []}, 400, "prompt is an empty list"),
     ("completions", {"model": MODEL, "prompt": "x", "temperature": -1}, 400, "temperature must be >= 0"),
-    ("completions", {"model": MODEL, "prompt": "x", "n": 0}, 400, "n must be in"),
+    ("completions", {"model": MODEL, "prompt": "x", "n": 0}, 400, "n must be >= 1"),
     ("chat/completions", {"model": MODEL, "messages": [{"role": "system", "content": "x"}]}, 400,
      "need a user message"),
     ("chat/completions", {"model": MODEL}, 400, "messages"),
