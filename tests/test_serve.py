@@ -135,3 +135,50 @@ def test_idle_keep_alive_connection_is_closed(serve):
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match="--max-rows must be positive, got 0"):
         ServeLimits(max_rows=0)
+
+
+@pytest.fixture
+def server_errors():
+    """The records uvicorn logs at ERROR (an unhandled exception's traceback lands there)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("field, value, raw", [
+    ("temperature", "1e-300", None), ("temperature", "1e308", None),
+    ("temperature", "NaN", None), ("temperature", "Infinity", None),
+    ("temperature", "-Infinity", None), ("temperature", "1e400", None),
+    ("top_p", "NaN", None),
+    ("prompt", '"a\\ud800b"', "lone surrogate U+D800 at index 1"),
+    ("prompt[1]", '["Q:", "\\udfff"]', "lone surrogate U+DFFF at index 0"),
+    ("stop", '"\\ud800"', "lone surrogate"),
+    ("messages[0].content", None, "lone surrogate"),
+])
+def test_bad_numbers_and_lone_surrogates_are_400_naming_the_field(serve, server_errors, field,
+                                                                  value, raw):
+    srv = serve()
+    if field.startswith("messages"):
+        path, body = "chat/completions", ('{"model": "forced", "messages": [{"role": "user", '
+                                          '"content": "Q:\\ud800"}]}')
+    else:
+        key = field.split("[")[0]
+        path = "completions"
+        body = '{"model": "forced", ' + ("" if key == "prompt" else '"prompt": "Q:", ') + \
+               f'"{key}": {value}' + "}"
+    r = httpx.post(f"{srv.base_url}/{path}", content=body.encode(), timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == field and err["message"].startswith(field)
+    if raw:
+        assert raw in err["message"]
+    assert server_errors == []  # refused cleanly: no traceback in the server's log
+    ok = _post(srv, {"model": MODEL, "prompt": "Q:", "temperature": 0.5})
+    assert ok.status_code == 200  # and the server still answers

@@ -122,7 +122,7 @@ def test_completions_wire_format(server):
     ("completions", {"model": MODEL, "prompt": "x", "max_tokens": 999}, 400, r"max_tokens must be in 1\.\.16"),
     ("completions", {"model": MODEL, "prompt": 3}, 400, "prompt"),
     ("completions", {"model": MODEL, "prompt": []}, 400, "prompt is an empty list"),
-    ("completions", {"model": MODEL, "prompt": "x", "temperature": -1}, 400, "temperature must be >= 0"),
+    ("completions", {"model": MODEL, "prompt": "x", "temperature": -1}, 400, r"temperature must be 0 \(greedy\) or in \[0.01, 100\], got -1"),
     ("completions", {"model": MODEL, "prompt": "x", "n": 0}, 400, "n must be >= 1"),
     ("chat/completions", {"model": MODEL, "messages": [{"role": "system", "content": "x"}]}, 400,
      "need a user message"),
