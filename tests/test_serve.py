@@ -64,7 +64,7 @@ def test_health_answers_while_a_huge_prompt_is_tokenized(serve):
         release.set()
         client.join(60)
     assert answer["r"].status_code == 200
-    assert answer["r"].json()["choices"][0]["text"].startswith("go left\n")
+    assert answer["r"].json()["choices"][0]["text"] == "go left\n"
 
 
 def test_body_size_limit_is_413_naming_the_flag(serve):
@@ -98,7 +98,7 @@ def test_api_key_is_required_on_v1_only(serve):
         assert r.headers["www-authenticate"] == "Bearer"
     assert httpx.get(f"{srv.base_url}/models", timeout=30).status_code == 401
     r = _post(srv, body, headers={"Authorization": "Bearer s3cret"})
-    assert r.status_code == 200 and r.json()["choices"][0]["text"].startswith("go left\n")
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "go left\n"
     assert httpx.get(f"{srv.root}/health", timeout=30).status_code == 200
 
 
@@ -182,3 +182,68 @@ def test_bad_numbers_and_lone_surrogates_are_400_naming_the_field(serve, server_
     assert server_errors == []  # refused cleanly: no traceback in the server's log
     ok = _post(srv, {"model": MODEL, "prompt": "Q:", "temperature": 0.5})
     assert ok.status_code == 200  # and the server still answers
+
+
+# --- one line per completion, OpenAI stop strings, context truncation ------------------------
+# The forced model writes "go left\n" after "Q:", and after "ok" an endless line without a
+# newline ("x yzrightdownat 1,1 1,2stopx y...").
+@pytest.mark.parametrize("stop, text, finish", [
+    (None, "go left\n", "stop"),  # the first newline ends the completion, and is kept
+    ("\n", "go left", "stop"),
+    (["\n"], "go left", "stop"),
+    (["zzz"], "go left\n", "stop"),
+    ("eft", "go l", "stop"),
+    ([" left", "go"], "", "stop"),  # the earliest stop string wins
+    (["ok"], "go left\n", "stop"),  # the next line is never generated, so never matched
+])
+def test_completion_is_one_line_and_stop_works_as_in_openai(serve, stop, text, finish):
+    srv = serve()
+    body = {"model": MODEL, "prompt": "Q:", "max_tokens": 8, **({"stop": stop} if stop else {})}
+    r = _post(srv, body).json()
+    assert (r["choices"][0]["text"], r["choices"][0]["finish_reason"]) == (text, finish)
+    assert r["usage"]["completion_tokens"] == 3 and "warnings" not in r
+    chat = httpx.post(f"{srv.base_url}/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Q:"}], "max_tokens": 8,
+        **({"stop": stop} if stop else {})}).json()
+    assert chat["choices"][0]["message"]["content"] == text
+
+
+def test_a_line_without_newline_ends_at_max_tokens(serve):
+    srv = serve()
+    r = _post(srv, {"model": MODEL, "prompt": ["ok", "Q:"], "max_tokens": 5}).json()
+    assert [(c["text"], c["finish_reason"]) for c in r["choices"]] == [
+        ("x yzrightdown", "length"), ("go left\n", "stop")]
+    assert r["usage"]["completion_tokens"] == 5 + 3
+    r = _post(srv, {"model": MODEL, "prompt": "ok", "max_tokens": 8, "stop": "z"}).json()
+    assert (r["choices"][0]["text"], r["choices"][0]["finish_reason"]) == ("x y", "stop")
+
+
+LONG = "ok\n" * 20 + "Q:"  # 41 tokens; the forced policy's context budget is 16 (BOS + 15)
+
+
+def test_long_prompt_is_truncated_with_a_warning(serve):
+    srv = serve()
+    r = _post(srv, {"model": MODEL, "prompt": ["Q:", LONG], "n": 2}).json()
+    assert [c["text"] for c in r["choices"]] == ["go left\n"] * 4
+    assert r["warnings"] == ['prompt[1]: 41 tokens, more than the context budget of 15; kept its '
+                             'last 15 (send "strict_context": true to refuse such prompts)']
+    assert r["usage"]["prompt_tokens"] == 2 * 2 + 2 * 16
+    chat = httpx.post(f"{srv.base_url}/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": LONG}]}).json()
+    assert chat["warnings"][0].startswith("messages[0].content: 41 tokens")
+
+
+def test_strict_context_refuses_a_long_prompt(serve):
+    srv = serve()
+    r = _post(srv, {"model": MODEL, "prompt": ["Q:", LONG], "strict_context": True})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "prompt[1]"
+    assert r.json()["error"]["message"].startswith(
+        "prompt[1]: 41 tokens, more than the run's context budget of 15 (refused because "
+        "strict_context is set")
+    assert _post(srv, {"model": MODEL, "prompt": "Q:", "strict_context": True}).status_code == 200
+    # --strict-context makes it the server's default; a request can still opt out.
+    strict = serve(limits=ServeLimits(strict_context=True))
+    assert _post(strict, {"model": MODEL, "prompt": LONG}).status_code == 400
+    r = _post(strict, {"model": MODEL, "prompt": LONG, "strict_context": False})
+    assert r.status_code == 200 and len(r.json()["warnings"]) == 1
