@@ -231,9 +231,11 @@ def data_export(
         out: Output directory (written completely or not at all).
         format: Export format.
     """
-    from lmrlgym.data.hf import export_hf
+    from lmrlgym.data.hf import DATASETS, export_hf
     from lmrlgym.data.io import read_episodes
+    from lmrlgym.registry import require
 
+    require("lmrlgym data export", DATASETS)  # before minutes of reading
     episodes, _ = read_episodes(path)
     export_hf(episodes, out)
     print(f"wrote {len(episodes)} episodes to {out}/hf and {out}/episodes.parquet")
@@ -408,6 +410,9 @@ def bench_compare(results: tyro.conf.Positional[Path]) -> None:
 
 def serve(argv: list[str], prog: str) -> None:
     """Serve a trained run over the OpenAI-compatible API (/v1/completions, /v1/chat/completions)."""
+    from lmrlgym.registry import SERVE_EXTRA, Requirement, require
+
+    require("lmrlgym serve", Requirement("fastapi", SERVE_EXTRA), Requirement("uvicorn", SERVE_EXTRA))
     from lmrlgym.serve import serve_main
 
     tyro.cli(serve_main, args=argv, prog=prog)

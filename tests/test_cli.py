@@ -12,6 +12,28 @@ def run(*args, **kw):
                           text=True, timeout=300, **kw)
 
 
+def run_without(module, *args, **kw):
+    """The CLI in a fresh interpreter where ``import module`` fails (an extra not installed)."""
+    code = (f"import sys; sys.modules[{module!r}] = None; from lmrlgym.cli import main; "
+            "main(sys.argv[1:])")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+@pytest.mark.parametrize("module, args, what", [
+    ("uvicorn", ["serve", "runs/x"], "lmrlgym serve needs uvicorn"),
+    ("fastapi", ["serve", "runs/x"], "lmrlgym serve needs fastapi"),
+    ("httpx", ["eval", "--policy", "openai:http://127.0.0.1:9/v1/m", "--task", "Maze-FO-v0",
+               "--out", "{out}"], "openai:http://127.0.0.1:9/v1/m needs httpx"),
+    ("datasets", ["data", "export", "{out}", "--out", "{out}/hf"], "lmrlgym[hf]"),
+])
+def test_missing_extra_names_the_extra(tmp_path, module, args, what):
+    out = run_without(module, *[a.format(out=tmp_path) for a in args])
+    assert out.returncode == 2, out.stderr
+    assert what in out.stderr and "lmrlgym[" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_help_lists_commands():
     out = run("--help")
     assert out.returncode == 0
