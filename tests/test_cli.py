@@ -97,3 +97,15 @@ def test_play_reads_stdin_until_eof():
     out = run("play", "Maze-FO-v0", "--seed", "3", input="move up\nfly\n")
     assert out.returncode == 0, out.stderr
     assert "reward -4" in out.stdout  # the unrecognised "fly"
+
+
+@pytest.mark.parametrize("name, content", [
+    ("deep.jsonl", b"[" * 100_000 + b"\n"), ("x.jsonl.gz", b"not gzip\n"), ("e.jsonl", b""),
+    ("u.jsonl", b'{"task": "\xff"}\n'),
+])
+def test_unreadable_dataset_files_exit_2_with_file_and_line(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    out = run("data", "stats", str(tmp_path / name))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"lmrlgym: error: {tmp_path / name}")
+    assert "--skip-bad" in out.stderr

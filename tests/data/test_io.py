@@ -57,8 +57,60 @@ def test_bad_record_names_file_line_and_field(tmp_path, mutate, field):
 
 def test_invalid_json_line(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"task": \n')
-    with pytest.raises(DatasetError, match=r"a.jsonl:1: invalid JSON"):
+    with pytest.raises(DatasetError) as e:
         read_episodes(tmp_path)
+    # The whole message: where, what the parser expected, and the way past it.
+    assert str(e.value) == (f"{tmp_path / 'a.jsonl'}:1: invalid JSON at column 10: Expecting "
+                            "value (--skip-bad skips unreadable lines)")
+
+
+GOOD = json.dumps(_ep(0, -1.0, True).to_json(), separators=(",", ":"))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("deep.jsonl", (GOOD + "\n" + "[" * 100_000 + "\n").encode(),
+     "deep.jsonl:2: JSON nested too deeply to read"),
+    ("utf8.jsonl", GOOD.encode() + b"\n" + b'{"task": "\xff\xfe"}\n',
+     "utf8.jsonl:2: invalid UTF-8 (byte 0xff at column 11)"),
+    ("nan.jsonl", (GOOD + "\n" + GOOD.replace('"reward":-1.0', '"reward":NaN') + "\n").encode(),
+     "nan.jsonl:2: field 'turns[1].reward': not a finite number: nan"),
+    ("inf.jsonl", (GOOD + "\n" + GOOD.replace('"reward":-1.0', '"reward":1e999') + "\n").encode(),
+     "inf.jsonl:2: field 'turns[1].reward': not a finite number: inf"),
+    ("ret.jsonl", (GOOD + "\n" + GOOD.replace('"return":-1.0', '"return":-Infinity') + "\n").encode(),
+     "ret.jsonl:2: field 'return': not a finite number: -inf"),
+    ("notgz.jsonl.gz", (GOOD + "\n").encode(), "notgz.jsonl.gz:1: not valid gzip data"),
+    ("empty.jsonl", b"", "empty.jsonl: empty file (0 bytes)"),
+])
+def test_unreadable_lines_are_file_line_errors_and_skippable(tmp_path, name, content, message):
+    write_shard(tmp_path / "a-good.jsonl", [_ep(1, -1.0, True)])
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DatasetError) as e:
+        read_episodes(tmp_path)
+    assert message in str(e.value) and str(tmp_path / name) in str(e.value)
+    assert str(e.value).endswith("(--skip-bad skips unreadable lines)")
+    eps, skipped = read_episodes(tmp_path, skip_bad=True)
+    assert skipped == 1
+    assert len(eps) == (1 if name in ("notgz.jsonl.gz", "empty.jsonl") else 2)
+
+
+def test_truncated_gzip_keeps_the_lines_before_the_damage(tmp_path):
+    import gzip
+
+    data = gzip.compress("".join(GOOD + "\n" for _ in range(200)).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"cut.jsonl.gz:\d+: not valid gzip data"):
+        read_episodes(tmp_path)
+    eps, skipped = read_episodes(tmp_path, skip_bad=True)
+    assert 0 < len(eps) < 200 and skipped == 1
+
+
+def test_a_line_holding_u2028_is_one_record(tmp_path):
+    ep = _ep(0, -1.0, True)
+    ep.turns[0] = Turn("Wordle:\u2028\u0085\x1c\n", False)
+    write_shard(tmp_path / "a.jsonl", [ep])  # written raw (ensure_ascii=False)
+    assert "\u2028" in (tmp_path / "a.jsonl").read_text(encoding="utf-8")
+    back, _ = read_episodes(tmp_path)
+    assert back[0].turns[0].text == "Wordle:\u2028\u0085\x1c\n"
 
 
 def test_not_an_object():
