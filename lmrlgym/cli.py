@@ -187,17 +187,19 @@ def data_stats(
     path: tyro.conf.Positional[Path],
     json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
     skip_bad: bool = False,
+    allow_partial: bool = False,
 ) -> None:
     """Recompute a dataset's statistics from its files (and compare with its manifest).
 
     Args:
         path: Dataset directory (or a single .jsonl file).
-        skip_bad: Skip malformed lines (reporting how many) instead of failing on the first.
+        skip_bad: Skip unreadable lines (reporting how many) instead of failing on the first.
+        allow_partial: Read a directory without its manifest.json (an interrupted generation).
     """
     from lmrlgym.data.io import DatasetError, read_episodes, read_manifest
     from lmrlgym.data.stats import episode_stats
 
-    episodes, skipped = read_episodes(path, skip_bad=skip_bad)
+    episodes, skipped = read_episodes(path, skip_bad=skip_bad, allow_partial=allow_partial)
     stats = episode_stats(episodes)
     stats["tasks"] = sorted({ep.task for ep in episodes})
     stats["skipped_lines"] = skipped
@@ -223,6 +225,8 @@ def data_export(
     path: tyro.conf.Positional[Path],
     out: Path,
     format: Literal["hf"] = "hf",
+    skip_bad: bool = False,
+    allow_partial: bool = False,
 ) -> None:
     """Export a dataset to Hugging Face `datasets` (save_to_disk folder + parquet file).
 
@@ -230,13 +234,17 @@ def data_export(
         path: Dataset directory (JSONL shards).
         out: Output directory (written completely or not at all).
         format: Export format.
+        skip_bad: Skip unreadable lines (reporting how many) instead of failing on the first.
+        allow_partial: Read a directory without its manifest.json (an interrupted generation).
     """
     from lmrlgym.data.hf import DATASETS, export_hf
     from lmrlgym.data.io import read_episodes
     from lmrlgym.registry import require
 
     require("lmrlgym data export", DATASETS)  # before minutes of reading
-    episodes, _ = read_episodes(path)
+    episodes, skipped = read_episodes(path, skip_bad=skip_bad, allow_partial=allow_partial)
+    if skipped:
+        print(f"{path}: skipped {skipped} unreadable lines (--skip-bad)", file=sys.stderr)
     export_hf(episodes, out)
     print(f"wrote {len(episodes)} episodes to {out}/hf and {out}/episodes.parquet")
 

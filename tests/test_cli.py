@@ -109,3 +109,13 @@ def test_unreadable_dataset_files_exit_2_with_file_and_line(tmp_path, name, cont
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"lmrlgym: error: {tmp_path / name}")
     assert "--skip-bad" in out.stderr
+
+
+def test_data_stats_refuses_a_dataset_without_manifest_unless_allow_partial(tmp_path):
+    assert run("data", "generate", "--task", "Maze-FO-v0", "--episodes", "3", "--out",
+               str(tmp_path / "d")).returncode == 0
+    (tmp_path / "d" / "manifest.json").unlink()
+    out = run("data", "stats", str(tmp_path / "d"))
+    assert out.returncode == 2 and "no manifest.json" in out.stderr and "--allow-partial" in out.stderr
+    out = run("data", "stats", str(tmp_path / "d"), "--allow-partial", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["episodes"] == 3

@@ -112,14 +112,28 @@ def _is_finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def shard_paths(path: str | os.PathLike) -> list[Path]:
-    """The JSONL shards of a dataset directory (sorted), or ``[path]`` for a single file."""
+def shard_paths(path: str | os.PathLike, allow_partial: bool = False) -> list[Path]:
+    """The JSONL shards of a dataset directory (sorted), or ``[path]`` for a single file.
+
+    A directory must hold its manifest and every shard the manifest lists: without them it is
+    an interrupted ``data generate`` (the manifest is written last), refused unless
+    ``allow_partial``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
     if path.is_file():
         return [path]
     shards = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
+    if not allow_partial:
+        partial = "; pass --allow-partial to use the shards that are there"
+        if not (path / MANIFEST).exists():
+            raise DatasetError(f"{path}: no {MANIFEST}, so the dataset is incomplete (an "
+                               f"interrupted `data generate`?){partial}")
+        listed = read_manifest(path).get("shards") or []
+        missing = sorted(set(listed) - {p.name for p in shards})
+        if missing:
+            raise DatasetError(f"{path / MANIFEST} lists {len(missing)} shard(s) that are "
+                               f"missing: {', '.join(missing[:3])}{partial}")
     if not shards:
         raise DatasetError(f"{path}: no *.jsonl or *.jsonl.gz shards")
     return shards
@@ -155,8 +169,9 @@ def _records(shard: Path) -> Iterator[tuple[str, Any]]:
                                   "the rest of the file is unreadable")
 
 
-def _iter(path: str | os.PathLike, skip_bad: bool, skipped: list[int]) -> Iterator[Episode]:
-    for shard in shard_paths(path):
+def _iter(path: str | os.PathLike, skip_bad: bool, skipped: list[int],
+          allow_partial: bool) -> Iterator[Episode]:
+    for shard in shard_paths(path, allow_partial):
         for where, rec in _records(shard):
             try:
                 if isinstance(rec, DatasetError):
@@ -169,12 +184,13 @@ def _iter(path: str | os.PathLike, skip_bad: bool, skipped: list[int]) -> Iterat
 
 
 def read_episodes(
-    path: str | os.PathLike, skip_bad: bool = False
+    path: str | os.PathLike, skip_bad: bool = False, allow_partial: bool = False
 ) -> tuple[list[Episode], int]:
     """All episodes of a dataset, and how many unreadable lines were skipped (``skip_bad``; a
-    broken gzip stream or an empty file counts as one)."""
+    broken gzip stream or an empty file counts as one). ``allow_partial`` reads a directory
+    without its manifest (see :func:`shard_paths`)."""
     skipped = [0]
-    episodes = list(_iter(path, skip_bad, skipped))
+    episodes = list(_iter(path, skip_bad, skipped, allow_partial))
     return episodes, skipped[0]
 
 
