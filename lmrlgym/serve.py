@@ -51,6 +51,7 @@ import dataclasses
 import hmac
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -118,9 +119,9 @@ class Completion:
 
 
 def prompt_tokens(policy: Any, prompt: str) -> tuple[list[int], int]:
-    """BOS + the prompt's last ``P - 1`` tokens, tokenized line by line (per turn), and how many
-    tokens were cut off its front."""
-    turns = [Turn(line, False) for line in prompt.splitlines(keepends=True)]
+    """BOS + the prompt's last ``P - 1`` tokens, tokenized line by line (per turn; lines end at
+    ``"\\n"`` only, as turns do), and how many tokens were cut off its front."""
+    turns = [Turn(line, False) for line in re.findall(r"[^\n]*\n|[^\n]+", prompt)]
     ids = policy.prompt(turns)
     return ids, policy.context_length(turns) - (len(ids) - 1)
 
