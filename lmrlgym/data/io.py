@@ -11,7 +11,7 @@ import gzip
 import json
 import math
 import os
-import tempfile
+import secrets
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,9 +27,13 @@ class DatasetError(ValueError):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and a rename."""
+    """Write ``text`` to ``path`` via a temp file in the same directory and a rename.
+
+    The temp file is created with mode 0o666 less the umask, as ``open()`` would create it
+    (``tempfile.mkstemp`` makes it 0o600, which the rename would keep)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)

@@ -157,6 +157,20 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    import os
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x\n")
+        write_shard(tmp_path / "s.jsonl", [_ep(0, -1.0, True)])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "s.jsonl").stat().st_mode & 0o777 == mode
+
+
 def test_stats():
     s = episode_stats([_ep(0, -1.0, True), _ep(1, -3.0, False)])
     assert s["episodes"] == 2 and s["success_rate"] == 0.5
