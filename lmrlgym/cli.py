@@ -520,9 +520,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except (UsageError, ValueError, KeyError, FileExistsError, FileNotFoundError,
-            PermissionError, NotADirectoryError, ImportError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except (UsageError, ValueError, KeyError, OSError, ImportError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else _describe(e)
         print(f"lmrlgym: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
     except RuntimeError as e:
@@ -536,6 +535,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # --- output helpers ----------------------------------------------------------------------------
+
+
+def _describe(e: Exception) -> str:
+    """An OS error as "cannot access PATH: reason" instead of "[Errno 2] ...: 'PATH'"."""
+    if not isinstance(e, OSError) or e.strerror is None or e.filename is None:
+        return str(e)
+    path = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+    return f"cannot access {path}: {e.strerror[:1].lower()}{e.strerror[1:]}"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> None:

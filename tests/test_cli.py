@@ -119,3 +119,13 @@ def test_data_stats_refuses_a_dataset_without_manifest_unless_allow_partial(tmp_
     assert out.returncode == 2 and "no manifest.json" in out.stderr and "--allow-partial" in out.stderr
     out = run("data", "stats", str(tmp_path / "d"), "--allow-partial", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["episodes"] == 3
+
+
+def test_unusable_output_paths_are_plain_messages(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out, message in [("/proc/nope/x", "cannot access /proc/nope: no such file or directory"),
+                         (f"{tmp_path}/file/x", f"cannot access {tmp_path}/file/x: not a directory")]:
+        res = run("data", "generate", "--task", "Maze-FO-v0", "--episodes", "2", "--out", out)
+        assert res.returncode == 2
+        assert res.stderr == f"lmrlgym: error: {message}\n"
+

@@ -33,7 +33,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     (``tempfile.mkstemp`` makes it 0o600, which the rename would keep)."""
     path = Path(path)
     tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:  # name the file being written, not its hidden temp file
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)

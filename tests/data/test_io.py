@@ -171,6 +171,12 @@ def test_written_files_honour_the_umask(tmp_path, umask, mode):
     assert (tmp_path / "s.jsonl").stat().st_mode & 0o777 == mode
 
 
+def test_unwritable_target_is_named_not_its_temp_file(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        atomic_write_text(tmp_path / "nope" / "f.txt", "x")
+    assert e.value.filename == str(tmp_path / "nope" / "f.txt")
+
+
 def test_stats():
     s = episode_stats([_ep(0, -1.0, True), _ep(1, -3.0, False)])
     assert s["episodes"] == 2 and s["success_rate"] == 0.5
