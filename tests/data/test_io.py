@@ -197,3 +197,8 @@ def test_unknown_policy_lists_valid_ones():
         make_policy("maze-mixtur")
     with pytest.raises(ValueError, match="is for Wordle-v0"):
         make_policy("wordle-random", "Maze-FO-v0")
+    # With a task (play --policy, data generate --policy) only that task's policies are listed.
+    with pytest.raises(ValueError) as e:
+        make_policy("nope", "Maze-FO-v0")
+    assert str(e.value) == ("unknown policy 'nope'. Valid policies for Maze-FO-v0: maze-mixture, "
+                            "maze-optimal, maze-random, maze-submaze, maze-belief")
