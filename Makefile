@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[chess,textnav]"
+	$(BIN)/pip install -q -e ".[chess,textnav,serve,hf]"
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python

@@ -187,17 +187,19 @@ def data_stats(
     path: tyro.conf.Positional[Path],
     json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
     skip_bad: bool = False,
+    allow_partial: bool = False,
 ) -> None:
     """Recompute a dataset's statistics from its files (and compare with its manifest).
 
     Args:
         path: Dataset directory (or a single .jsonl file).
-        skip_bad: Skip malformed lines (reporting how many) instead of failing on the first.
+        skip_bad: Skip unreadable lines (reporting how many) instead of failing on the first.
+        allow_partial: Read a directory without its manifest.json (an interrupted generation).
     """
     from lmrlgym.data.io import DatasetError, read_episodes, read_manifest
     from lmrlgym.data.stats import episode_stats
 
-    episodes, skipped = read_episodes(path, skip_bad=skip_bad)
+    episodes, skipped = read_episodes(path, skip_bad=skip_bad, allow_partial=allow_partial)
     stats = episode_stats(episodes)
     stats["tasks"] = sorted({ep.task for ep in episodes})
     stats["skipped_lines"] = skipped
@@ -223,6 +225,8 @@ def data_export(
     path: tyro.conf.Positional[Path],
     out: Path,
     format: Literal["hf"] = "hf",
+    skip_bad: bool = False,
+    allow_partial: bool = False,
 ) -> None:
     """Export a dataset to Hugging Face `datasets` (save_to_disk folder + parquet file).
 
@@ -230,11 +234,17 @@ def data_export(
         path: Dataset directory (JSONL shards).
         out: Output directory (written completely or not at all).
         format: Export format.
+        skip_bad: Skip unreadable lines (reporting how many) instead of failing on the first.
+        allow_partial: Read a directory without its manifest.json (an interrupted generation).
     """
-    from lmrlgym.data.hf import export_hf
+    from lmrlgym.data.hf import DATASETS, export_hf
     from lmrlgym.data.io import read_episodes
+    from lmrlgym.registry import require
 
-    episodes, _ = read_episodes(path)
+    require("lmrlgym data export", DATASETS)  # before minutes of reading
+    episodes, skipped = read_episodes(path, skip_bad=skip_bad, allow_partial=allow_partial)
+    if skipped:
+        print(f"{path}: skipped {skipped} unreadable lines (--skip-bad)", file=sys.stderr)
     export_hf(episodes, out)
     print(f"wrote {len(episodes)} episodes to {out}/hf and {out}/episodes.parquet")
 
@@ -406,28 +416,17 @@ def bench_compare(results: tyro.conf.Positional[Path]) -> None:
 
 # --- dispatch ----------------------------------------------------------------------------------
 
-def serve(
-    run: tyro.conf.Positional[Path],
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    model_name: str | None = None,
-    max_batch_size: int = 64,
-    device: str = "cpu",
-) -> None:
-    """Serve a trained run over the OpenAI-compatible API (/v1/completions, /v1/chat/completions).
+def serve(argv: list[str], prog: str) -> None:
+    """Serve a trained run over the OpenAI-compatible API (/v1/completions, /v1/chat/completions)."""
+    from lmrlgym.registry import SERVE_EXTRA, Requirement, require
 
-    Args:
-        run: Run directory written by `lmrlgym train`.
-        host: Interface to bind; 127.0.0.1 keeps it local, 0.0.0.0 exposes it.
-        port: TCP port.
-        model_name: The `model` name clients must send (default: the run directory's name).
-        max_batch_size: Most concurrent requests generated as one batch.
-        device: Torch device of the model, e.g. cuda.
-    """
+    require("lmrlgym serve", Requirement("fastapi", SERVE_EXTRA), Requirement("uvicorn", SERVE_EXTRA))
     from lmrlgym.serve import serve_main
 
-    serve_main(str(run), host=host, port=port, model_name=model_name,
-               max_batch_size=max_batch_size, device=device)
+    tyro.cli(serve_main, args=argv, prog=prog)
+
+
+serve.takes_argv = True  # type: ignore[attr-defined]
 
 
 def bench_rollout(argv: list[str], prog: str) -> None:
@@ -521,9 +520,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except (UsageError, ValueError, KeyError, FileExistsError, FileNotFoundError,
-            PermissionError, NotADirectoryError, ImportError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except (UsageError, ValueError, KeyError, OSError, ImportError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else _describe(e)
         print(f"lmrlgym: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
     except RuntimeError as e:
@@ -537,6 +535,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # --- output helpers ----------------------------------------------------------------------------
+
+
+def _describe(e: Exception) -> str:
+    """An OS error as "cannot access PATH: reason" instead of "[Errno 2] ...: 'PATH'"."""
+    if not isinstance(e, OSError) or e.strerror is None or e.filename is None:
+        return str(e)
+    path = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+    return f"cannot access {path}: {e.strerror[:1].lower()}{e.strerror[1:]}"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> None:

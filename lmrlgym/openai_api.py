@@ -20,7 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from lmrlgym.registry import SERVE_EXTRA, Requirement
+
 T = TypeVar("T")
+
+#: The HTTP client every caller here needs.
+HTTPX = Requirement("httpx", SERVE_EXTRA)
 
 #: What a successful response body may fail with when it is not the expected JSON shape.
 MALFORMED = (ValueError, KeyError, IndexError, TypeError)

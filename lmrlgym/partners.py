@@ -23,12 +23,14 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from lmrlgym.openai_api import (
+    HTTPX,
     auth_headers,
     check_base_url,
     check_retry_settings,
     parse_openai_spec,
     post_with_retries,
 )
+from lmrlgym.registry import require
 
 Message = dict[str, str]
 _ROLES = ("system", "user", "assistant")
@@ -221,10 +223,7 @@ class OpenAICompatible:
         max_tokens: int = 128,
         backoff: float = 0.5,
     ):
-        try:
-            import httpx  # noqa: F401
-        except ImportError as e:  # pragma: no cover - depends on the installation
-            raise ImportError('OpenAICompatible needs httpx: pip install "lmrlgym[serve]"') from e
+        require("OpenAICompatible", HTTPX)
         check_base_url(base_url)
         check_retry_settings(timeout, max_retries, backoff)
         self.url = base_url.rstrip("/") + "/chat/completions"

@@ -38,6 +38,20 @@ class Requirement:
         return find_binary(self.name, self.env_var) is not None
 
 
+def require(what: str, *requirements: Requirement) -> None:
+    """Raise :class:`DependencyNotInstalled` naming ``what`` needs and how to install each
+    missing requirement (for a Python package: the pyproject extra that brings it)."""
+    missing = [r for r in requirements if not r.available()]
+    if missing:
+        raise DependencyNotInstalled(f"{what} needs " + "; ".join(f"{r.name}: {r.install}"
+                                                                  for r in missing))
+
+
+#: The install command of the ``serve`` extra (FastAPI and uvicorn for ``lmrlgym serve``, httpx
+#: for clients of OpenAI-compatible endpoints).
+SERVE_EXTRA = 'pip install "lmrlgym[serve]"'
+
+
 def find_binary(name: str, env_var: str | None = None) -> str | None:
     """Path of an executable: ``$env_var`` if set, else PATH, else Debian's ``/usr/games``."""
     if env_var and os.environ.get(env_var):
@@ -121,10 +135,7 @@ class EnvSpec:
         return getattr(importlib.import_module(module_name), attr)
 
     def make(self, **kwargs: Any) -> TextEnv:
-        missing = self.missing()
-        if missing:
-            hints = "; ".join(f"{r.name}: {r.install}" for r in missing)
-            raise DependencyNotInstalled(f"{self.id} needs {hints}")
+        require(self.id, *self.requires)
         cls: Callable[..., TextEnv] = self.env_class()
         env = cls(**{**self.kwargs, **kwargs})
         env.spec_id = self.id  # type: ignore[attr-defined]

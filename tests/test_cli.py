@@ -12,6 +12,28 @@ def run(*args, **kw):
                           text=True, timeout=300, **kw)
 
 
+def run_without(module, *args, **kw):
+    """The CLI in a fresh interpreter where ``import module`` fails (an extra not installed)."""
+    code = (f"import sys; sys.modules[{module!r}] = None; from lmrlgym.cli import main; "
+            "main(sys.argv[1:])")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+@pytest.mark.parametrize("module, args, what", [
+    ("uvicorn", ["serve", "runs/x"], "lmrlgym serve needs uvicorn"),
+    ("fastapi", ["serve", "runs/x"], "lmrlgym serve needs fastapi"),
+    ("httpx", ["eval", "--policy", "openai:http://127.0.0.1:9/v1/m", "--task", "Maze-FO-v0",
+               "--out", "{out}"], "openai:http://127.0.0.1:9/v1/m needs httpx"),
+    ("datasets", ["data", "export", "{out}", "--out", "{out}/hf"], "lmrlgym[hf]"),
+])
+def test_missing_extra_names_the_extra(tmp_path, module, args, what):
+    out = run_without(module, *[a.format(out=tmp_path) for a in args])
+    assert out.returncode == 2, out.stderr
+    assert what in out.stderr and "lmrlgym[" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_help_lists_commands():
     out = run("--help")
     assert out.returncode == 0
@@ -75,3 +97,35 @@ def test_play_reads_stdin_until_eof():
     out = run("play", "Maze-FO-v0", "--seed", "3", input="move up\nfly\n")
     assert out.returncode == 0, out.stderr
     assert "reward -4" in out.stdout  # the unrecognised "fly"
+
+
+@pytest.mark.parametrize("name, content", [
+    ("deep.jsonl", b"[" * 100_000 + b"\n"), ("x.jsonl.gz", b"not gzip\n"), ("e.jsonl", b""),
+    ("u.jsonl", b'{"task": "\xff"}\n'),
+])
+def test_unreadable_dataset_files_exit_2_with_file_and_line(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    out = run("data", "stats", str(tmp_path / name))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"lmrlgym: error: {tmp_path / name}")
+    assert "--skip-bad" in out.stderr
+
+
+def test_data_stats_refuses_a_dataset_without_manifest_unless_allow_partial(tmp_path):
+    assert run("data", "generate", "--task", "Maze-FO-v0", "--episodes", "3", "--out",
+               str(tmp_path / "d")).returncode == 0
+    (tmp_path / "d" / "manifest.json").unlink()
+    out = run("data", "stats", str(tmp_path / "d"))
+    assert out.returncode == 2 and "no manifest.json" in out.stderr and "--allow-partial" in out.stderr
+    out = run("data", "stats", str(tmp_path / "d"), "--allow-partial", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["episodes"] == 3
+
+
+def test_unusable_output_paths_are_plain_messages(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out, message in [("/proc/nope/x", "cannot access /proc/nope: no such file or directory"),
+                         (f"{tmp_path}/file/x", f"cannot access {tmp_path}/file/x: not a directory")]:
+        res = run("data", "generate", "--task", "Maze-FO-v0", "--episodes", "2", "--out", out)
+        assert res.returncode == 2
+        assert res.stderr == f"lmrlgym: error: {message}\n"
+

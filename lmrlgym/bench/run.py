@@ -312,7 +312,7 @@ def _curves(results: list[dict[str, Any]]) -> dict[str, dict[str, list[list[tupl
         if not metrics or not metrics.exists():
             continue
         points: dict[str, list[tuple[float, float]]] = {k: [] for k in CURVE_KEYS}
-        for line in metrics.read_text().splitlines():
+        for line in metrics.read_text(encoding="utf-8").split("\n"):
             try:
                 m = json.loads(line)
             except json.JSONDecodeError:

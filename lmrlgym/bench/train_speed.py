@@ -132,7 +132,7 @@ def bench_train(
                 save_every=10 * steps, max_context_tokens=max_context_tokens, val_fraction=0.0,
                 tensorboard=False, **extra)
             run_dir = module.train(config)
-            lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").split("\n") if x]
             tokens_per_s = [x["time/tokens_per_s"] for x in lines if "time/tokens_per_s" in x][-1]
             flops_per_token, stats = _workload_flops(algo, config, run_dir, model)
             model_flops = tokens_per_s * flops_per_token

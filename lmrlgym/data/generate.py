@@ -116,7 +116,7 @@ def generate_dataset(
                 if progress:
                     progress(n)
 
-    episodes, _ = read_episodes(out)
+    episodes, _ = read_episodes(out, allow_partial=True)  # the manifest comes next
     manifest = _manifest(episodes, policy.name, [job[4].name for job in jobs],
                          env_kwargs=env_kwargs, base_seed=seed,
                          policy_extra=policy.manifest_extra())

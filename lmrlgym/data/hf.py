@@ -15,15 +15,16 @@ from typing import Any
 
 from lmrlgym.core import Episode
 from lmrlgym.data.io import episode_from_json
+from lmrlgym.registry import Requirement, require
 
 _JSON_FIELDS = ("env_kwargs", "reset_options", "meta")
+DATASETS = Requirement("datasets", 'pip install "lmrlgym[hf]"')
 
 
 def _datasets():
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError('Hugging Face export needs `pip install "lmrlgym[hf]"`') from None
+    require("Hugging Face export and import", DATASETS)
+    import datasets
+
     return datasets
 
 

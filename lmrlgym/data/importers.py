@@ -32,21 +32,32 @@ def _episode(task: str, source: str, turns: list[Turn], terminated: bool, succes
 
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
     """``(where, record)`` for a JSON list file (``.json``) or a JSONL file (anything else)."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: invalid UTF-8 at byte {e.start}") from None
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
+        data = _loads(text, str(path))
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: expected a JSON list of records")
         for i, rec in enumerate(data):
             yield f"{path}[{i}]", rec
         return
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines() would also split a valid line at a U+2028 (or
+    # \x1c, \x85, ...) inside a JSON string.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if line.strip():
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            yield f"{path}:{lineno}", _loads(line, f"{path}:{lineno}")
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{where}: invalid JSON at line {e.lineno} column {e.colno}: "
+                           f"{e.msg}") from None
+    except RecursionError:
+        raise DatasetError(f"{where}: JSON nested too deeply to read") from None
 
 
 def _need(rec: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:

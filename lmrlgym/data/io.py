@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
-import tempfile
+import secrets
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,16 @@ class DatasetError(ValueError):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and a rename."""
+    """Write ``text`` to ``path`` via a temp file in the same directory and a rename.
+
+    The temp file is created with mode 0o666 less the umask, as ``open()`` would create it
+    (``tempfile.mkstemp`` makes it 0o600, which the rename would keep)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:  # name the file being written, not its hidden temp file
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
@@ -74,8 +83,8 @@ def episode_from_json(rec: Any, where: str = "<record>") -> Episode:
             raise bad(f"turns[{i}].text", "missing, empty or not a string")
         if not isinstance(is_action, bool):
             raise bad(f"turns[{i}].is_action", "missing or not a bool")
-        if not isinstance(reward, (int, float)) or isinstance(reward, bool):
-            raise bad(f"turns[{i}].reward", "not a number")
+        if not _is_finite(reward):
+            raise bad(f"turns[{i}].reward", f"not a finite number: {reward!r}")
         if not is_action and reward != 0:
             raise bad(f"turns[{i}].reward", "env turns must have reward 0")
         turns.append(Turn(text, is_action, float(reward)))
@@ -97,55 +106,98 @@ def episode_from_json(rec: Any, where: str = "<record>") -> Episode:
         reset_options=dict(rec.get("reset_options") or {}),
         meta=dict(rec.get("meta") or {}),
     )
-    if "return" in rec and abs(float(rec["return"]) - ep.ret) > 1e-6:
-        raise bad("return", f"{rec['return']} != sum of turn rewards {ep.ret}")
+    if "return" in rec:
+        if not _is_finite(rec["return"]):
+            raise bad("return", f"not a finite number: {rec['return']!r}")
+        if abs(rec["return"] - ep.ret) > 1e-6:
+            raise bad("return", f"{rec['return']} != sum of turn rewards {ep.ret}")
     return ep
 
 
-def shard_paths(path: str | os.PathLike) -> list[Path]:
-    """The JSONL shards of a dataset directory (sorted), or ``[path]`` for a single file."""
+def _is_finite(x: Any) -> bool:
+    """A JSON number that is neither NaN nor infinite (Python's json reads ``NaN``)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def shard_paths(path: str | os.PathLike, allow_partial: bool = False) -> list[Path]:
+    """The JSONL shards of a dataset directory (sorted), or ``[path]`` for a single file.
+
+    A directory must hold its manifest and every shard the manifest lists: without them it is
+    an interrupted ``data generate`` (the manifest is written last), refused unless
+    ``allow_partial``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
     if path.is_file():
         return [path]
     shards = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
+    if not allow_partial:
+        partial = "; pass --allow-partial to use the shards that are there"
+        if not (path / MANIFEST).exists():
+            raise DatasetError(f"{path}: no {MANIFEST}, so the dataset is incomplete (an "
+                               f"interrupted `data generate`?){partial}")
+        listed = read_manifest(path).get("shards") or []
+        missing = sorted(set(listed) - {p.name for p in shards})
+        if missing:
+            raise DatasetError(f"{path / MANIFEST} lists {len(missing)} shard(s) that are "
+                               f"missing: {', '.join(missing[:3])}{partial}")
     if not shards:
         raise DatasetError(f"{path}: no *.jsonl or *.jsonl.gz shards")
     return shards
 
 
-def iter_episodes(path: str | os.PathLike, skip_bad: bool = False) -> Iterator[Episode]:
-    """Yield the episodes of a dataset directory or file (``skip_bad``: drop malformed lines)."""
-    yield from _iter(path, skip_bad, [0])
-
-
-def _iter(path: str | os.PathLike, skip_bad: bool, skipped: list[int]) -> Iterator[Episode]:
-    for shard in shard_paths(path):
-        opener = gzip.open if shard.name.endswith(".gz") else open
-        with opener(shard, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+def _records(shard: Path) -> Iterator[tuple[str, Any]]:
+    """``(file:line, decoded JSON)`` for each non-blank line of a shard; a line that cannot be
+    read gives a :class:`DatasetError` in place of its record. Lines end at ``\\n`` only (a
+    JSON string may hold U+2028 or other characters ``str.splitlines`` would split on)."""
+    if shard.stat().st_size == 0:
+        yield f"{shard}:1", DatasetError(f"{shard}: empty file (0 bytes)")
+        return
+    lineno = 0
+    try:
+        with (gzip.open if shard.name.endswith(".gz") else open)(shard, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
                 where = f"{shard}:{lineno}"
+                if not raw.strip():
+                    continue
                 try:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DatasetError(f"{where}: invalid JSON ({e.msg})") from None
-                    yield episode_from_json(rec, where)
-                except DatasetError:
-                    if not skip_bad:
-                        raise
-                    skipped[0] += 1
+                    yield where, json.loads(raw.rstrip(b"\n").decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    yield where, DatasetError(f"{where}: invalid UTF-8 (byte 0x{raw[e.start]:02x} "
+                                              f"at column {e.start + 1})")
+                except json.JSONDecodeError as e:
+                    yield where, DatasetError(f"{where}: invalid JSON at column {e.colno}: {e.msg}")
+                except RecursionError:
+                    yield where, DatasetError(f"{where}: JSON nested too deeply to read")
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        where = f"{shard}:{lineno + 1}"
+        what = "not valid gzip data" if shard.name.endswith(".gz") else "cannot be read"
+        yield where, DatasetError(f"{where}: {what} ({getattr(e, 'strerror', None) or e}); "
+                                  "the rest of the file is unreadable")
+
+
+def _iter(path: str | os.PathLike, skip_bad: bool, skipped: list[int],
+          allow_partial: bool) -> Iterator[Episode]:
+    for shard in shard_paths(path, allow_partial):
+        for where, rec in _records(shard):
+            try:
+                if isinstance(rec, DatasetError):
+                    raise rec
+                yield episode_from_json(rec, where)
+            except DatasetError as e:
+                if not skip_bad:
+                    raise DatasetError(f"{e} (--skip-bad skips unreadable lines)") from None
+                skipped[0] += 1
 
 
 def read_episodes(
-    path: str | os.PathLike, skip_bad: bool = False
+    path: str | os.PathLike, skip_bad: bool = False, allow_partial: bool = False
 ) -> tuple[list[Episode], int]:
-    """All episodes of a dataset, and how many malformed lines were skipped."""
+    """All episodes of a dataset, and how many unreadable lines were skipped (``skip_bad``; a
+    broken gzip stream or an empty file counts as one). ``allow_partial`` reads a directory
+    without its manifest (see :func:`shard_paths`)."""
     skipped = [0]
-    episodes = list(_iter(path, skip_bad, skipped))
+    episodes = list(_iter(path, skip_bad, skipped, allow_partial))
     return episodes, skipped[0]
 
 

@@ -33,6 +33,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Literal
 
 from lmrlgym.openai_api import (
+    HTTPX,
     EndpointError,
     auth_headers,
     check_base_url,
@@ -40,6 +41,7 @@ from lmrlgym.openai_api import (
     parse_openai_spec,
     post_with_retries,
 )
+from lmrlgym.registry import require
 
 Mode = Literal["completions", "chat"]
 MODES = ("completions", "chat")
@@ -94,6 +96,7 @@ class OpenAIPolicy:
         backoff: float = 0.5,
         name: str | None = None,
     ):
+        require(f"the served-model policy openai:{base_url}/{model}", HTTPX)
         import httpx
 
         check_base_url(base_url)

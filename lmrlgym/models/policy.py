@@ -146,6 +146,11 @@ class LMPolicy:
         self._tokens.prefill([t.text for t in context])
         return prompt_ids(context, self._tokens, self.bos_id, self.max_context_tokens)
 
+    def context_length(self, context: Sequence[Turn]) -> int:
+        """Tokens of a windowed context before :meth:`prompt` keeps its last ``P - 1``."""
+        self._tokens.prefill([t.text for t in context])
+        return sum(len(self._tokens(t.text)) for t in context)
+
     @property
     def decoding(self) -> dict[str, object]:
         """The decoding settings, recorded with every evaluation. ``batch_size`` and

@@ -52,9 +52,8 @@ def test_reward_aware_methods_pick_the_rewarded_move_on_a_one_step_toy(root, mod
     # ILQL is not asserted here: at this scale it learns the toy with seed 1 (success 1.0 after
     # 500 steps) but not with seed 0 (0.55, its Q heads stay unconditioned on the colour); see
     # the algorithms report.
-    data = root / "toy"
-    data.mkdir()
-    write_shard(data / "shard-00000.jsonl", toy_episodes(400, seed=0))
+    data = root / "toy.jsonl"  # a single file: no manifest needed
+    write_shard(data, toy_episodes(400, seed=0))
     common = dict(max_steps=500, max_context_tokens=16, max_new_tokens=4, gamma=1.0)
     success = {}
     for name, module, kw in (

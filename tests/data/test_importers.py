@@ -37,6 +37,18 @@ def test_maze_fo_steps(tmp_path):
     assert cut.truncated and not cut.success and cut.turns[0].text.endswith(".\n")
 
 
+def test_jsonl_lines_split_on_newline_only(tmp_path):
+    # A JSON string may hold U+2028, U+0085 or \x1c raw (json.dumps(ensure_ascii=False) writes
+    # them so); str.splitlines() would cut such a valid line in two.
+    f = tmp_path / "po.jsonl"
+    f.write_text(json.dumps({"text_history": ["A wall\u2028\x85\x1c above.\n", "move down\n",
+                                              "Success\n"], "rewards": [0, 0, 0],
+                             "dones": [False, True, True]}, ensure_ascii=False) + "\n",
+                 encoding="utf-8")
+    (ep,) = import_original("Maze-PO-v0", f)
+    assert ep.turns[0].text == "A wall\u2028\x85\x1c above.\n" and ep.success
+
+
 def test_maze_po_history(tmp_path):
     f = write_jsonl(tmp_path / "po.jsonl", [{
         "text_history": ["There is a wall above you.\n", "move down\n",

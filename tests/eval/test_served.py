@@ -7,9 +7,6 @@ goal, and the returns differ per start cell.
 """
 
 import re
-import socket
-import threading
-import time
 
 import httpx
 import pytest
@@ -23,41 +20,14 @@ from lmrlgym.eval.evaluate import EPISODES_FILE, PARTIAL_FILE, SUMMARY_FILE, eva
 from lmrlgym.eval.openai_policy import OpenAIPolicy, is_openai_spec, policy_from_spec
 from lmrlgym.openai_api import EndpointError
 from lmrlgym.serve import build_app, find_stop, serve_main
+from tests.serving import Server as _Server
+from tests.serving import free_port as _free_port
 
 TASK = "Maze-FO-v0"
 ROOM = {"grid": [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1],
                  [1, 1, 1, 1, 1]], "goal": [2, 2]}
 N_EPISODES = 8  # one per start cell of the room
 MODEL = "room-bc"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """uvicorn on 127.0.0.1 in a daemon thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                pytest.fail("the local server did not start")
-            time.sleep(0.02)
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +94,7 @@ def test_served_actions_equal_policy_act(run_dir, server, mode):
     assert all(a.endswith("\n") and a.count("\n") == 1 for a in expected)
 
 
-def test_completions_wire_format(server):
+def test_completions_wire_format(run_dir, server):
     url = f"{server.base_url}/completions"
     body = {"model": MODEL, "prompt": PROMPTS[:2], "temperature": 0, "stop": ["\n"], "n": 2}
     r = httpx.post(url, json=body, timeout=30).json()
@@ -132,12 +102,11 @@ def test_completions_wire_format(server):
     assert r["choices"][0]["text"] == r["choices"][1]["text"]  # greedy copies agree
     assert all(c["finish_reason"] == "stop" and "\n" not in c["text"] for c in r["choices"])
     assert r["usage"]["total_tokens"] == r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"]
-    # Without a newline stop the policy keeps generating line after line up to max_tokens.
+    # Without a newline stop the completion is still one line, its newline kept.
     r = httpx.post(url, json={"model": MODEL, "prompt": PROMPTS[0], "temperature": 0,
                               "max_tokens": 12}, timeout=30).json()
-    assert r["choices"][0]["finish_reason"] == "length"
-    assert r["usage"]["completion_tokens"] == 12
-    assert "\n" in r["choices"][0]["text"]
+    assert r["choices"][0]["finish_reason"] == "stop"
+    assert r["choices"][0]["text"] == load_policy(run_dir, greedy=True).act(PROMPTS[:1])[0]
     # A stop string inside the line cuts there and is not returned.
     r = httpx.post(url, json={"model": MODEL, "prompt": PROMPTS[0], "temperature": 0,
                               "stop": "ve"}, timeout=30).json()
@@ -152,8 +121,8 @@ def test_completions_wire_format(server):
     ("completions", {"model": MODEL, "prompt": "x", "max_tokens": 999}, 400, r"max_tokens must be in 1\.\.16"),
     ("completions", {"model": MODEL, "prompt": 3}, 400, "prompt"),
     ("completions", {"model": MODEL, "prompt": []}, 400, "prompt is an empty list"),
-    ("completions", {"model": MODEL, "prompt": "x", "temperature": -1}, 400, "temperature must be >= 0"),
-    ("completions", {"model": MODEL, "prompt": "x", "n": 0}, 400, "n must be in"),
+    ("completions", {"model": MODEL, "prompt": "x", "temperature": -1}, 400, r"temperature must be 0 \(greedy\) or in \[0.01, 100\], got -1"),
+    ("completions", {"model": MODEL, "prompt": "x", "n": 0}, 400, "n must be >= 1"),
     ("chat/completions", {"model": MODEL, "messages": [{"role": "system", "content": "x"}]}, 400,
      "need a user message"),
     ("chat/completions", {"model": MODEL}, 400, "messages"),

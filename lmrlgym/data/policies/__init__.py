@@ -94,9 +94,13 @@ def make_policy(spec: str, task: str | None = None) -> BehaviourPolicy:
     """Build a behaviour policy from its spec string, checking that it fits ``task``."""
     name, settings = parse_policy_spec(spec)
     if name not in POLICIES:
-        close = difflib.get_close_matches(name, list(POLICIES), n=1)
+        # With a task, only its policies are suggested (the others would be refused anyway).
+        valid = [n for n, (_, tasks) in POLICIES.items() if task is None or task in tasks]
+        close = difflib.get_close_matches(name, valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown policy {name!r}.{hint} Valid policies: {', '.join(POLICIES)}")
+        where = f" for {task}" if task is not None else ""
+        raise ValueError(f"unknown policy {name!r}.{hint} Valid policies{where}: "
+                         f"{', '.join(valid) or 'none'}")
     entry_point, tasks = POLICIES[name]
     if task is not None and task not in tasks:
         raise ValueError(f"policy {name!r} is for {', '.join(tasks)}, not {task!r}")
