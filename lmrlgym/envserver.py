@@ -342,13 +342,13 @@ def create_app(config: ServerConfig | None = None) -> Any:
 
 
 @contextlib.contextmanager
-def serve_in_thread(config: ServerConfig | None = None, host: str = "127.0.0.1",
-                    port: int = 0) -> Iterator[str]:
-    """Run the server on a background thread for the ``with`` block; yields its base URL.
-    ``port=0`` picks a free port (tests, notebooks, a trainer that owns its envs)."""
+def serve_in_thread(app: Any = None, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` (default: ``create_app()``) on a background thread for the ``with`` block;
+    yields its base URL. ``port=0`` picks a free port (tests, notebooks, a trainer that owns its
+    envs)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host=host, port=port,
+    server = uvicorn.Server(uvicorn.Config(app or create_app(), host=host, port=port,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="lmrlgym-env-server", daemon=True)
     thread.start()
@@ -371,6 +371,7 @@ def server_main(
     tasks: tuple[str, ...] = (),
     max_sessions: int = 64,
     idle_timeout: float = 600.0,
+    openenv: bool = False,
 ) -> None:
     """Serve registered tasks over HTTP sessions for trainers in other processes
     (client: `lmrlgym.remote.make(url, task_id)`).
@@ -381,11 +382,21 @@ def server_main(
         tasks: Task ids to serve (default: every task whose dependencies are installed).
         max_sessions: Most sessions open at once; creating one more is refused (HTTP 503).
         idle_timeout: Seconds without a call after which a session is closed.
+        openenv: Speak OpenEnv's protocol instead (its WebSocket sessions, /reset, /step,
+            /schema; client: lmrlgym.openenv_adapter.LmrlgymEnvClient); needs lmrlgym[openenv].
     """
     import uvicorn
 
     config = ServerConfig(tuple(tasks), max_sessions, idle_timeout)
-    app = create_app(config)
-    print(f"lmrlgym env-server on http://{host}:{port} serving "
-          f"{', '.join(app.state.sessions.tasks)}", flush=True)
+    if openenv:
+        try:
+            from lmrlgym.openenv_adapter import create_openenv_app
+        except ImportError as e:
+            raise ImportError(f'--openenv needs openenv-core ({e}): pip install '
+                              '"lmrlgym[openenv]"') from None
+        app = create_openenv_app(config.tasks, max_sessions, idle_timeout)
+    else:
+        app = create_app(config)
+    print(f"lmrlgym env-server ({'OpenEnv' if openenv else 'lmrlgym'} protocol) on "
+          f"http://{host}:{port} serving {', '.join(served_tasks(config.tasks))}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

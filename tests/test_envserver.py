@@ -22,6 +22,7 @@ from lmrlgym.envserver import (
     MAX_ACTION_SET,
     ServerConfig,
     action_set_of,
+    create_app,
     json_info,
     serve_in_thread,
 )
@@ -55,7 +56,7 @@ if "BlockingToy-v0" not in registry:
 
 @pytest.fixture(scope="module")
 def url():
-    with serve_in_thread(ServerConfig(max_sessions=16)) as base:
+    with serve_in_thread(create_app(ServerConfig(max_sessions=16))) as base:
         yield base
 
 
@@ -177,7 +178,7 @@ def test_a_slow_session_does_not_block_others(url):
 
 
 def test_session_bound():
-    with serve_in_thread(ServerConfig(tasks=("Wordle-v0",), max_sessions=2)) as base:
+    with serve_in_thread(create_app(ServerConfig(tasks=("Wordle-v0",), max_sessions=2))) as base:
         a, b = remote.make(base, "Wordle-v0"), remote.make(base, "Wordle-v0")
         with pytest.raises(remote.RemoteEnvError, match="HTTP 503.*2 sessions"):
             remote.make(base, "Wordle-v0")
@@ -190,7 +191,7 @@ def test_session_bound():
 
 
 def test_idle_sessions_expire():
-    with serve_in_thread(ServerConfig(tasks=("Wordle-v0",), idle_timeout=0.05)) as base:
+    with serve_in_thread(create_app(ServerConfig(tasks=("Wordle-v0",), idle_timeout=0.05))) as base:
         env = remote.make(base, "Wordle-v0")
         time.sleep(0.5)  # ten idle timeouts
         with pytest.raises(remote.RemoteEnvError, match="HTTP 404.*expired after 0.05 s"):
