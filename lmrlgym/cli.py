@@ -451,10 +451,12 @@ COMMANDS: dict[str, dict[str, Callable[..., Any] | str]] = {
     "train": {"": "lmrlgym.algos.cli:train_main"},
     "eval": {"": "lmrlgym.eval.cli:eval_main"},
     "serve": {"": serve},
+    "env-server": {"": "lmrlgym.envserver:server_main"},
     "data": {"generate": data_generate, "stats": data_stats, "export": data_export,
              "import": data_import},
     "bench": {"run": bench_run, "compare": bench_compare, "envs": bench_envs,
-              "train": "lmrlgym.bench.train_speed:train_speed_main", "rollout": bench_rollout},
+              "train": "lmrlgym.bench.train_speed:train_speed_main", "rollout": bench_rollout,
+              "report": "lmrlgym.bench.site:report_main"},
 }
 
 
@@ -462,6 +464,8 @@ COMMANDS: dict[str, dict[str, Callable[..., Any] | str]] = {
 DESCRIPTIONS = {
     "train": "Train a policy: train bc|filtered_bc|mc|ilql|ppo|online_filtered_bc --task --data.",
     "eval": "Evaluate a trained run (--run) or a scripted/served policy (--policy) on a task.",
+    "env-server": "Serve tasks over HTTP sessions (client: lmrlgym.remote.make(url, task_id)).",
+    "bench report": "Write a results directory as a self-contained web page: --html OUT_DIR.",
     "bench train": "Training tokens/s and MFU per algorithm on the default small model.",
     "bench rollout": "Generated actions/s with/without batching and KV cache, or --policy openai:...",
 }
