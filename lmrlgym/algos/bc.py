@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from lmrlgym.algos import common
-from lmrlgym.algos.common import step_mean, step_view
+from lmrlgym.algos.rl import step_mean, step_view
 
 
 @dataclasses.dataclass(frozen=True)

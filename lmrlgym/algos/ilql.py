@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from lmrlgym.algos import common
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import next_state_value, step_discount, step_mean, step_view
+from lmrlgym.algos.rl import next_state_value, polyak_update, step_discount, step_mean, step_view
 from lmrlgym.models.heads import make_head
 
 
@@ -195,9 +195,9 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
         loop.optimizer_step(step)  # learning rate, gradient clipping, AdamW step
         # EMA targets advance only on real optimizer steps (§2.4).
         for name in ("q1", "q2"):
-            common.polyak_update(target[name], heads[name], config.polyak_alpha)
+            polyak_update(target[name], heads[name], config.polyak_alpha)
         if config.target_trunk:
-            common.polyak_update(target["trunk"], lm, config.polyak_alpha)
+            polyak_update(target["trunk"], lm, config.polyak_alpha)
         loop.end_step(step)  # log, validate/evaluate, checkpoint
     return loop.finish()  # export model/ + tokenizer/ + heads for load_policy
 

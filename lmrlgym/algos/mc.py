@@ -31,7 +31,7 @@ from torch import Tensor
 
 from lmrlgym.algos import common
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import step_mean, step_view
+from lmrlgym.algos.rl import step_mean, step_view
 from lmrlgym.models.heads import make_head
 
 

@@ -43,8 +43,9 @@ from torch import Tensor, nn
 
 from lmrlgym.algos import common, distributed, online
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import hidden_states, step_view
+from lmrlgym.algos.common import hidden_states
 from lmrlgym.algos.filtered_bc import select_episodes, selection_metrics
+from lmrlgym.algos.rl import step_view
 from lmrlgym.data.io import episode_from_json
 from lmrlgym.models.render import Batch, Segment, collate
 

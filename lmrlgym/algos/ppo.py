@@ -51,7 +51,8 @@ from torch import Tensor, nn
 
 from lmrlgym.algos import common, distributed, online
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import gae, hidden_states, step_mean, step_view
+from lmrlgym.algos.common import hidden_states
+from lmrlgym.algos.rl import gae, step_discount, step_mean, step_view
 from lmrlgym.models.heads import make_head
 from lmrlgym.models.render import Batch, Segment, collate
 
@@ -274,8 +275,8 @@ def compute_advantages(
         kl_seq.append(float(kl.sum()))
         r_shaped = r - kl_coef * (old_logp - ref_logp)  # (K,)
         shaped.append(r_shaped)
-        d = common.step_discount(end, cfg.gamma, cfg.discount_mode)  # (K,)
-        lam = common.step_discount(end, cfg.lam, cfg.discount_mode)  # (K,) λ on the same steps
+        d = step_discount(end, cfg.gamma, cfg.discount_mode)  # (K,)
+        lam = step_discount(end, cfg.lam, cfg.discount_mode)  # (K,) λ on the same steps
         a, R = gae(r_shaped, old_v, d, lam, float(v_boot[eid]))
         all_adv.append(a)
         all_ret.append(R)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lmrlgym.algos import common, online_filtered_bc
-from lmrlgym.algos.common import EmptyActionBatch
 from lmrlgym.algos.online_filtered_bc import bc_forward, training_rows
+from lmrlgym.algos.rl import EmptyActionBatch
 from lmrlgym.core import Episode, Turn
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.render import collate, render

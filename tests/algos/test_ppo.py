@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 from lmrlgym.algos import common, ppo
-from lmrlgym.algos.common import EmptyActionBatch
 from lmrlgym.algos.ppo import (
     PPOConfig,
     PPOModel,
@@ -20,6 +19,7 @@ from lmrlgym.algos.ppo import (
     ppo_loss,
     score_rows,
 )
+from lmrlgym.algos.rl import EmptyActionBatch
 from lmrlgym.core import Episode, Turn
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.heads import make_head
