@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from lmrlgym.algos import common
+from lmrlgym.algos import common, presets
 from lmrlgym.algos.rl import step_mean, step_view
 
 
@@ -53,7 +53,7 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {}
 
 def preset(task: str, **overrides: Any) -> BCConfig:
     """BC config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(BCConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(BCConfig, task, PAPER_PRESETS, **overrides)
 
 
 def bc_loss(logits: Tensor, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:

@@ -407,43 +407,6 @@ def total_steps(config: TrainConfig, n_rows: int) -> int:
     return math.ceil(config.epochs * math.ceil(n_rows / micro) / config.grad_accum)
 
 
-# --- per-task presets ---------------------------------------------------------------------------
-
-DIALOGUE = ("TwentyQuestions-v0", "GuessCity-v0", "CarDealer-v0")
-TEXTNAV = ("TextNav-FO-v0", "TextNav-PO-v0")
-MAZE = ("Maze-FO-v0", "Maze-PO-v0")
-CHESS = ("Chess-v0", "Endgames-v0")
-
-# (P = max_context_tokens, M = max_new_tokens) per task: the original's lengths (§3.1, §4.1).
-TASK_LENGTHS: dict[str, dict[str, int]] = {
-    "Maze-FO-v0": {"max_context_tokens": 256, "max_new_tokens": 8},
-    "Maze-PO-v0": {"max_context_tokens": 1024, "max_new_tokens": 16},
-    "Chess-v0": {"max_context_tokens": 256, "max_new_tokens": 16},
-    "Endgames-v0": {"max_context_tokens": 150, "max_new_tokens": 10},
-    "TwentyQuestions-v0": {"max_context_tokens": 1024, "max_new_tokens": 128},
-    "GuessCity-v0": {"max_context_tokens": 1024, "max_new_tokens": 128},
-    "CarDealer-v0": {"max_context_tokens": 512, "max_new_tokens": 128},
-    "Wordle-v0": {"max_context_tokens": 2048, "max_new_tokens": 128},
-    "TextNav-FO-v0": {"max_context_tokens": 2048, "max_new_tokens": 128},
-    "TextNav-PO-v0": {"max_context_tokens": 2048, "max_new_tokens": 128},
-}
-
-
-def expand_tasks(table: dict[tuple[str, ...] | str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{("A", "B"): x, "C": y}`` -> ``{"A": x, "B": x, "C": y}``."""
-    out: dict[str, dict[str, Any]] = {}
-    for tasks, values in table.items():
-        for task in (tasks,) if isinstance(tasks, str) else tasks:
-            out[task] = values
-    return out
-
-
-def task_preset(cls: type, task: str, table: dict[str, dict[str, Any]], **overrides: Any) -> Any:
-    """The config of one (task, method) cell: class defaults, then the task's lengths and the
-    method's per-task paper values, then ``overrides``."""
-    return cls(task=task, **{**TASK_LENGTHS.get(task, {}), **table.get(task, {}), **overrides})
-
-
 # --- the training loop's plumbing ----------------------------------------------------------------
 
 CONFIG_FILE = "config.json"

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from lmrlgym.algos import common
+from lmrlgym.algos import common, presets
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.rl import next_state_value, polyak_update, step_discount, step_mean, step_view
 from lmrlgym.models.heads import make_head
@@ -78,10 +78,10 @@ class ILQLConfig(common.TrainConfig):
 CONFIG = ILQLConfig
 
 # Paper Table 3 per task (ALGORITHMS.md §3.4); head biases from the original (§2.2).
-PAPER_PRESETS = common.expand_tasks({
-    common.DIALOGUE: dict(beta=4.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
-    common.MAZE: dict(beta=16.0, tau=0.99, cql_weight=0.5),
-    common.TEXTNAV: dict(beta=1.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
+PAPER_PRESETS = presets.expand_tasks({
+    presets.DIALOGUE: dict(beta=4.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
+    presets.MAZE: dict(beta=16.0, tau=0.99, cql_weight=0.5),
+    presets.TEXTNAV: dict(beta=1.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
     "Chess-v0": dict(beta=8.0, tau=0.7, cql_weight=1e-4),
     "Endgames-v0": dict(beta=8.0, tau=0.7, cql_weight=1.0),
     "Wordle-v0": dict(lr=3e-5, batch_size=32, beta=32.0, tau=0.7, cql_weight=0.01,
@@ -91,7 +91,7 @@ PAPER_PRESETS = common.expand_tasks({
 
 def preset(task: str, **overrides: Any) -> ILQLConfig:
     """ILQL config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(ILQLConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(ILQLConfig, task, PAPER_PRESETS, **overrides)
 
 
 def ilql_loss(

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from lmrlgym.algos import common
+from lmrlgym.algos import common, presets
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.rl import step_mean, step_view
 from lmrlgym.models.heads import make_head
@@ -64,10 +64,10 @@ class MCConfig(common.TrainConfig):
 CONFIG = MCConfig
 
 # Paper Table 3 per task (ALGORITHMS.md §3.3); head types and biases from the original (§2.2).
-PAPER_PRESETS = common.expand_tasks({
-    common.DIALOGUE: dict(beta=16.0, cql_weight=0.001, head="linear", head_bias=-4.1),
-    common.MAZE: dict(beta=16.0, cql_weight=0.5),
-    common.TEXTNAV: dict(beta=4.0, cql_weight=0.001, head="linear", head_bias=-4.1),
+PAPER_PRESETS = presets.expand_tasks({
+    presets.DIALOGUE: dict(beta=16.0, cql_weight=0.001, head="linear", head_bias=-4.1),
+    presets.MAZE: dict(beta=16.0, cql_weight=0.5),
+    presets.TEXTNAV: dict(beta=4.0, cql_weight=0.001, head="linear", head_bias=-4.1),
     "Chess-v0": dict(batch_size=64, beta=8.0, cql_weight=1e-4),
     "Endgames-v0": dict(batch_size=64, beta=8.0, cql_weight=1.0),  # paper "1, 1e-4": ours 1
     "Wordle-v0": dict(lr=3e-5, batch_size=32, beta=64.0, gamma=1.0, cql_weight=0.01,
@@ -77,7 +77,7 @@ PAPER_PRESETS = common.expand_tasks({
 
 def preset(task: str, **overrides: Any) -> MCConfig:
     """MC config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(MCConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(MCConfig, task, PAPER_PRESETS, **overrides)
 
 
 def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Any, cfg: MCConfig) -> tuple[Tensor, dict[str, Tensor]]:

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 import tyro
 from torch import Tensor, nn
 
-from lmrlgym.algos import common, distributed, online
+from lmrlgym.algos import common, distributed, online, presets
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.common import hidden_states
 from lmrlgym.algos.filtered_bc import select_episodes, selection_metrics
@@ -101,15 +101,15 @@ CONFIG = OnlineFilteredBCConfig  # what `lmrlgym train online_filtered_bc` parse
 
 # ALGORITHMS.md §3.7: success filtering for Maze/Chess/Endgames/Text-Nav (original scripts);
 # Wordle top 30 % with lr 1e-5 and batch 32 (paper Table 3); dialogue top 10 %.
-PAPER_PRESETS = common.expand_tasks({
-    common.DIALOGUE: dict(keep="top_fraction", top_fraction=0.1),
+PAPER_PRESETS = presets.expand_tasks({
+    presets.DIALOGUE: dict(keep="top_fraction", top_fraction=0.1),
     "Wordle-v0": dict(keep="top_fraction", top_fraction=0.3, lr=1e-5, batch_size=32),
 })
 
 
 def preset(task: str, **overrides: Any) -> OnlineFilteredBCConfig:
     """Online filtered BC config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(OnlineFilteredBCConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(OnlineFilteredBCConfig, task, PAPER_PRESETS, **overrides)
 
 
 def training_rows(segments: Sequence[Segment]) -> list[Segment]:

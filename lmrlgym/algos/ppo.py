@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lmrlgym.algos import common, distributed, online
+from lmrlgym.algos import common, distributed, online, presets
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.common import hidden_states
 from lmrlgym.algos.rl import gae, step_discount, step_mean, step_view
@@ -137,8 +137,8 @@ CONFIG = PPOConfig  # what `lmrlgym train ppo` parses
 
 # Paper Table 3 per task (ALGORITHMS.md §3.6); value-head biases and Maze-FO vf_coef from the
 # original scripts (§2.2); Guess's adaptive KL from its launch script.
-PAPER_PRESETS = common.expand_tasks({
-    common.DIALOGUE: dict(lr=1e-6, rollouts_per_round=2048, kl_coef=0.01, vf_coef=1.0,
+PAPER_PRESETS = presets.expand_tasks({
+    presets.DIALOGUE: dict(lr=1e-6, rollouts_per_round=2048, kl_coef=0.01, vf_coef=1.0,
                           value_head_bias=-4.1),
     "GuessCity-v0": dict(lr=1e-6, rollouts_per_round=2048, kl_coef=0.01, vf_coef=1.0,
                          value_head_bias=-4.1, kl_target=0.1, kl_horizon=10_000),
@@ -146,7 +146,7 @@ PAPER_PRESETS = common.expand_tasks({
                        value_head_bias=-1.0),
     "Maze-PO-v0": dict(lr=1e-6, rollouts_per_round=512, kl_coef=0.1, vf_coef=1.0,
                        value_head_bias=-1.0),
-    common.TEXTNAV: dict(lr=5e-6, rollouts_per_round=4000, kl_coef=0.01, vf_coef=1.0,
+    presets.TEXTNAV: dict(lr=5e-6, rollouts_per_round=4000, kl_coef=0.01, vf_coef=1.0,
                          value_head_bias=-4.1),
     "Chess-v0": dict(lr=1e-5, rollouts_per_round=1024, kl_coef=0.01, vf_coef=1.0,
                      value_head_bias=0.0),
@@ -159,7 +159,7 @@ PAPER_PRESETS = common.expand_tasks({
 
 def preset(task: str, **overrides: Any) -> PPOConfig:
     """PPO config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(PPOConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(PPOConfig, task, PAPER_PRESETS, **overrides)
 
 
 # --------------------------------------------------------------------------------------------
