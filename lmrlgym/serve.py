@@ -367,7 +367,7 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
 
 def load_served_policy(run_dir: str | os.PathLike[str], device: str = "cpu") -> Any:
     """The run's evaluation policy, with a clear error when ``run_dir`` is not a finished run."""
-    from lmrlgym.algos.common import load_policy
+    from lmrlgym.algos import load_policy
 
     path = Path(run_dir)
     if not path.is_dir():

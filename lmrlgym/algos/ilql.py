@@ -34,14 +34,26 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from lmrlgym.algos import common, presets
+from lmrlgym.algos import presets
+from lmrlgym.algos.backbone import (
+    build_lm,
+    disable_dropout,
+    hidden_states,
+    last_token_states,
+    lm_policy,
+)
 from lmrlgym.algos.bc import bc_loss
+from lmrlgym.algos.checkpoint import export_lm
+from lmrlgym.algos.config import TrainConfig
+from lmrlgym.algos.dataset import prepare_data
+from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.rl import next_state_value, polyak_update, step_discount, step_mean, step_view
 from lmrlgym.models.heads import make_head
+from lmrlgym.models.policy import LogitsAdjust
 
 
 @dataclasses.dataclass(frozen=True)
-class ILQLConfig(common.TrainConfig):
+class ILQLConfig(TrainConfig):
     """ILQL (ALGORITHMS.md §3.4). Defaults: paper Table 3, Maze column."""
 
     ALGO: ClassVar[str] = "ilql"
@@ -138,38 +150,34 @@ def ilql_loss(
 
 def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
     """Train ILQL and return the run directory."""
-    config, run_dir, checkpoint = common.start_run(config)
-    common.set_seed(config.seed)
+    config, run_dir, checkpoint = start_run(config)
+    set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with next-state links (§1.3).
-    data = common.prepare_data(config, run_dir, config.gamma, config.discount_mode,
+    data = prepare_data(config, run_dir, config.gamma, config.discount_mode,
                                config.truncation_is_terminal)
     # Model: one trunk with LM, Q1, Q2 and V heads, plus EMA targets; dropout off (§2.3, §2.4).
-    lm = common.build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
-    common.disable_dropout(lm)
+    lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
+    disable_dropout(lm)
     lm_head = lm.get_output_embeddings()
     d = lm_head.in_features
-    heads = nn.ModuleDict({
-        "q1": make_head(config.head, d, data.n_vocab, config.head_bias),
-        "q2": make_head(config.head, d, data.n_vocab, config.head_bias),
-        "v": make_head(config.head, d, 1, config.head_bias),
-    }).to(config.device)
+    heads = make_heads(config, d, data.n_vocab).to(config.device)
     # Targets start as exact copies; the V head has no target (§2.4).
     target = nn.ModuleDict({"q1": copy.deepcopy(heads["q1"]), "q2": copy.deepcopy(heads["q2"])})
     if config.target_trunk:
         target["trunk"] = copy.deepcopy(lm)
     target.requires_grad_(False)
     modules = {"lm": lm, "heads": heads, "target": target}
-    optimizer = common.make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
+    optimizer = make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
                                       config.weight_decay)
 
     def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h_all = common.hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h_all = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
         h = h_all[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
         v = heads["v"](h_all)  # (B, T)
         with torch.no_grad():
             if config.target_trunk:
-                th = common.hidden_states(target["trunk"], batch.input_ids, batch.attention_mask)
+                th = hidden_states(target["trunk"], batch.input_ids, batch.attention_mask)
                 th = th[:, :-1][act]  # (n, d) target trunk
             else:
                 th = h  # target heads read the online hidden states (§2.3)
@@ -180,14 +188,14 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
                          config)
 
     def make_policy() -> Any:
-        return common.lm_policy(lm, data.tokenizer, config, ilql_adjust(heads, config.beta))
+        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta))
 
     def export(run_dir: Path) -> None:
-        common.export_lm(lm, data.tokenizer, run_dir, dict(heads))
+        export_lm(lm, data.tokenizer, run_dir, dict(heads))
 
-    loop = common.Loop(config, run_dir, data, modules, optimizer, checkpoint,
-                       validate=lambda batch: forward(batch)[1], make_policy=make_policy,
-                       export=export, progress=progress)
+    loop = Loop(config, run_dir, data, modules, optimizer, checkpoint,
+                validate=lambda batch: forward(batch)[1], make_policy=make_policy,
+                export=export, progress=progress)
     for step in loop.steps():  # resumes after the last checkpoint
         for batch in loop.microbatches(step):  # grad_accum microbatches of this step
             loss, metrics = forward(batch)
@@ -210,11 +218,20 @@ def bootstrap_values(lm: nn.Module, v_head: nn.Module, batch: Any, v: Tensor) ->
     rows = batch.has_next.nonzero().squeeze(1)  # (k,)
     if len(rows):
         ids, mask = batch.next_ids[rows], batch.next_attention_mask[rows]  # (k, T')
-        v_boot[rows] = v_head(common.last_token_states(lm, ids, mask)).float()  # (k,)
+        v_boot[rows] = v_head(last_token_states(lm, ids, mask)).float()  # (k,)
     return v_boot * (~batch.terminal).float()
 
 
-def ilql_adjust(heads: nn.ModuleDict, beta: float) -> Callable[[Tensor, Tensor], Tensor]:
+def make_heads(config: ILQLConfig, d: int, n_vocab: int) -> nn.ModuleDict:
+    """The heads ILQL trains, exports and decodes with: twin Qs (n_vocab outputs) and V (§2.2)."""
+    return nn.ModuleDict({
+        "q1": make_head(config.head, d, n_vocab, config.head_bias),
+        "q2": make_head(config.head, d, n_vocab, config.head_bias),
+        "v": make_head(config.head, d, 1, config.head_bias),
+    })
+
+
+def logits_adjust(heads: nn.ModuleDict, beta: float) -> LogitsAdjust:
     """Value-guided decoding (§3.5): ``logits + β · (min(Q1, Q2) − V)`` from the online heads,
     as in the original. Equals π_β at β = 0 and at head init (Q ≡ V ≡ head_bias)."""
 

@@ -32,7 +32,12 @@ import numpy as np
 import tyro
 from torch import nn
 
-from lmrlgym.algos import common, distributed
+from lmrlgym.algos import distributed
+from lmrlgym.algos.backbone import build_lm, disable_dropout, lm_policy
+from lmrlgym.algos.config import TrainConfig, config_algo
+from lmrlgym.algos.dataset import context_fn, load_or_train_tokenizer
+from lmrlgym.algos.loop import create_run_dir, eval_metrics, start_run
+from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import ContextFn, Segment, TokenCache, appended_turns, prompt_ids, render
@@ -42,7 +47,7 @@ ROLLOUT_SEED_RANGE = (2**30, 2**31)
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineConfig(common.TrainConfig):
+class OnlineConfig(TrainConfig):
     """What PPO and online filtered BC share: they start from a BC run and train in rounds."""
 
     init_from: Annotated[str | None, tyro.conf.arg(aliases=("--init",))] = None
@@ -225,12 +230,12 @@ def render_rollouts(
 
 
 # --------------------------------------------------------------------------------------------
-# Run plumbing shared by the online methods (the offline ones use common.start_run / Loop)
+# Run plumbing shared by the online methods (the offline ones use start_run / Loop)
 # --------------------------------------------------------------------------------------------
 
 
 def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
-    """Like ``common.start_run``, but a new run needs ``--init`` (a BC run), not ``--data``:
+    """Like ``start_run``, but a new run needs ``--init`` (a BC run), not ``--data``:
     every RL method starts from the task's BC checkpoint (ALGORITHMS.md §2.1)."""
     if config.mixed_precision != "no":
         raise ValueError(f"--mixed-precision {config.mixed_precision}: the online methods train in "
@@ -239,34 +244,27 @@ def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
         raise ValueError(f"--data-parallel {config.data_parallel}: the online methods replicate the "
                          "model on every rank (ddp); FSDP is offered for the offline methods")
     if config.resume:
-        return common.start_run(config)
+        return start_run(config)
     if not config.init_from:
-        raise ValueError(f"{common.config_algo(config)} starts from a BC run: pass --init RUN_DIR "
+        raise ValueError(f"{config_algo(config)} starts from a BC run: pass --init RUN_DIR "
                          "(a finished `lmrlgym train bc` run directory)")
     init = Path(config.init_from)
-    if not (init / common.MODEL_DIR).is_dir() or not (init / common.TOKENIZER_DIR).is_dir():
-        raise FileNotFoundError(f"--init {init}: no {common.MODEL_DIR}/ and {common.TOKENIZER_DIR}/ "
+    if not (init / MODEL_DIR).is_dir() or not (init / TOKENIZER_DIR).is_dir():
+        raise FileNotFoundError(f"--init {init}: no {MODEL_DIR}/ and {TOKENIZER_DIR}/ "
                                 "(not a finished training run)")
     # Under torchrun the ranks share each round's rollouts and each update's rows; rank 0
     # alone creates the run directory, logs and checkpoints (algos/distributed.py).
     if distributed.init_distributed(config.device, config.dist_timeout).enabled:
         config = dataclasses.replace(config, device=distributed.device_for(config.device))
-    run_dir = Path(distributed.broadcast_object(str(common.run_dir_for(config))))
-    with distributed.main_first():
-        if distributed.is_main():
-            if (run_dir / common.CONFIG_FILE).exists():
-                raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            common.write_json(run_dir / common.CONFIG_FILE, common.config_to_json(config))
-    return config, run_dir, None
+    return config, create_run_dir(config), None
 
 
 def load_init(config: Any, run_dir: Path) -> tuple[nn.Module, Any]:
     """The initial policy (``init_from``'s model, dropout off, §2.4) and its tokenizer (saved
     with the run)."""
-    tokenizer = common.load_or_train_tokenizer(config, run_dir, [])
-    lm = common.build_lm(config, tokenizer, dropout=0.0).to(config.device)
-    common.disable_dropout(lm)
+    tokenizer = load_or_train_tokenizer(config, run_dir, [])
+    lm = build_lm(config, tokenizer, dropout=0.0).to(config.device)
+    disable_dropout(lm)
     return lm, tokenizer
 
 
@@ -274,11 +272,11 @@ def rollout_policy(lm: nn.Module, tokenizer: Any, config: Any, rnd: int) -> LMPo
     """The sampler of round ``rnd``: ancestral sampling at ``rollout_temperature`` (no top-k or
     top-p, §3.6), seeded by (run seed, round) so a resumed run replays the same rollouts
     (:func:`collect_round` reseeds it per batch)."""
-    return LMPolicy(lm, tokenizer, context_turns=common.context_fn(config.task),
+    return LMPolicy(lm, tokenizer, context_turns=context_fn(config.task),
                     max_context_tokens=config.max_context_tokens,
                     max_new_tokens=config.max_new_tokens, temperature=config.rollout_temperature,
                     seed=sampler_seed(config.seed, rnd, 0),
-                    batch_size=config.rollout_batch_size, name=common.config_algo(config))
+                    batch_size=config.rollout_batch_size, name=config_algo(config))
 
 
 def evaluate_lm(lm: nn.Module, tokenizer: Any, config: Any) -> dict[str, float]:
@@ -295,8 +293,8 @@ def _evaluate_lm(lm: nn.Module, tokenizer: Any, config: Any) -> dict[str, float]
     was_training = lm.training
     lm.eval()
     try:
-        result = evaluate(common.lm_policy(lm, tokenizer, config), config.task,
+        result = evaluate(lm_policy(lm, tokenizer, config), config.task,
                           config.eval_episodes, config.seed)
     finally:
         lm.train(was_training)
-    return common.eval_metrics(result, config)
+    return eval_metrics(result, config)

@@ -41,10 +41,14 @@ from typing import Any, ClassVar, Literal
 import tyro
 from torch import Tensor, nn
 
-from lmrlgym.algos import common, distributed, online, presets
+from lmrlgym.algos import distributed, online, presets
+from lmrlgym.algos.backbone import hidden_states
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import hidden_states
+from lmrlgym.algos.checkpoint import export_lm, load_checkpoint, save_checkpoint
+from lmrlgym.algos.dataset import context_fn, epoch_batches
 from lmrlgym.algos.filtered_bc import select_episodes, selection_metrics
+from lmrlgym.algos.loop import lr_at, make_optimizer, set_seed
+from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
 from lmrlgym.algos.rl import step_view
 from lmrlgym.data.io import episode_from_json
 from lmrlgym.models.render import Batch, Segment, collate
@@ -165,19 +169,19 @@ def train(config: OnlineFilteredBCConfig,
     ``progress(round, n_rounds, metrics)`` is called after each round (the CLI's progress bar).
     """
     config, run_dir, checkpoint = online.start_online_run(config)
-    common.set_seed(config.seed)
+    set_seed(config.seed)
     lm, tokenizer = online.load_init(config, run_dir)
     n_vocab, pad_id = len(tokenizer), tokenizer.pad_token_id
     modules: dict[str, nn.Module] = {"lm": lm}
-    optimizer = common.make_optimizer(lm.parameters(), config.lr, config.weight_decay)
-    window = common.context_fn(config.task)
+    optimizer = make_optimizer(lm.parameters(), config.lr, config.weight_decay)
+    window = context_fn(config.task)
     micro = config.batch_size // config.grad_accum
 
-    logger = common.MetricsLogger(run_dir, config.tensorboard)
+    logger = MetricsLogger(run_dir, config.tensorboard)
     start, n_steps = 0, 0
     replay: list[online.Rollout] = []
     if checkpoint is not None:
-        meta = common.load_checkpoint(checkpoint, modules, optimizer)
+        meta = load_checkpoint(checkpoint, modules, optimizer)
         start, n_steps = meta["step"], meta["optimizer_steps"]
         logger.truncate_after(start)
     # Identity in one process; under torchrun: rank 0's weights, row shards, global metrics.
@@ -211,13 +215,13 @@ def train(config: OnlineFilteredBCConfig,
                                                     config.max_context_tokens))
         t1 = time.perf_counter()
         metrics["train/skipped_round"] = float(not rows)
-        mean = common.MetricsMean()
+        mean = MetricsMean()
         tokens = 0
-        lr = common.lr_at(n_steps, config.lr, config.warmup_steps)
+        lr = lr_at(n_steps, config.lr, config.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         for epoch in range(config.epochs_per_round if rows else 0):
-            order = common.epoch_batches(len(rows), config.batch_size, config.seed,
+            order = epoch_batches(len(rows), config.batch_size, config.seed,
                                          rnd * config.epochs_per_round + epoch)
             for step_rows in order:
                 parts = [step_rows[i : i + micro] for i in range(0, len(step_rows), micro)]
@@ -250,11 +254,11 @@ def train(config: OnlineFilteredBCConfig,
             metrics.update(online.evaluate_lm(lm, tokenizer, config))
         logger.log(done, metrics)
         if done % config.save_every == 0 or last:
-            common.save_checkpoint(run_dir, done, modules, optimizer,
+            save_checkpoint(run_dir, done, modules, optimizer,
                                    {"optimizer_steps": n_steps}, config.keep_checkpoints)
         if progress is not None:
             progress(done, config.n_rounds, metrics)
     logger.close()
-    common.export_lm(lm, tokenizer, run_dir)
+    export_lm(lm, tokenizer, run_dir)
     distributed.cleanup()  # every rank waits for rank 0's export
     return run_dir

@@ -49,9 +49,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lmrlgym.algos import common, distributed, online, presets
+from lmrlgym.algos import distributed, online, presets
+from lmrlgym.algos.backbone import hidden_states
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import hidden_states
+from lmrlgym.algos.checkpoint import export_lm, load_checkpoint, save_checkpoint
+from lmrlgym.algos.dataset import BatchSchedule, context_fn, epoch_batches, prepare_data
+from lmrlgym.algos.loop import lr_at, make_optimizer, set_seed
+from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
 from lmrlgym.algos.rl import gae, step_discount, step_mean, step_view
 from lmrlgym.models.heads import make_head
 from lmrlgym.models.render import Batch, Segment, collate
@@ -441,11 +445,11 @@ def update_round(
     targets = [StepTargets(r.old_logp, r.old_v, a, R) for r, a, R in zip(rows, adv.adv, adv.ret, strict=True)]
     micro = cfg.batch_size // cfg.grad_accum
     device = next(model.parameters()).device
-    mean = common.MetricsMean()
+    mean = MetricsMean()
     first = True
     for epoch in range(cfg.epochs_per_round):
         # A fresh seeded order per (round, epoch): a resumed run replays the same batches.
-        order = common.epoch_batches(len(segments), cfg.batch_size, cfg.seed,
+        order = epoch_batches(len(segments), cfg.batch_size, cfg.seed,
                                      rnd * cfg.epochs_per_round + epoch)
         for step_rows in order:
             parts = [step_rows[i : i + micro] for i in range(0, len(step_rows), micro)]
@@ -512,7 +516,7 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
         raise ValueError(f"--bc-weight {config.bc_weight} needs --data (a dataset of {config.task} "
                          "for the offline BC minibatches), or --bc-weight 0")
     config, run_dir, checkpoint = online.start_online_run(config)
-    common.set_seed(config.seed)
+    set_seed(config.seed)
     lm, tokenizer = online.load_init(config, run_dir)
     n_vocab, pad_id = len(tokenizer), tokenizer.pad_token_id
     # The frozen reference is the initial (BC) policy, also on resume (§3.6).
@@ -524,13 +528,13 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
     modules: dict[str, nn.Module] = {"lm": lm, "value_head": value_head}
     if value_trunk is not None:
         modules["value_trunk"] = value_trunk
-    optimizer = common.make_optimizer(model.parameters(), config.lr, config.weight_decay)
-    window = common.context_fn(config.task)
+    optimizer = make_optimizer(model.parameters(), config.lr, config.weight_decay)
+    window = context_fn(config.task)
 
-    logger = common.MetricsLogger(run_dir, config.tensorboard)
+    logger = MetricsLogger(run_dir, config.tensorboard)
     start, kl_coef, n_steps, bc_position = 0, config.kl_coef, 0, 0
     if checkpoint is not None:
-        meta = common.load_checkpoint(checkpoint, modules, optimizer)
+        meta = load_checkpoint(checkpoint, modules, optimizer)
         start, kl_coef, n_steps = meta["step"], meta["kl_coef"], meta["optimizer_steps"]
         bc_position = meta["bc_position"]
         logger.truncate_after(start)
@@ -558,7 +562,7 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
         t1 = time.perf_counter()
         # 5. Clipped updates (dropout is off, so train mode only matters for custom modules).
         model.train()
-        lr = common.lr_at(n_steps, config.lr, config.warmup_steps)
+        lr = lr_at(n_steps, config.lr, config.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         metrics = update_round(model, optimizer, segments, rows, adv, config, rnd, pad_id,
@@ -578,14 +582,14 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
             metrics.update(online.evaluate_lm(lm, tokenizer, config))
         logger.log(done, metrics)
         if done % config.save_every == 0 or last:
-            common.save_checkpoint(run_dir, done, modules, optimizer,
+            save_checkpoint(run_dir, done, modules, optimizer,
                                    {"kl_coef": kl_coef, "optimizer_steps": n_steps,
                                     "bc_position": bc_batches.position if bc_batches else 0},
                                    config.keep_checkpoints)
         if progress is not None:
             progress(done, config.n_rounds, metrics)
     logger.close()
-    common.export_lm(lm, tokenizer, run_dir, heads={"value": value_head})
+    export_lm(lm, tokenizer, run_dir, heads={"value": value_head})
     distributed.cleanup()  # every rank waits for rank 0's export
     return run_dir
 
@@ -597,7 +601,7 @@ class _BCStream:
     def __init__(self, rows: list, micro: int, seed: int, pad_id: int, device: str,
                  parallel: distributed.DataParallel):
         self.rows, self.pad_id, self.device, self.parallel = rows, pad_id, device, parallel
-        self.schedule = common.BatchSchedule(len(rows), micro, seed)
+        self.schedule = BatchSchedule(len(rows), micro, seed)
         self.position = 0
 
     def __call__(self) -> Batch:
@@ -610,6 +614,6 @@ class _BCStream:
 
 def _bc_stream(config: PPOConfig, run_dir: Path, tokenizer: Any,
                parallel: distributed.DataParallel) -> _BCStream:
-    data = common.prepare_data(config, run_dir, config.gamma, config.discount_mode)
+    data = prepare_data(config, run_dir, config.gamma, config.discount_mode)
     return _BCStream(data.train_rows, config.batch_size // config.grad_accum, config.seed,
                      tokenizer.pad_token_id, config.device, parallel)

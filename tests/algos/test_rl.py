@@ -1,4 +1,4 @@
-"""Pure helpers of algos/common.py against hand-computed values (ALGORITHMS.md §1.5-1.9)."""
+"""The pure RL math of algos/rl.py (and loop.lr_at) against hand-computed values (ALGORITHMS.md §1.5-1.9)."""
 
 from types import SimpleNamespace
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmrlgym.algos.common import lr_at
+from lmrlgym.algos.loop import lr_at
 from lmrlgym.algos.rl import (
     EmptyActionBatch,
     gae,
