@@ -22,25 +22,48 @@ of episodes as a single process would.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import tyro
-from torch import nn
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
 
 from lmrlgym.algos import distributed
 from lmrlgym.algos.backbone import build_lm, disable_dropout, lm_policy
+from lmrlgym.algos.checkpoint import export_lm, load_checkpoint, save_checkpoint
 from lmrlgym.algos.config import TrainConfig, config_algo
-from lmrlgym.algos.dataset import context_fn, load_or_train_tokenizer
-from lmrlgym.algos.loop import create_run_dir, eval_metrics, start_run
+from lmrlgym.algos.dataset import context_fn, epoch_batches, load_or_train_tokenizer
+from lmrlgym.algos.loop import (
+    Progress,
+    create_run_dir,
+    eval_metrics,
+    lr_at,
+    make_optimizer,
+    set_seed,
+    start_run,
+)
+from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
 from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
 from lmrlgym.core import Episode, TextEnv, Turn
+from lmrlgym.eval.evaluate import evaluate
 from lmrlgym.models.policy import LMPolicy
-from lmrlgym.models.render import ContextFn, Segment, TokenCache, appended_turns, prompt_ids, render
+from lmrlgym.models.render import (
+    Batch,
+    ContextFn,
+    Segment,
+    TokenCache,
+    appended_turns,
+    collate,
+    prompt_ids,
+    render,
+)
 from lmrlgym.registry import make
 
 ROLLOUT_SEED_RANGE = (2**30, 2**31)
@@ -48,7 +71,8 @@ ROLLOUT_SEED_RANGE = (2**30, 2**31)
 
 @dataclasses.dataclass(frozen=True)
 class OnlineConfig(TrainConfig):
-    """What PPO and online filtered BC share: they start from a BC run and train in rounds."""
+    """What every online method shares: it starts from a BC run and trains in rounds of
+    rollouts (each method sets its own defaults for the round fields)."""
 
     init_from: Annotated[str | None, tyro.conf.arg(aliases=("--init",))] = None
     """The task's BC run directory to start from (model and tokenizer; PPO's frozen KL
@@ -59,8 +83,28 @@ class OnlineConfig(TrainConfig):
     max_steps: tyro.conf.Suppress[int | None] = None
     log_every: tyro.conf.Suppress[int] = 1
     vocab_size: tyro.conf.Suppress[int] = 1024
-    # Under torchrun every rank holds the whole model (FSDP is for the offline methods).
+    # Every rank holds the whole model: start_online_run says why FSDP is refused.
     data_parallel: tyro.conf.Suppress[Literal["ddp", "fsdp"]] = "ddp"
+    n_rounds: int = 60
+    """Rollout/update rounds."""
+    rollouts_per_round: int = 512
+    """Episodes collected per round."""
+    rollout_batch_size: int = 32
+    """Episodes generated in parallel."""
+    epochs_per_round: int = 1
+    """Shuffled passes over each round's rows."""
+    rollout_temperature: float = 1.0
+    """Sampling temperature of the training rollouts (§3.6: 1, no top-k/top-p)."""
+    eval_every: int = 0
+    """Rounds between env evaluations (0: only at the end)."""
+    save_every: int = 5
+    """Rounds between checkpoints (one is always written at the end)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n_rounds", "rollouts_per_round", "rollout_batch_size", "epochs_per_round"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
 
 def rollout_seeds(seed: int, rnd: int, n: int) -> list[int]:
@@ -138,7 +182,8 @@ def collect_rollouts(
     return out
 
 
-def collect_round(lm: nn.Module, tokenizer: Any, config: Any, rnd: int) -> list[Rollout]:
+def collect_round(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: OnlineConfig,
+                  rnd: int) -> list[Rollout]:
     """The ``rollouts_per_round`` episodes of round ``rnd``, in seed order, on every rank.
 
     Under torchrun/accelerate rank ``r`` plays batches ``r, r + W, ...`` of the round and the
@@ -215,7 +260,7 @@ def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
 
 
 def render_rollouts(
-    rollouts: Sequence[Rollout], tokenizer: Any, context_turns: ContextFn,
+    rollouts: Sequence[Rollout], tokenizer: PreTrainedTokenizerBase, context_turns: ContextFn,
     max_context_tokens: int, gamma: float = 0.99, discount_mode: str = "turn",
     truncation_is_terminal: bool = False,
 ) -> list[Segment]:
@@ -230,19 +275,78 @@ def render_rollouts(
 
 
 # --------------------------------------------------------------------------------------------
-# Run plumbing shared by the online methods (the offline ones use start_run / Loop)
+# The online loop: rounds of collect -> prepare -> token-weighted updates -> log/eval/checkpoint
 # --------------------------------------------------------------------------------------------
 
 
-def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
+@dataclasses.dataclass
+class Round:
+    """What a method makes of one round's rollouts: the rows to train on, whatever per-row
+    data its loss needs (e.g. PPO's advantages, indexed like ``rows``) and its metrics."""
+
+    rows: list[Segment]
+    metrics: dict[str, float]
+    targets: list[Any] | None = None
+
+
+class OnlineMethod(abc.ABC):
+    """What an online method supplies to :class:`OnlineLoop`, which owns everything else
+    (rounds, the optimizer and its steps, logging, evaluation, checkpoints, exact resume).
+
+    A method sets ``modules`` (the trained modules, by checkpoint file name) and may set
+    ``export_heads`` (heads exported beside ``model/``). It turns a round's episodes into rows
+    with per-token targets (``prepare``) and gives the loss of a microbatch (``loss``); it may
+    collect differently (``collect``, e.g. K rollouts per start state), add a term to every
+    microbatch (``extra_loss``), update state after the round (``end_round``) and keep
+    counters in the checkpoints (``state``, restored by ``start``).
+    """
+
+    modules: dict[str, nn.Module]
+    export_heads: dict[str, nn.Module] = {}
+
+    @abc.abstractmethod
+    def parameters(self) -> Iterable[nn.Parameter]:
+        """What the optimizer updates (those with ``requires_grad`` are clipped)."""
+
+    @abc.abstractmethod
+    def prepare(self, loop: OnlineLoop, rnd: int, rollouts: list[Rollout]) -> Round:
+        """Rows, per-row targets and ``train/*`` metrics of round ``rnd`` (no gradients)."""
+
+    @abc.abstractmethod
+    def loss(self, batch: Batch, rows: Sequence[int], prepared: Round) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of a microbatch (rows ``rows`` of ``prepared.rows``), a pooled mean over
+        its action tokens, and its metrics."""
+
+    def start(self, loop: OnlineLoop, meta: dict[str, Any] | None) -> None:
+        """Before the first round: restore from a checkpoint's ``meta`` (None for a new run)."""
+        return None
+
+    def state(self) -> dict[str, Any]:
+        """Counters saved in each checkpoint's meta (JSON), given back to ``start``."""
+        return {}
+
+    def collect(self, loop: OnlineLoop, rnd: int) -> list[Rollout]:
+        """Round ``rnd``'s episodes, the same on every rank: one per training seed."""
+        return collect_round(loop.lm, loop.tokenizer, loop.config, rnd)
+
+    def extra_loss(self, n_parts: int) -> tuple[Tensor, dict[str, float]] | None:
+        """A term added to each of a step's ``n_parts`` weighted microbatch losses, with its
+        metrics (PPO's BC term), or None."""
+        return None
+
+    def end_round(self, prepared: Round, rollouts: list[Rollout]) -> None:
+        """After the round's updates (PPO's KL controller)."""
+        return None
+
+
+def start_online_run(config: OnlineConfig) -> tuple[OnlineConfig, Path, Path | None]:
     """Like ``start_run``, but a new run needs ``--init`` (a BC run), not ``--data``:
     every RL method starts from the task's BC checkpoint (ALGORITHMS.md §2.1)."""
-    if config.mixed_precision != "no":
-        raise ValueError(f"--mixed-precision {config.mixed_precision}: the online methods train in "
-                         "float32 (PPO's ratio check needs the scoring and training passes to agree)")
     if config.data_parallel != "ddp":
-        raise ValueError(f"--data-parallel {config.data_parallel}: the online methods replicate the "
-                         "model on every rank (ddp); FSDP is offered for the offline methods")
+        raise ValueError(f"--data-parallel {config.data_parallel}: not for the online methods. Each "
+                         "rank generates its share of the rollouts with the whole model (KV-cached "
+                         "sampling runs outside FSDP's forward), so every rank holds full weights "
+                         "anyway; use ddp (FSDP is offered for the offline methods)")
     if config.resume:
         return start_run(config)
     if not config.init_from:
@@ -259,7 +363,7 @@ def start_online_run(config: Any) -> tuple[Any, Path, Path | None]:
     return config, create_run_dir(config), None
 
 
-def load_init(config: Any, run_dir: Path) -> tuple[nn.Module, Any]:
+def load_init(config: OnlineConfig, run_dir: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The initial policy (``init_from``'s model, dropout off, §2.4) and its tokenizer (saved
     with the run)."""
     tokenizer = load_or_train_tokenizer(config, run_dir, [])
@@ -268,7 +372,8 @@ def load_init(config: Any, run_dir: Path) -> tuple[nn.Module, Any]:
     return lm, tokenizer
 
 
-def rollout_policy(lm: nn.Module, tokenizer: Any, config: Any, rnd: int) -> LMPolicy:
+def rollout_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: OnlineConfig,
+                   rnd: int) -> LMPolicy:
     """The sampler of round ``rnd``: ancestral sampling at ``rollout_temperature`` (no top-k or
     top-p, §3.6), seeded by (run seed, round) so a resumed run replays the same rollouts
     (:func:`collect_round` reseeds it per batch)."""
@@ -279,17 +384,12 @@ def rollout_policy(lm: nn.Module, tokenizer: Any, config: Any, rnd: int) -> LMPo
                     batch_size=config.rollout_batch_size, name=config_algo(config))
 
 
-def evaluate_lm(lm: nn.Module, tokenizer: Any, config: Any) -> dict[str, float]:
+def evaluate_lm(lm: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                config: OnlineConfig) -> dict[str, float]:
     """``eval/*`` of the current policy under the task's protocol (``eval_episodes``). Under
     torchrun rank 0 evaluates while the others wait, and every rank returns its metrics."""
     if not distributed.is_main():
         return distributed.broadcast_object({})
-    return distributed.broadcast_object(_evaluate_lm(lm, tokenizer, config))
-
-
-def _evaluate_lm(lm: nn.Module, tokenizer: Any, config: Any) -> dict[str, float]:
-    from lmrlgym.eval.evaluate import evaluate
-
     was_training = lm.training
     lm.eval()
     try:
@@ -297,4 +397,134 @@ def _evaluate_lm(lm: nn.Module, tokenizer: Any, config: Any) -> dict[str, float]
                           config.eval_episodes, config.seed)
     finally:
         lm.train(was_training)
-    return eval_metrics(result, config)
+    return distributed.broadcast_object(eval_metrics(result, config))
+
+
+class OnlineLoop:
+    """One online run: ``init_from``'s policy trained by ``method`` in ``n_rounds`` rounds.
+
+    Each round: collect (modules in eval mode), prepare, then ``epochs_per_round`` seeded
+    shuffles of the round's rows in optimizer steps of ``batch_size`` rows, each in
+    ``grad_accum`` microbatches under autocast (``--mixed-precision``). A step's loss is the
+    pooled mean over its action tokens: each microbatch's mean weighted by its share of the
+    step's tokens (under torchrun, every rank's slice). Then the round's line is logged, the
+    policy evaluated every ``eval_every`` rounds and checkpointed every ``save_every``; a
+    resumed run replays the rounds after its checkpoint exactly (rollout and batch seeds are
+    pure functions of (seed, round); the method's counters are in the checkpoint).
+    """
+
+    def __init__(self, config: OnlineConfig, run_dir: Path, checkpoint: Path | None,
+                 lm: nn.Module, tokenizer: PreTrainedTokenizerBase, method: OnlineMethod,
+                 progress: Progress | None = None):
+        self.config, self.run_dir, self.lm, self.tokenizer = config, run_dir, lm, tokenizer
+        self.method, self.progress = method, progress if distributed.is_main() else None
+        self.optimizer = make_optimizer(method.parameters(), config.lr, config.weight_decay)
+        self.params = [p for p in method.parameters() if p.requires_grad]
+        self.logger = MetricsLogger(run_dir, config.tensorboard)
+        self.start, self.n_steps = 0, 0
+        meta = None
+        if checkpoint is not None:
+            meta = load_checkpoint(checkpoint, method.modules, self.optimizer)
+            self.start, self.n_steps = meta["step"], meta["optimizer_steps"]
+            self.logger.truncate_after(self.start)
+        # Identity in one process; under torchrun: rank 0's weights, row shards, global metrics.
+        self.parallel = distributed.DataParallel(method.modules, config.seed)
+        self.amp = distributed.MixedPrecision(config.mixed_precision, config.device)
+        method.start(self, meta)
+
+    def run(self) -> Path:
+        """Train the remaining rounds, export the policy (and the method's heads)."""
+        config = self.config
+        if self.start == 0 and config.eval_every and config.eval_episodes > 0:
+            self.logger.log(0, evaluate_lm(self.lm, self.tokenizer, config))  # the initial policy
+        for rnd in range(self.start, config.n_rounds):
+            self.round(rnd)
+        self.logger.close()
+        export_lm(self.lm, self.tokenizer, self.run_dir, self.method.export_heads or None)
+        distributed.cleanup()  # every rank waits for rank 0's export
+        return self.run_dir
+
+    def round(self, rnd: int) -> None:
+        config, method = self.config, self.method
+        t0 = time.perf_counter()
+        for m in method.modules.values():
+            m.eval()
+        # Under torchrun each rank plays a share of the round and every rank gets all of it.
+        rollouts = method.collect(self, rnd)
+        prepared = method.prepare(self, rnd, rollouts)
+        t1 = time.perf_counter()
+        for m in method.modules.values():
+            m.train()  # dropout is off (§2.4): this only matters for custom modules
+        lr = lr_at(self.n_steps, config.lr, config.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        mean, tokens = MetricsMean(), 0
+        for epoch in range(config.epochs_per_round):
+            # A fresh seeded order per (round, epoch): a resumed run replays the same batches.
+            order = epoch_batches(len(prepared.rows), config.batch_size, config.seed,
+                                  rnd * config.epochs_per_round + epoch)
+            for step_rows in order:
+                tokens += self.step(prepared, step_rows, mean)
+        t2 = time.perf_counter()
+        method.end_round(prepared, rollouts)
+        done = rnd + 1
+        metrics = {**rollout_metrics(rollouts), **prepared.metrics, **mean.pop(), "train/lr": lr,
+                   "train/round": done, "train/optimizer_steps": self.n_steps,
+                   "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+                   "time/tokens_per_s": tokens / max(t2 - t1, 1e-9)}
+        last = done == config.n_rounds
+        if config.eval_episodes > 0 and ((config.eval_every and done % config.eval_every == 0) or last):
+            metrics.update(evaluate_lm(self.lm, self.tokenizer, config))
+        self.logger.log(done, metrics)
+        if done % config.save_every == 0 or last:
+            save_checkpoint(self.run_dir, done, method.modules, self.optimizer,
+                            {**method.state(), "optimizer_steps": self.n_steps},
+                            config.keep_checkpoints)
+        if self.progress is not None:
+            self.progress(done, config.n_rounds, metrics)
+
+    def step(self, prepared: Round, step_rows: Sequence[int], mean: MetricsMean) -> int:
+        """One optimizer step on rows ``step_rows`` of the round; returns the attended tokens."""
+        config, rows = self.config, prepared.rows
+        micro = config.batch_size // config.grad_accum
+        parts = [step_rows[i : i + micro] for i in range(0, len(step_rows), micro)]
+        n_total = sum(int(rows[j].action_mask.sum()) for j in step_rows)
+        tokens = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for part in parts:
+            part = self.parallel.shard(part)  # this rank's slice of the microbatch
+            batch = collate([rows[j] for j in part], self.tokenizer.pad_token_id).to(config.device)
+            with self.amp.autocast():
+                loss, metrics = self.method.loss(batch, part, prepared)
+            # Pooled mean over the step's action tokens: the microbatch's (global) mean,
+            # weighted by its share of the step's tokens.
+            loss, metrics, attended = self.parallel.weigh(loss, metrics, batch.n_action_tokens,
+                                                          int(batch.attention_mask.sum()))
+            total = loss * metrics.pop("train/action_tokens") / n_total
+            extra = self.method.extra_loss(len(parts))
+            if extra is not None:
+                total = total + extra[0]
+                metrics.update(extra[1])
+            self.amp.backward(total)
+            mean.add(metrics)
+            tokens += attended
+        distributed.sync_grads(self.params)  # average over ranks (no-op in one process)
+        self.amp.unscale(self.optimizer)
+        grad_norm = distributed.clip_grad_norm(self.params, config.grad_clip)
+        self.amp.step(self.optimizer)
+        self.n_steps += 1
+        mean.add({"train/grad_norm": grad_norm, "train/action_tokens": n_total})
+        return tokens
+
+
+def run(config: OnlineConfig, make_method: Callable[[OnlineConfig, nn.Module, PreTrainedTokenizerBase], OnlineMethod],
+        progress: Progress | None = None) -> Path:
+    """Train an online method from ``init_from`` (a BC run) and return the run directory.
+
+    ``make_method(config, lm, tokenizer)`` builds the method's modules around the initial
+    policy (after seeding, so its heads' initialisation is reproducible)."""
+    config, run_dir, checkpoint = start_online_run(config)
+    set_seed(config.seed)
+    lm, tokenizer = load_init(config, run_dir)
+    method = make_method(config, lm, tokenizer)
+    return OnlineLoop(config, run_dir, checkpoint, lm, tokenizer, method, progress).run()
