@@ -121,7 +121,6 @@ class TextEnv(gym.Env[str, str]):
         self._done = True
         self._episode_seed: int | None = None
         self._success = False
-        self._last_info: dict[str, Any] = {}
 
     # --- hooks for subclasses -------------------------------------------------------------
     def _reset(self, rng: np.random.Generator, options: dict[str, Any]) -> tuple[str, dict]:
@@ -207,7 +206,6 @@ class TextEnv(gym.Env[str, str]):
             "success": self._success,
         }
         info.update(extra)
-        self._last_info = info
         return info
 
 

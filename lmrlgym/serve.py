@@ -41,11 +41,14 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from lmrlgym.core import Turn
+
+if TYPE_CHECKING:
+    from lmrlgym.models.policy import LMPolicy
 
 #: Largest ``n`` a request may ask for (copies of one prompt).
 MAX_N = 64
@@ -365,7 +368,7 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
     return app
 
 
-def load_served_policy(run_dir: str | os.PathLike[str], device: str = "cpu") -> Any:
+def load_served_policy(run_dir: str | os.PathLike[str], device: str = "cpu") -> LMPolicy:
     """The run's evaluation policy, with a clear error when ``run_dir`` is not a finished run."""
     from lmrlgym.algos import load_policy
 

@@ -1,7 +1,8 @@
 """The training methods, and the API the rest of lmrlgym uses to read their runs.
 
 Public: :data:`ALGORITHMS` and :func:`algorithm` (the method table), :func:`load_config`,
-:func:`load_policy`, :func:`training_rows` and the run-directory layout (:mod:`.rundir`).
+:func:`load_policy`, :func:`training_rows`, ``TrainConfig`` and the run-directory layout
+(:mod:`.rundir`).
 ``eval``, ``serve`` and ``bench`` import only these.
 
 One module per concern; an arrow is "imports":
@@ -34,6 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from lmrlgym.algos.config import TrainConfig
 from lmrlgym.algos.rundir import (
     CONFIG_FILE,
     HEADS_FILE,
@@ -44,12 +46,11 @@ from lmrlgym.algos.rundir import (
 )
 
 if TYPE_CHECKING:  # type-only: importing these needs torch
-    from lmrlgym.algos.config import TrainConfig
     from lmrlgym.models.policy import LMPolicy
     from lmrlgym.models.render import Segment
 
-__all__ = ["ALGORITHMS", "CONFIG_FILE", "HEADS_FILE", "MODEL_DIR", "TOKENIZER_DIR", "algorithm",
-           "latest_checkpoint", "load_config", "load_policy", "training_rows"]
+__all__ = ["ALGORITHMS", "CONFIG_FILE", "HEADS_FILE", "MODEL_DIR", "TOKENIZER_DIR", "TrainConfig",
+           "algorithm", "latest_checkpoint", "load_config", "load_policy", "training_rows"]
 
 # name -> module holding CONFIG, preset(task) and train(config, progress)
 ALGORITHMS: dict[str, str] = {

@@ -34,6 +34,8 @@ from lmrlgym.algos.config import TrainConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.rl import step_mean, step_view
+from lmrlgym.models.policy import LMPolicy
+from lmrlgym.models.render import Batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,7 @@ def preset(task: str, **overrides: Any) -> BCConfig:
     return presets.task_preset(BCConfig, task, PAPER_PRESETS, **overrides)
 
 
-def bc_loss(logits: Tensor, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+def bc_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
     """``L_BC = −(1/n) Σ_i log π_θ(a_i | s_i)`` over the batch's ``n`` action steps (§3.1).
 
     ``logits``: (n, V) LM logits at the action steps, in ``step_view`` order
@@ -92,14 +94,14 @@ def train(
     modules = {"lm": lm}
     optimizer = make_optimizer(lm.parameters(), config.lr, config.weight_decay)
 
-    def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
         h = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
         h = h[:, :-1][act]  # (n, d): logits only where a token is chosen
         logits = lm_head(h)[:, : data.n_vocab]  # (n, V): extra embedding rows sliced off
         return bc_loss(logits, batch)
 
-    def make_policy() -> Any:
+    def make_policy() -> LMPolicy:
         return lm_policy(lm, data.tokenizer, config)
 
     def export(run_dir: Path) -> None:

@@ -49,7 +49,8 @@ from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.rl import next_state_value, polyak_update, step_discount, step_mean, step_view
 from lmrlgym.models.heads import make_head
-from lmrlgym.models.policy import LogitsAdjust
+from lmrlgym.models.policy import LMPolicy, LogitsAdjust
+from lmrlgym.models.render import Batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,7 @@ def preset(task: str, **overrides: Any) -> ILQLConfig:
 
 def ilql_loss(
     q1: Tensor, q2: Tensor, tq1: Tensor, tq2: Tensor, v: Tensor, v_boot: Tensor,
-    lm_logits: Tensor | None, batch: Any, cfg: ILQLConfig,
+    lm_logits: Tensor | None, batch: Batch, cfg: ILQLConfig,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``L = L_Q + L_V + cql_weight · L_CQL + bc_weight · L_BC`` (§3.4).
 
@@ -170,7 +171,7 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
     optimizer = make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
                                       config.weight_decay)
 
-    def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
         h_all = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
         h = h_all[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
@@ -187,7 +188,7 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
         return ilql_loss(heads["q1"](h), heads["q2"](h), tq1, tq2, v, v_boot, lm_logits, batch,
                          config)
 
-    def make_policy() -> Any:
+    def make_policy() -> LMPolicy:
         return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta))
 
     def export(run_dir: Path) -> None:
@@ -211,7 +212,7 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
 
 
 @torch.no_grad()
-def bootstrap_values(lm: nn.Module, v_head: nn.Module, batch: Any, v: Tensor) -> Tensor:
+def bootstrap_values(lm: nn.Module, v_head: nn.Module, batch: Batch, v: Tensor) -> Tensor:
     """``V_boot`` (B,) after each row's last step (§1.6): V at the last token of ``next_ids``
     (one extra trunk pass over those rows), else at the row's last real token; × (1 − terminal)."""
     v_boot = v.detach().float().gather(1, batch.last_index[:, None]).squeeze(1)  # (B,)

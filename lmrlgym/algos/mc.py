@@ -37,7 +37,8 @@ from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.rl import step_mean, step_view
 from lmrlgym.models.heads import make_head
-from lmrlgym.models.policy import LogitsAdjust
+from lmrlgym.models.policy import LMPolicy, LogitsAdjust
+from lmrlgym.models.render import Batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def preset(task: str, **overrides: Any) -> MCConfig:
     return presets.task_preset(MCConfig, task, PAPER_PRESETS, **overrides)
 
 
-def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Any, cfg: MCConfig) -> tuple[Tensor, dict[str, Tensor]]:
+def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Batch, cfg: MCConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """``L = L_Q + cql_weight · L_CQL + bc_weight · L_BC`` (§3.3).
 
     ``q``: (n, V) Q head at the action steps; ``lm_logits``: (n, V) LM logits there (used when
@@ -125,14 +126,14 @@ def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = 
     optimizer = make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
                                       config.weight_decay)
 
-    def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
         h = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
         h = h[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
         lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_weight > 0 else None  # (n, V)
         return mc_loss(q_head(h), lm_logits, batch, config)
 
-    def make_policy() -> Any:
+    def make_policy() -> LMPolicy:
         return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta))
 
     def export(run_dir: Path) -> None:

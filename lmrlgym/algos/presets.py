@@ -7,7 +7,9 @@ column); this module holds what they share.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
+
+C = TypeVar("C")  # a method's config class
 
 DIALOGUE = ("TwentyQuestions-v0", "GuessCity-v0", "CarDealer-v0")
 TEXTNAV = ("TextNav-FO-v0", "TextNav-PO-v0")
@@ -38,7 +40,7 @@ def expand_tasks(table: dict[tuple[str, ...] | str, dict[str, Any]]) -> dict[str
     return out
 
 
-def task_preset(cls: type, task: str, table: dict[str, dict[str, Any]], **overrides: Any) -> Any:
+def task_preset(cls: type[C], task: str, table: dict[str, dict[str, Any]], **overrides: Any) -> C:
     """The config of one (task, method) cell: class defaults, then the task's lengths and the
     method's per-task paper values, then ``overrides``."""
     return cls(task=task, **{**TASK_LENGTHS.get(task, {}), **table.get(task, {}), **overrides})

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmrlgym.algos import ALGORITHMS, algorithm
+from lmrlgym.algos import ALGORITHMS, TrainConfig, algorithm
 from lmrlgym.bench import presets
 from lmrlgym.bench.report import (
     aggregate,
@@ -158,7 +158,7 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
     return {"run_dir": str(run_dir), **_summary_fields(result.summary)}
 
 
-def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> Any:
+def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> TrainConfig:
     """The cell's named preset: the algorithm's paper preset for the task, rescaled by the
     profile, with this cell's data, seed, run directory and BC initialisation."""
     module = algorithm(cell.method)

@@ -31,10 +31,13 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import tyro
+
+if TYPE_CHECKING:
+    from lmrlgym.algos import TrainConfig
 
 ALGOS = ("bc", "filtered_bc", "mc", "ilql")
 
@@ -145,7 +148,7 @@ def bench_train(
         return rows
 
 
-def _workload_flops(algo: str, config: Any, run_dir: Path, model: str) -> tuple[float, dict]:
+def _workload_flops(algo: str, config: TrainConfig, run_dir: Path, model: str) -> tuple[float, dict]:
     """Average model FLOPs per real token over the training rows, and the row statistics."""
     from lmrlgym.algos import TOKENIZER_DIR, training_rows
     from lmrlgym.models.tokenizer import load_tokenizer
