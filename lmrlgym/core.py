@@ -145,7 +145,6 @@ class TextEnv(gym.Env[str, str]):
         self._done = True
         self._episode_seed: int | None = None
         self._success = False
-        self._last_info: dict[str, Any] = {}
 
     # --- hooks for subclasses -------------------------------------------------------------
     def _reset(self, rng: np.random.Generator, options: dict[str, Any]) -> tuple[str, dict]:
@@ -240,7 +239,6 @@ class TextEnv(gym.Env[str, str]):
         if self.action_set_in_info:
             info["action_set"] = self.action_set()
         info.update(extra)
-        self._last_info = info
         return info
 
 

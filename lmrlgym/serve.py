@@ -58,12 +58,15 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import tyro
 from pydantic import BaseModel, ConfigDict
 
 from lmrlgym.core import Turn
+
+if TYPE_CHECKING:
+    from lmrlgym.models.policy import LMPolicy
 
 #: Temperatures other than 0 (greedy) must lie in this range: far below it the logits divided
 #: by the temperature overflow float32, far above it sampling is uniform noise.
@@ -531,9 +534,9 @@ def build_app(policy: Any, model_name: str, max_batch_size: int = 64,
     return app
 
 
-def load_served_policy(run_dir: str | os.PathLike[str], device: str = "cpu") -> Any:
+def load_served_policy(run_dir: str | os.PathLike[str], device: str = "cpu") -> LMPolicy:
     """The run's evaluation policy, with a clear error when ``run_dir`` is not a finished run."""
-    from lmrlgym.algos.common import load_policy
+    from lmrlgym.algos import load_policy
 
     path = Path(run_dir)
     if not path.is_dir():

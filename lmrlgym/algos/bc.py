@@ -27,12 +27,19 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from lmrlgym.algos import common
-from lmrlgym.algos.common import step_mean, step_view
+from lmrlgym.algos import presets
+from lmrlgym.algos.backbone import build_lm, hidden_states, lm_policy
+from lmrlgym.algos.checkpoint import export_lm
+from lmrlgym.algos.config import TrainConfig
+from lmrlgym.algos.dataset import prepare_data
+from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
+from lmrlgym.algos.rl import step_mean, step_view
+from lmrlgym.models.policy import LMPolicy
+from lmrlgym.models.render import Batch
 
 
 @dataclasses.dataclass(frozen=True)
-class BCConfig(common.TrainConfig):
+class BCConfig(TrainConfig):
     """Behaviour cloning (ALGORITHMS.md §3.1). Defaults: paper Table 3."""
 
     ALGO: ClassVar[str] = "bc"
@@ -53,10 +60,10 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {}
 
 def preset(task: str, **overrides: Any) -> BCConfig:
     """BC config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(BCConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(BCConfig, task, PAPER_PRESETS, **overrides)
 
 
-def bc_loss(logits: Tensor, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+def bc_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
     """``L_BC = −(1/n) Σ_i log π_θ(a_i | s_i)`` over the batch's ``n`` action steps (§3.1).
 
     ``logits``: (n, V) LM logits at the action steps, in ``step_view`` order
@@ -77,32 +84,32 @@ def train(
 ) -> Path:
     """Train BC and return the run directory. ``select`` (filtered BC) picks the training
     episodes and returns them with its metrics."""
-    config, run_dir, checkpoint = common.start_run(config)
-    common.set_seed(config.seed)
+    config, run_dir, checkpoint = start_run(config)
+    set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows (§1.3).
-    data = common.prepare_data(config, run_dir, select=select)
+    data = prepare_data(config, run_dir, select=select)
     # Model: BC keeps the model's dropout (§2.4).
-    lm = common.build_lm(config, data.tokenizer).to(config.device)
+    lm = build_lm(config, data.tokenizer).to(config.device)
     lm_head = lm.get_output_embeddings()
     modules = {"lm": lm}
-    optimizer = common.make_optimizer(lm.parameters(), config.lr, config.weight_decay)
+    optimizer = make_optimizer(lm.parameters(), config.lr, config.weight_decay)
 
-    def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h = common.hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
         h = h[:, :-1][act]  # (n, d): logits only where a token is chosen
         logits = lm_head(h)[:, : data.n_vocab]  # (n, V): extra embedding rows sliced off
         return bc_loss(logits, batch)
 
-    def make_policy() -> Any:
-        return common.lm_policy(lm, data.tokenizer, config)
+    def make_policy() -> LMPolicy:
+        return lm_policy(lm, data.tokenizer, config)
 
     def export(run_dir: Path) -> None:
-        common.export_lm(lm, data.tokenizer, run_dir)
+        export_lm(lm, data.tokenizer, run_dir)
 
-    loop = common.Loop(config, run_dir, data, modules, optimizer, checkpoint,
-                       validate=lambda batch: forward(batch)[1], make_policy=make_policy,
-                       export=export, select_best=config.select_best, progress=progress)
+    loop = Loop(config, run_dir, data, modules, optimizer, checkpoint,
+                validate=lambda batch: forward(batch)[1], make_policy=make_policy,
+                export=export, select_best=config.select_best, progress=progress)
     for step in loop.steps():  # resumes after the last checkpoint
         for batch in loop.microbatches(step):  # grad_accum microbatches of this step
             loss, metrics = forward(batch)

@@ -7,31 +7,14 @@ The progress bar lives here, not in the training loops.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
 
-# name -> module holding CONFIG, preset(task) and train(config, progress)
-ALGORITHMS: dict[str, str] = {
-    "bc": "lmrlgym.algos.bc",
-    "filtered_bc": "lmrlgym.algos.filtered_bc",
-    "mc": "lmrlgym.algos.mc",
-    "ilql": "lmrlgym.algos.ilql",
-    "ppo": "lmrlgym.algos.ppo",
-    "online_filtered_bc": "lmrlgym.algos.online_filtered_bc",
-}
+from lmrlgym.algos import ALGORITHMS, algorithm, load_config
 
-
-def algorithm(name: str) -> ModuleType:
-    """The module of an offline method; an unknown name raises listing the valid ones."""
-    if name not in ALGORITHMS:
-        close = difflib.get_close_matches(name, list(ALGORITHMS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown algorithm {name!r}.{hint} Valid: {', '.join(ALGORITHMS)}")
-    return importlib.import_module(ALGORITHMS[name])
+if TYPE_CHECKING:
+    from lmrlgym.algos.config import TrainConfig
 
 
 def _peek(argv: list[str], flag: str) -> str | None:
@@ -45,20 +28,17 @@ def _peek(argv: list[str], flag: str) -> str | None:
     return value
 
 
-def parse_config(algo: str, argv: list[str], prog: str | None = None) -> Any:
+def parse_config(algo: str, argv: list[str], prog: str | None = None) -> TrainConfig:
     """The config of ``lmrlgym train <algo> ARGV``: the ``--task`` preset (or the run's saved
     config with ``--resume``) overridden by the flags."""
     import tyro
 
-    from lmrlgym.algos import common
-
     module = algorithm(algo)
     resume = _peek(argv, "--resume")
     if resume:
-        default = common.load_config(resume)
-        if common.config_algo(default) != algo:
-            raise ValueError(f"--resume {resume}: the run is {common.config_algo(default)!r}, "
-                             f"not {algo!r}")
+        default = load_config(resume)
+        if default.ALGO != algo:
+            raise ValueError(f"--resume {resume}: the run is {default.ALGO!r}, not {algo!r}")
     else:
         default = module.preset(_peek(argv, "--task") or module.CONFIG.task)
     return tyro.cli(module.CONFIG, args=argv, default=default, prog=prog or f"lmrlgym train {algo}")

@@ -1,6 +1,6 @@
 """Data-parallel training under ``torchrun`` / ``accelerate launch``, with no change to the loops.
 
-Every ``train()`` calls the same plumbing (``common.start_run`` and ``common.Loop`` for the
+Every ``train()`` calls the same plumbing (``loop.start_run`` and ``loop.Loop`` for the
 offline methods, ``online.start_online_run`` and ``online.collect_round`` for PPO and online
 filtered BC); that plumbing calls the helpers here, which do nothing in a single process.
 Under a launcher (``WORLD_SIZE > 1`` in the environment) they make the job behave as ONE
@@ -477,7 +477,7 @@ def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> Tensor:
 
 
 class DataParallel:
-    """What ``common.Loop`` needs per microbatch: the shard, the loss weight and global
+    """What ``loop.Loop`` needs per microbatch: the shard, the loss weight and global
     metrics; with ``fsdp``, the sharded blocks. In a single process every method is the
     identity."""
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from lmrlgym.algos import bc, common
+from lmrlgym.algos import bc, presets
 from lmrlgym.core import Episode
 
 
@@ -48,15 +48,15 @@ class FilteredBCConfig(bc.BCConfig):
 
 CONFIG = FilteredBCConfig
 
-PAPER_PRESETS = common.expand_tasks({
-    common.DIALOGUE: dict(keep="top_fraction", top_fraction=0.1),
+PAPER_PRESETS = presets.expand_tasks({
+    presets.DIALOGUE: dict(keep="top_fraction", top_fraction=0.1),
     "Wordle-v0": dict(keep="top_fraction", top_fraction=0.3),
 })
 
 
 def preset(task: str, **overrides: Any) -> FilteredBCConfig:
     """Filtered BC config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(FilteredBCConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(FilteredBCConfig, task, PAPER_PRESETS, **overrides)
 
 
 def select_episodes(

@@ -34,14 +34,27 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from lmrlgym.algos import common
+from lmrlgym.algos import presets
+from lmrlgym.algos.backbone import (
+    build_lm,
+    disable_dropout,
+    hidden_states,
+    last_token_states,
+    lm_policy,
+)
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import next_state_value, step_discount, step_mean, step_view
+from lmrlgym.algos.checkpoint import export_lm
+from lmrlgym.algos.config import TrainConfig
+from lmrlgym.algos.dataset import prepare_data
+from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
+from lmrlgym.algos.rl import next_state_value, polyak_update, step_discount, step_mean, step_view
 from lmrlgym.models.heads import make_head
+from lmrlgym.models.policy import LMPolicy, LogitsAdjust
+from lmrlgym.models.render import Batch
 
 
 @dataclasses.dataclass(frozen=True)
-class ILQLConfig(common.TrainConfig):
+class ILQLConfig(TrainConfig):
     """ILQL (ALGORITHMS.md §3.4). Defaults: paper Table 3, Maze column."""
 
     ALGO: ClassVar[str] = "ilql"
@@ -78,10 +91,10 @@ class ILQLConfig(common.TrainConfig):
 CONFIG = ILQLConfig
 
 # Paper Table 3 per task (ALGORITHMS.md §3.4); head biases from the original (§2.2).
-PAPER_PRESETS = common.expand_tasks({
-    common.DIALOGUE: dict(beta=4.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
-    common.MAZE: dict(beta=16.0, tau=0.99, cql_weight=0.5),
-    common.TEXTNAV: dict(beta=1.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
+PAPER_PRESETS = presets.expand_tasks({
+    presets.DIALOGUE: dict(beta=4.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
+    presets.MAZE: dict(beta=16.0, tau=0.99, cql_weight=0.5),
+    presets.TEXTNAV: dict(beta=1.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
     "Chess-v0": dict(beta=8.0, tau=0.7, cql_weight=1e-4),
     "Endgames-v0": dict(beta=8.0, tau=0.7, cql_weight=1.0),
     "Wordle-v0": dict(lr=3e-5, batch_size=32, beta=32.0, tau=0.7, cql_weight=0.01,
@@ -91,12 +104,12 @@ PAPER_PRESETS = common.expand_tasks({
 
 def preset(task: str, **overrides: Any) -> ILQLConfig:
     """ILQL config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(ILQLConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(ILQLConfig, task, PAPER_PRESETS, **overrides)
 
 
 def ilql_loss(
     q1: Tensor, q2: Tensor, tq1: Tensor, tq2: Tensor, v: Tensor, v_boot: Tensor,
-    lm_logits: Tensor | None, batch: Any, cfg: ILQLConfig,
+    lm_logits: Tensor | None, batch: Batch, cfg: ILQLConfig,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``L = L_Q + L_V + cql_weight · L_CQL + bc_weight · L_BC`` (§3.4).
 
@@ -138,38 +151,34 @@ def ilql_loss(
 
 def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
     """Train ILQL and return the run directory."""
-    config, run_dir, checkpoint = common.start_run(config)
-    common.set_seed(config.seed)
+    config, run_dir, checkpoint = start_run(config)
+    set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with next-state links (§1.3).
-    data = common.prepare_data(config, run_dir, config.gamma, config.discount_mode,
+    data = prepare_data(config, run_dir, config.gamma, config.discount_mode,
                                config.truncation_is_terminal)
     # Model: one trunk with LM, Q1, Q2 and V heads, plus EMA targets; dropout off (§2.3, §2.4).
-    lm = common.build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
-    common.disable_dropout(lm)
+    lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
+    disable_dropout(lm)
     lm_head = lm.get_output_embeddings()
     d = lm_head.in_features
-    heads = nn.ModuleDict({
-        "q1": make_head(config.head, d, data.n_vocab, config.head_bias),
-        "q2": make_head(config.head, d, data.n_vocab, config.head_bias),
-        "v": make_head(config.head, d, 1, config.head_bias),
-    }).to(config.device)
+    heads = make_heads(config, d, data.n_vocab).to(config.device)
     # Targets start as exact copies; the V head has no target (§2.4).
     target = nn.ModuleDict({"q1": copy.deepcopy(heads["q1"]), "q2": copy.deepcopy(heads["q2"])})
     if config.target_trunk:
         target["trunk"] = copy.deepcopy(lm)
     target.requires_grad_(False)
     modules = {"lm": lm, "heads": heads, "target": target}
-    optimizer = common.make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
+    optimizer = make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
                                       config.weight_decay)
 
-    def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h_all = common.hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h_all = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
         h = h_all[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
         v = heads["v"](h_all)  # (B, T)
         with torch.no_grad():
             if config.target_trunk:
-                th = common.hidden_states(target["trunk"], batch.input_ids, batch.attention_mask)
+                th = hidden_states(target["trunk"], batch.input_ids, batch.attention_mask)
                 th = th[:, :-1][act]  # (n, d) target trunk
             else:
                 th = h  # target heads read the online hidden states (§2.3)
@@ -179,15 +188,15 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
         return ilql_loss(heads["q1"](h), heads["q2"](h), tq1, tq2, v, v_boot, lm_logits, batch,
                          config)
 
-    def make_policy() -> Any:
-        return common.lm_policy(lm, data.tokenizer, config, ilql_adjust(heads, config.beta))
+    def make_policy() -> LMPolicy:
+        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta))
 
     def export(run_dir: Path) -> None:
-        common.export_lm(lm, data.tokenizer, run_dir, dict(heads))
+        export_lm(lm, data.tokenizer, run_dir, dict(heads))
 
-    loop = common.Loop(config, run_dir, data, modules, optimizer, checkpoint,
-                       validate=lambda batch: forward(batch)[1], make_policy=make_policy,
-                       export=export, progress=progress)
+    loop = Loop(config, run_dir, data, modules, optimizer, checkpoint,
+                validate=lambda batch: forward(batch)[1], make_policy=make_policy,
+                export=export, progress=progress)
     for step in loop.steps():  # resumes after the last checkpoint
         for batch in loop.microbatches(step):  # grad_accum microbatches of this step
             loss, metrics = forward(batch)
@@ -195,26 +204,35 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
         loop.optimizer_step(step)  # learning rate, gradient clipping, AdamW step
         # EMA targets advance only on real optimizer steps (§2.4).
         for name in ("q1", "q2"):
-            common.polyak_update(target[name], heads[name], config.polyak_alpha)
+            polyak_update(target[name], heads[name], config.polyak_alpha)
         if config.target_trunk:
-            common.polyak_update(target["trunk"], lm, config.polyak_alpha)
+            polyak_update(target["trunk"], lm, config.polyak_alpha)
         loop.end_step(step)  # log, validate/evaluate, checkpoint
     return loop.finish()  # export model/ + tokenizer/ + heads for load_policy
 
 
 @torch.no_grad()
-def bootstrap_values(lm: nn.Module, v_head: nn.Module, batch: Any, v: Tensor) -> Tensor:
+def bootstrap_values(lm: nn.Module, v_head: nn.Module, batch: Batch, v: Tensor) -> Tensor:
     """``V_boot`` (B,) after each row's last step (§1.6): V at the last token of ``next_ids``
     (one extra trunk pass over those rows), else at the row's last real token; × (1 − terminal)."""
     v_boot = v.detach().float().gather(1, batch.last_index[:, None]).squeeze(1)  # (B,)
     rows = batch.has_next.nonzero().squeeze(1)  # (k,)
     if len(rows):
         ids, mask = batch.next_ids[rows], batch.next_attention_mask[rows]  # (k, T')
-        v_boot[rows] = v_head(common.last_token_states(lm, ids, mask)).float()  # (k,)
+        v_boot[rows] = v_head(last_token_states(lm, ids, mask)).float()  # (k,)
     return v_boot * (~batch.terminal).float()
 
 
-def ilql_adjust(heads: nn.ModuleDict, beta: float) -> Callable[[Tensor, Tensor], Tensor]:
+def make_heads(config: ILQLConfig, d: int, n_vocab: int) -> nn.ModuleDict:
+    """The heads ILQL trains, exports and decodes with: twin Qs (n_vocab outputs) and V (§2.2)."""
+    return nn.ModuleDict({
+        "q1": make_head(config.head, d, n_vocab, config.head_bias),
+        "q2": make_head(config.head, d, n_vocab, config.head_bias),
+        "v": make_head(config.head, d, 1, config.head_bias),
+    })
+
+
+def logits_adjust(heads: nn.ModuleDict, beta: float) -> LogitsAdjust:
     """Value-guided decoding (§3.5): ``logits + β · (min(Q1, Q2) − V)`` from the online heads,
     as in the original. Equals π_β at β = 0 and at head init (Q ≡ V ≡ head_bias)."""
 

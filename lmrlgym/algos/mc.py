@@ -26,17 +26,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from lmrlgym.algos import common
+from lmrlgym.algos import presets
+from lmrlgym.algos.backbone import build_lm, disable_dropout, hidden_states, lm_policy
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import step_mean, step_view
+from lmrlgym.algos.checkpoint import export_lm
+from lmrlgym.algos.config import TrainConfig
+from lmrlgym.algos.dataset import prepare_data
+from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
+from lmrlgym.algos.rl import step_mean, step_view
 from lmrlgym.models.heads import make_head
+from lmrlgym.models.policy import LMPolicy, LogitsAdjust
+from lmrlgym.models.render import Batch
 
 
 @dataclasses.dataclass(frozen=True)
-class MCConfig(common.TrainConfig):
+class MCConfig(TrainConfig):
     """MC Returns (ALGORITHMS.md §3.3). Defaults: paper Table 3, Maze column."""
 
     ALGO: ClassVar[str] = "mc"
@@ -64,10 +70,10 @@ class MCConfig(common.TrainConfig):
 CONFIG = MCConfig
 
 # Paper Table 3 per task (ALGORITHMS.md §3.3); head types and biases from the original (§2.2).
-PAPER_PRESETS = common.expand_tasks({
-    common.DIALOGUE: dict(beta=16.0, cql_weight=0.001, head="linear", head_bias=-4.1),
-    common.MAZE: dict(beta=16.0, cql_weight=0.5),
-    common.TEXTNAV: dict(beta=4.0, cql_weight=0.001, head="linear", head_bias=-4.1),
+PAPER_PRESETS = presets.expand_tasks({
+    presets.DIALOGUE: dict(beta=16.0, cql_weight=0.001, head="linear", head_bias=-4.1),
+    presets.MAZE: dict(beta=16.0, cql_weight=0.5),
+    presets.TEXTNAV: dict(beta=4.0, cql_weight=0.001, head="linear", head_bias=-4.1),
     "Chess-v0": dict(batch_size=64, beta=8.0, cql_weight=1e-4),
     "Endgames-v0": dict(batch_size=64, beta=8.0, cql_weight=1.0),  # paper "1, 1e-4": ours 1
     "Wordle-v0": dict(lr=3e-5, batch_size=32, beta=64.0, gamma=1.0, cql_weight=0.01,
@@ -77,10 +83,10 @@ PAPER_PRESETS = common.expand_tasks({
 
 def preset(task: str, **overrides: Any) -> MCConfig:
     """MC config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(MCConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(MCConfig, task, PAPER_PRESETS, **overrides)
 
 
-def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Any, cfg: MCConfig) -> tuple[Tensor, dict[str, Tensor]]:
+def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Batch, cfg: MCConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """``L = L_Q + cql_weight · L_CQL + bc_weight · L_BC`` (§3.3).
 
     ``q``: (n, V) Q head at the action steps; ``lm_logits``: (n, V) LM logits there (used when
@@ -106,36 +112,36 @@ def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Any, cfg: MCConfig) -> t
 
 def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
     """Train MC Returns and return the run directory."""
-    config, run_dir, checkpoint = common.start_run(config)
-    common.set_seed(config.seed)
+    config, run_dir, checkpoint = start_run(config)
+    set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with returns-to-go (§1.3).
-    data = common.prepare_data(config, run_dir, config.gamma, config.discount_mode)
+    data = prepare_data(config, run_dir, config.gamma, config.discount_mode)
     # Model: one trunk with the LM head and a Q head; dropout off (§2.3, §2.4).
-    lm = common.build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
-    common.disable_dropout(lm)
+    lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
+    disable_dropout(lm)
     lm_head = lm.get_output_embeddings()
-    q_head = make_head(config.head, lm_head.in_features, data.n_vocab, config.head_bias)
-    q_head.to(config.device)
+    heads = make_heads(config, lm_head.in_features, data.n_vocab).to(config.device)
+    q_head = heads["q"]
     modules = {"lm": lm, "q": q_head}
-    optimizer = common.make_optimizer([*lm.parameters(), *q_head.parameters()], config.lr,
+    optimizer = make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
                                       config.weight_decay)
 
-    def forward(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h = common.hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
         h = h[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
         lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_weight > 0 else None  # (n, V)
         return mc_loss(q_head(h), lm_logits, batch, config)
 
-    def make_policy() -> Any:
-        return common.lm_policy(lm, data.tokenizer, config, mc_adjust(q_head, config.beta))
+    def make_policy() -> LMPolicy:
+        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta))
 
     def export(run_dir: Path) -> None:
-        common.export_lm(lm, data.tokenizer, run_dir, {"q": q_head})
+        export_lm(lm, data.tokenizer, run_dir, dict(heads))
 
-    loop = common.Loop(config, run_dir, data, modules, optimizer, checkpoint,
-                       validate=lambda batch: forward(batch)[1], make_policy=make_policy,
-                       export=export, progress=progress)
+    loop = Loop(config, run_dir, data, modules, optimizer, checkpoint,
+                validate=lambda batch: forward(batch)[1], make_policy=make_policy,
+                export=export, progress=progress)
     for step in loop.steps():  # resumes after the last checkpoint
         for batch in loop.microbatches(step):  # grad_accum microbatches of this step
             loss, metrics = forward(batch)
@@ -145,9 +151,15 @@ def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = 
     return loop.finish()  # export model/ + tokenizer/ + heads for load_policy
 
 
-def mc_adjust(q_head: torch.nn.Module, beta: float) -> Callable[[Tensor, Tensor], Tensor]:
+def make_heads(config: MCConfig, d: int, n_vocab: int) -> nn.ModuleDict:
+    """The heads MC trains, exports and decodes with: ``q`` (n_vocab outputs, §2.2)."""
+    return nn.ModuleDict({"q": make_head(config.head, d, n_vocab, config.head_bias)})
+
+
+def logits_adjust(heads: nn.ModuleDict, beta: float) -> LogitsAdjust:
     """Value-guided decoding for MC (§3.5): ``logits + β · Q(s, ·)`` (V ≡ 0: a per-state
     constant does not change the softmax). Equals π_β at β = 0 and at head init."""
+    q_head = heads["q"]
 
     def adjust(hidden: Tensor, logits: Tensor) -> Tensor:  # (N, d), (N, V) -> (N, V)
         n_vocab = logits.shape[-1]

@@ -33,20 +33,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import tyro
 from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
 
-from lmrlgym.algos import common, distributed, online
+from lmrlgym.algos import distributed, online, presets
+from lmrlgym.algos.backbone import hidden_states
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import hidden_states, step_view
+from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.filtered_bc import select_episodes, selection_metrics
+from lmrlgym.algos.loop import Progress
+from lmrlgym.algos.rl import step_view
 from lmrlgym.data.io import episode_from_json
-from lmrlgym.models.render import Batch, Segment, collate
+from lmrlgym.models.render import Batch, Segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +67,6 @@ class OnlineFilteredBCConfig(online.OnlineConfig):
     """Collect/filter/train rounds (original Maze and Chess scripts: 100; Wordle 1)."""
     rollouts_per_round: int = 128
     """Episodes collected per round (original: 128)."""
-    rollout_batch_size: int = 32
-    """Episodes generated in parallel."""
     epochs_per_round: int = 1
     """Passes over each round's kept rows (original: 1, a fresh dataset per round)."""
     lr: float = 1e-4
@@ -79,18 +80,11 @@ class OnlineFilteredBCConfig(online.OnlineConfig):
     """Share of each round's episodes kept by ``keep=top_fraction``."""
     replay: bool = False
     """Train on every kept episode so far instead of this round's only (original: off)."""
-    rollout_temperature: float = 1.0
-    """Sampling temperature of the rollouts (1, no top-k/top-p)."""
-    eval_every: int = 0
-    """Rounds between env evaluations (0: only at the end)."""
     save_every: int = 10
     """Rounds between checkpoints (one is always written at the end)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n_rounds", "rollouts_per_round", "rollout_batch_size", "epochs_per_round"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"--top-fraction must be in (0, 1], got {self.top_fraction}")
 
@@ -100,15 +94,15 @@ CONFIG = OnlineFilteredBCConfig  # what `lmrlgym train online_filtered_bc` parse
 
 # ALGORITHMS.md §3.7: success filtering for Maze/Chess/Endgames/Text-Nav (original scripts);
 # Wordle top 30 % with lr 1e-5 and batch 32 (paper Table 3); dialogue top 10 %.
-PAPER_PRESETS = common.expand_tasks({
-    common.DIALOGUE: dict(keep="top_fraction", top_fraction=0.1),
+PAPER_PRESETS = presets.expand_tasks({
+    presets.DIALOGUE: dict(keep="top_fraction", top_fraction=0.1),
     "Wordle-v0": dict(keep="top_fraction", top_fraction=0.3, lr=1e-5, batch_size=32),
 })
 
 
 def preset(task: str, **overrides: Any) -> OnlineFilteredBCConfig:
     """Online filtered BC config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(OnlineFilteredBCConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(OnlineFilteredBCConfig, task, PAPER_PRESETS, **overrides)
 
 
 def training_rows(segments: Sequence[Segment]) -> list[Segment]:
@@ -157,103 +151,57 @@ def load_replay(run_dir: Path, start: int) -> list[online.Rollout]:
     return out
 
 
-def train(config: OnlineFilteredBCConfig,
-          progress: Callable[[int, int, dict], None] | None = None) -> Path:
-    """Run online filtered BC from ``init_from`` (a BC run) and return the run directory.
+class FilteredBCMethod(online.OnlineMethod):
+    """Online filtered BC's part of the online loop (:class:`online.OnlineMethod`): keep the
+    round's successful (or best) episodes, optionally with every earlier round's, and
+    behaviour-clone them."""
 
-    ``progress(round, n_rounds, metrics)`` is called after each round (the CLI's progress bar).
-    """
-    config, run_dir, checkpoint = online.start_online_run(config)
-    common.set_seed(config.seed)
-    lm, tokenizer = online.load_init(config, run_dir)
-    n_vocab, pad_id = len(tokenizer), tokenizer.pad_token_id
-    modules: dict[str, nn.Module] = {"lm": lm}
-    optimizer = common.make_optimizer(lm.parameters(), config.lr, config.weight_decay)
-    window = common.context_fn(config.task)
-    micro = config.batch_size // config.grad_accum
+    def __init__(self, config: OnlineFilteredBCConfig, lm: nn.Module,
+                 tokenizer: PreTrainedTokenizerBase):
+        self.config, self.lm, self.tokenizer = config, lm, tokenizer
+        self.modules = {"lm": lm}
+        self.window = context_fn(config.task)
+        self.replay: list[online.Rollout] = []
+        self.run_dir = Path()
 
-    logger = common.MetricsLogger(run_dir, config.tensorboard)
-    start, n_steps = 0, 0
-    replay: list[online.Rollout] = []
-    if checkpoint is not None:
-        meta = common.load_checkpoint(checkpoint, modules, optimizer)
-        start, n_steps = meta["step"], meta["optimizer_steps"]
-        logger.truncate_after(start)
-    # Identity in one process; under torchrun: rank 0's weights, row shards, global metrics.
-    parallel = distributed.DataParallel(modules, config.seed)
-    params = [p for p in lm.parameters() if p.requires_grad]
-    if start == 0 and config.eval_every and config.eval_episodes > 0:
-        logger.log(0, online.evaluate_lm(lm, tokenizer, config))  # the initial policy
-    if config.replay:
-        with distributed.main_first():  # rank 0 trims the file before the others read it
-            replay = load_replay(run_dir, start)
+    def parameters(self) -> Iterable[nn.Parameter]:
+        return self.lm.parameters()
 
-    for rnd in range(start, config.n_rounds):
-        t0 = time.perf_counter()
-        # Collect with the current policy on training seeds, keep the sampled ids (under
-        # torchrun each rank plays a share of the round and every rank gets all of it).
-        rollouts = online.collect_round(lm, tokenizer, config, rnd)
-        metrics: dict[str, float] = online.rollout_metrics(rollouts)
+    def start(self, loop: online.OnlineLoop, meta: dict[str, Any] | None) -> None:
+        """With ``replay``: the kept episodes of the rounds before ``loop.start``."""
+        self.run_dir = loop.run_dir
+        if self.config.replay:
+            with distributed.main_first():  # rank 0 trims the file before the others read it
+                self.replay = load_replay(loop.run_dir, loop.start)
+
+    def prepare(self, loop: online.OnlineLoop, rnd: int,
+                rollouts: list[online.Rollout]) -> online.Round:
+        config = self.config
         # Keep the successful episodes, or the best fraction by return (§3.2).
         by_episode = {id(r.episode): r for r in rollouts}
         kept_eps = select_episodes([r.episode for r in rollouts], config.keep,
                                    config.top_fraction, seed=rnd)
         kept = [by_episode[id(e)] for e in kept_eps]
-        metrics.update({k: v for k, v in selection_metrics([r.episode for r in rollouts], kept_eps).items()
-                        if math.isfinite(v)})  # no threshold when nothing was kept
+        metrics = {k: v for k, v in selection_metrics([r.episode for r in rollouts], kept_eps).items()
+                   if math.isfinite(v)}  # no threshold when nothing was kept
         if config.replay:
-            append_replay(run_dir, rnd, kept)
-            replay += kept
-            kept = list(replay)
+            append_replay(self.run_dir, rnd, kept)
+            self.replay += kept
+            kept = list(self.replay)
         # Whole episodes as rows (chains for replacing envs), with the sampled ids.
-        rows = training_rows(online.render_rollouts(kept, tokenizer, window,
+        rows = training_rows(online.render_rollouts(kept, self.tokenizer, self.window,
                                                     config.max_context_tokens))
-        t1 = time.perf_counter()
         metrics["train/skipped_round"] = float(not rows)
-        mean = common.MetricsMean()
-        tokens = 0
-        lr = common.lr_at(n_steps, config.lr, config.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for epoch in range(config.epochs_per_round if rows else 0):
-            order = common.epoch_batches(len(rows), config.batch_size, config.seed,
-                                         rnd * config.epochs_per_round + epoch)
-            for step_rows in order:
-                parts = [step_rows[i : i + micro] for i in range(0, len(step_rows), micro)]
-                n_total = sum(int(rows[j].action_mask.sum()) for j in step_rows)
-                optimizer.zero_grad(set_to_none=True)
-                for part in parts:
-                    part = parallel.shard(part)  # this rank's slice of the microbatch
-                    batch = collate([rows[j] for j in part], pad_id).to(config.device)
-                    loss, m = bc_forward(lm, batch, n_vocab)
-                    # Pooled mean over the step's action tokens (§ conventions): the
-                    # microbatch's (global) mean, weighted by its share of the step's tokens.
-                    loss, m, attended = parallel.weigh(loss, m, batch.n_action_tokens,
-                                                       int(batch.attention_mask.sum()))
-                    (loss * m.pop("train/action_tokens") / n_total).backward()
-                    mean.add(m)
-                    tokens += attended
-                distributed.sync_grads(params)  # average over ranks (no-op in one process)
-                grad_norm = distributed.clip_grad_norm(params, config.grad_clip)
-                optimizer.step()
-                n_steps += 1
-                mean.add({"train/grad_norm": grad_norm, "train/action_tokens": n_total})
-        t2 = time.perf_counter()
-        done = rnd + 1
-        metrics.update({**mean.pop(), "train/lr": lr, "train/round": done,
-                        "train/optimizer_steps": n_steps, "time/rollout_s": t1 - t0,
-                        "time/update_s": t2 - t1,
-                        "time/tokens_per_s": tokens / max(t2 - t1, 1e-9)})
-        last = done == config.n_rounds
-        if config.eval_episodes > 0 and ((config.eval_every and done % config.eval_every == 0) or last):
-            metrics.update(online.evaluate_lm(lm, tokenizer, config))
-        logger.log(done, metrics)
-        if done % config.save_every == 0 or last:
-            common.save_checkpoint(run_dir, done, modules, optimizer,
-                                   {"optimizer_steps": n_steps}, config.keep_checkpoints)
-        if progress is not None:
-            progress(done, config.n_rounds, metrics)
-    logger.close()
-    common.export_lm(lm, tokenizer, run_dir)
-    distributed.cleanup()  # every rank waits for rank 0's export
-    return run_dir
+        return online.Round(rows, metrics)
+
+    def loss(self, batch: Batch, rows: Sequence[int],
+             prepared: online.Round) -> tuple[Tensor, dict[str, Tensor]]:
+        return bc_forward(self.lm, batch, len(self.tokenizer))
+
+
+def train(config: OnlineFilteredBCConfig, progress: Progress | None = None) -> Path:
+    """Run online filtered BC from ``init_from`` (a BC run) and return the run directory.
+
+    ``progress(round, n_rounds, metrics)`` is called after each round (the CLI's progress bar).
+    """
+    return online.run(config, FilteredBCMethod, progress)

@@ -39,19 +39,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
 
-from lmrlgym.algos import common, distributed, online
+from lmrlgym.algos import distributed, online, presets
+from lmrlgym.algos.backbone import hidden_states
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import gae, hidden_states, step_mean, step_view
+from lmrlgym.algos.dataset import BatchSchedule, context_fn, prepare_data
+from lmrlgym.algos.loop import Progress
+from lmrlgym.algos.rl import gae, step_discount, step_mean, step_view
 from lmrlgym.models.heads import make_head
 from lmrlgym.models.render import Batch, Segment, collate
 
@@ -67,8 +69,6 @@ class PPOConfig(online.OnlineConfig):
     """Rollout/update rounds (the paper's Maze curve spans ~60 rounds; a preset value)."""
     rollouts_per_round: int = 512
     """Episodes collected per round (paper Table 3, Maze: 512)."""
-    rollout_batch_size: int = 32
-    """Episodes generated in parallel (original launch value: 32)."""
     epochs_per_round: int = 4
     """Shuffled passes over the round's rows (original launch value: 4)."""
     lr: float = 1e-6
@@ -106,18 +106,9 @@ class PPOConfig(online.OnlineConfig):
     """Initial V: bias of the zero-initialised output layer (original: Maze −1, Chess 0, else −4.1)."""
     truncation_is_terminal: bool = False
     """Bootstrap truncated episodes with 0, as the original did (§1.8); default: from V."""
-    rollout_temperature: float = 1.0
-    """Sampling temperature of the training rollouts (§3.6: 1, no top-k/top-p)."""
-    eval_every: int = 0
-    """Rounds between env evaluations (0: only at the end)."""
-    save_every: int = 5
-    """Rounds between checkpoints (one is always written at the end)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n_rounds", "rollouts_per_round", "rollout_batch_size", "epochs_per_round"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("clip_range", "value_clip_range"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -136,8 +127,8 @@ CONFIG = PPOConfig  # what `lmrlgym train ppo` parses
 
 # Paper Table 3 per task (ALGORITHMS.md §3.6); value-head biases and Maze-FO vf_coef from the
 # original scripts (§2.2); Guess's adaptive KL from its launch script.
-PAPER_PRESETS = common.expand_tasks({
-    common.DIALOGUE: dict(lr=1e-6, rollouts_per_round=2048, kl_coef=0.01, vf_coef=1.0,
+PAPER_PRESETS = presets.expand_tasks({
+    presets.DIALOGUE: dict(lr=1e-6, rollouts_per_round=2048, kl_coef=0.01, vf_coef=1.0,
                           value_head_bias=-4.1),
     "GuessCity-v0": dict(lr=1e-6, rollouts_per_round=2048, kl_coef=0.01, vf_coef=1.0,
                          value_head_bias=-4.1, kl_target=0.1, kl_horizon=10_000),
@@ -145,7 +136,7 @@ PAPER_PRESETS = common.expand_tasks({
                        value_head_bias=-1.0),
     "Maze-PO-v0": dict(lr=1e-6, rollouts_per_round=512, kl_coef=0.1, vf_coef=1.0,
                        value_head_bias=-1.0),
-    common.TEXTNAV: dict(lr=5e-6, rollouts_per_round=4000, kl_coef=0.01, vf_coef=1.0,
+    presets.TEXTNAV: dict(lr=5e-6, rollouts_per_round=4000, kl_coef=0.01, vf_coef=1.0,
                          value_head_bias=-4.1),
     "Chess-v0": dict(lr=1e-5, rollouts_per_round=1024, kl_coef=0.01, vf_coef=1.0,
                      value_head_bias=0.0),
@@ -158,7 +149,7 @@ PAPER_PRESETS = common.expand_tasks({
 
 def preset(task: str, **overrides: Any) -> PPOConfig:
     """PPO config for ``task``: the paper's values plus ``overrides``."""
-    return common.task_preset(PPOConfig, task, PAPER_PRESETS, **overrides)
+    return presets.task_preset(PPOConfig, task, PAPER_PRESETS, **overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,7 +232,7 @@ class Advantages:
     metrics: dict[str, float]
 
 
-def row_steps(segment: Any, old_logp: Tensor, ref_logp: Tensor, old_v: Tensor) -> RowSteps:
+def row_steps(segment: Segment, old_logp: Tensor, ref_logp: Tensor, old_v: Tensor) -> RowSteps:
     """Bundle one segment's step quantities; ``step_view``'s slot ``i`` is token ``i + 1``."""
     act = segment.action_mask[1:]  # (L - 1,) bool
     return RowSteps(int(segment.episode_id), int(segment.first_turn),
@@ -274,8 +265,8 @@ def compute_advantages(
         kl_seq.append(float(kl.sum()))
         r_shaped = r - kl_coef * (old_logp - ref_logp)  # (K,)
         shaped.append(r_shaped)
-        d = common.step_discount(end, cfg.gamma, cfg.discount_mode)  # (K,)
-        lam = common.step_discount(end, cfg.lam, cfg.discount_mode)  # (K,) λ on the same steps
+        d = step_discount(end, cfg.gamma, cfg.discount_mode)  # (K,)
+        lam = step_discount(end, cfg.lam, cfg.discount_mode)  # (K,) λ on the same steps
         a, R = gae(r_shaped, old_v, d, lam, float(v_boot[eid]))
         all_adv.append(a)
         all_ret.append(R)
@@ -415,76 +406,19 @@ def score_round(
 
 
 # --------------------------------------------------------------------------------------------
-# One round's update: epochs_per_round shuffled passes of clipped steps (§3.6 step 5)
+# PPO's round (§3.6): rollout -> score -> advantages -> clipped updates -> KL controller
 # --------------------------------------------------------------------------------------------
 
 RATIO_ATOL = 1e-4  # |log ρ| allowed on a round's first minibatch (float noise of re-batching)
+RATIO_ATOL_AUTOCAST = 5e-2  # the same under --mixed-precision bf16/fp16
 
 
-def update_round(
-    model: PPOModel, optimizer: torch.optim.Optimizer, segments: Sequence[Segment],
-    rows: Sequence[RowSteps], adv: Advantages, cfg: PPOConfig, rnd: int, pad_id: int,
-    bc_batches: Any = None, parallel: distributed.DataParallel | None = None,
-) -> dict[str, float]:
-    """Clipped PPO steps over the round's rows; returns the minibatch metrics averaged over
-    the round. Each optimizer step takes ``batch_size`` rows in ``grad_accum`` microbatches.
-
-    ``bc_batches``: when ``bc_weight > 0``, a callable returning the next offline BC
-    :class:`Batch` (an independent stream, §3.6 step 5), this rank's slice of it.
-    ``parallel``: under torchrun, every rank holds the round's rows and trains on its slice
-    of each microbatch with the offline loops' token-weighted gradient sync (default: one
-    process).
-    """
-    parallel = parallel if parallel is not None else distributed.DataParallel({}, cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    targets = [StepTargets(r.old_logp, r.old_v, a, R) for r, a, R in zip(rows, adv.adv, adv.ret, strict=True)]
-    micro = cfg.batch_size // cfg.grad_accum
-    device = next(model.parameters()).device
-    mean = common.MetricsMean()
-    first = True
-    for epoch in range(cfg.epochs_per_round):
-        # A fresh seeded order per (round, epoch): a resumed run replays the same batches.
-        order = common.epoch_batches(len(segments), cfg.batch_size, cfg.seed,
-                                     rnd * cfg.epochs_per_round + epoch)
-        for step_rows in order:
-            parts = [step_rows[i : i + micro] for i in range(0, len(step_rows), micro)]
-            n_total = sum(len(rows[j].r) for j in step_rows)
-            optimizer.zero_grad(set_to_none=True)
-            for part in parts:
-                part = parallel.shard(part)  # this rank's slice of the microbatch
-                batch = collate([segments[j] for j in part], pad_id).to(device)
-                logp, v = model.step_outputs(batch)  # (n,)
-                tg = StepTargets(*(torch.cat([getattr(targets[j], f.name) for j in part]).to(device)
-                                   for f in dataclasses.fields(StepTargets)))  # (n,) each
-                if first:
-                    check_ratio_is_one(logp, tg.old_logp, rnd)
-                    first = False
-                loss, metrics = ppo_loss(logp, v, tg, cfg)
-                # Pooled mean over the step's action tokens: the microbatch's (global) mean,
-                # weighted by its share of the step's tokens.
-                loss, metrics, _ = parallel.weigh(loss, metrics, len(logp), 0)
-                total = loss * metrics.pop("train/action_tokens") / n_total
-                if cfg.bc_weight > 0:
-                    bc_batch = bc_batches()
-                    bc = bc_step_loss(model.policy, bc_batch, model.n_vocab)
-                    bc, bc_metrics, _ = parallel.weigh(bc, {"train/bc_loss": bc}, bc_batch.n_action_tokens, 0)
-                    total = total + cfg.bc_weight * bc / len(parts)
-                    metrics["train/bc_loss"] = bc_metrics["train/bc_loss"]
-                total.backward()
-                mean.add(metrics)
-            distributed.sync_grads(params)  # average over ranks (no-op in one process)
-            grad_norm = distributed.clip_grad_norm(params, cfg.grad_clip)
-            optimizer.step()
-            mean.add({"train/grad_norm": grad_norm, "train/action_tokens": n_total})
-    return mean.pop()
-
-
-def check_ratio_is_one(logp: Tensor, old_logp: Tensor, rnd: int) -> None:
+def check_ratio_is_one(logp: Tensor, old_logp: Tensor, rnd: int, atol: float = RATIO_ATOL) -> None:
     """Before any update of a round, the policy is the rollout policy: with dropout off and
     the same vocabulary slice in both passes, ρ = 1 up to float noise (§3.6). A failure means
     the two passes differ (dropout on, different masking or truncation)."""
     err = float((logp.detach() - old_logp).abs().max())
-    if err > RATIO_ATOL:
+    if err > atol:
         raise AssertionError(f"round {rnd}: PPO ratio != 1 on the first minibatch "
                              f"(max |log ρ| = {err:.2e}); the scoring and training passes differ")
 
@@ -497,12 +431,91 @@ def bc_step_loss(policy: nn.Module, batch: Batch, n_vocab: int) -> Tensor:
     return bc_loss(logits, batch)[0]
 
 
-# --------------------------------------------------------------------------------------------
-# train(): rounds of rollout -> score -> advantages -> update -> KL controller -> log
-# --------------------------------------------------------------------------------------------
+class PPOMethod(online.OnlineMethod):
+    """PPO's part of the online loop (:class:`online.OnlineMethod`): the value head (and, in
+    ``separate`` mode, its trunk) beside the policy, the frozen reference (the initial BC
+    policy, also on resume), the adaptive KL coefficient and the offline BC stream."""
+
+    def __init__(self, config: PPOConfig, lm: nn.Module, tokenizer: PreTrainedTokenizerBase):
+        self.config, self.lm, self.tokenizer = config, lm, tokenizer
+        self.reference = copy.deepcopy(lm).eval().requires_grad_(False)
+        value_trunk = copy.deepcopy(lm) if config.value_model == "separate" else None
+        d = lm.get_output_embeddings().weight.shape[1]
+        value_head = make_head(config.value_head, d, 1, config.value_head_bias).to(config.device)
+        self.model = PPOModel(lm, value_head, value_trunk, len(tokenizer), tokenizer.all_special_ids)
+        self.modules = {"lm": lm, "value_head": value_head}
+        if value_trunk is not None:
+            self.modules["value_trunk"] = value_trunk
+        self.export_heads = {"value": value_head}
+        self.window = context_fn(config.task)
+        self.kl_coef = config.kl_coef
+        self.bc_batches: _BCStream | None = None
+        self.first, self.rnd = True, 0  # the round's first microbatch: check ρ = 1
+        # Under autocast the scoring and training passes round differently (their batches differ).
+        self.ratio_atol = RATIO_ATOL if config.mixed_precision == "no" else RATIO_ATOL_AUTOCAST
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        return self.model.parameters()
+
+    def start(self, loop: online.OnlineLoop, meta: dict[str, Any] | None) -> None:
+        config = self.config
+        if meta is not None:
+            self.kl_coef = meta["kl_coef"]
+        if config.bc_weight > 0:
+            self.bc_batches = _bc_stream(config, loop.run_dir, self.tokenizer, loop.parallel)
+            self.bc_batches.position = meta["bc_position"] if meta is not None else 0
+        self.amp = loop.amp
+
+    def state(self) -> dict[str, Any]:
+        return {"kl_coef": self.kl_coef,
+                "bc_position": self.bc_batches.position if self.bc_batches else 0}
+
+    def prepare(self, loop: online.OnlineLoop, rnd: int,
+                rollouts: list[online.Rollout]) -> online.Round:
+        config = self.config
+        segments = online.render_rollouts(rollouts, self.tokenizer, self.window,
+                                          config.max_context_tokens, config.gamma,
+                                          config.discount_mode, config.truncation_is_terminal)
+        # No-grad pass: old_logp, ref_logp, old_v per action step; V_boot per episode.
+        with self.amp.autocast():
+            rows, v_boot = score_round(self.model, self.reference, segments,
+                                       self.tokenizer.pad_token_id, config.batch_size)
+        # Shaped rewards, GAE per episode, whitening: over the whole round, on every rank.
+        adv = compute_advantages(rows, v_boot, self.kl_coef, config)
+        targets = [StepTargets(r.old_logp, r.old_v, a, R)
+                   for r, a, R in zip(rows, adv.adv, adv.ret, strict=True)]
+        self.first, self.rnd = True, rnd
+        return online.Round(segments, adv.metrics, targets)
+
+    def loss(self, batch: Batch, rows: Sequence[int],
+             prepared: online.Round) -> tuple[Tensor, dict[str, Tensor]]:
+        logp, v = self.model.step_outputs(batch)  # (n,)
+        device = logp.device
+        tg = StepTargets(*(torch.cat([getattr(prepared.targets[j], f.name) for j in rows]).to(device)
+                           for f in dataclasses.fields(StepTargets)))  # (n,) each
+        if self.first:
+            check_ratio_is_one(logp, tg.old_logp, self.rnd, self.ratio_atol)
+            self.first = False
+        return ppo_loss(logp, v, tg, self.config)
+
+    def extra_loss(self, n_parts: int) -> tuple[Tensor, dict[str, float]] | None:
+        """``bc_weight ·`` BC on the next offline microbatch, split evenly over the step's
+        microbatches (§3.6 step 5)."""
+        if self.bc_batches is None:
+            return None
+        bc_batch = self.bc_batches()
+        bc = bc_step_loss(self.lm, bc_batch, self.model.n_vocab)
+        bc, bc_metrics, _ = self.bc_batches.parallel.weigh(bc, {"train/bc_loss": bc},
+                                                           bc_batch.n_action_tokens, 0)
+        return self.config.bc_weight * bc / n_parts, bc_metrics
+
+    def end_round(self, prepared: online.Round, rollouts: list[online.Rollout]) -> None:
+        """The KL controller, stepping with the round's episode count (§3.6)."""
+        self.kl_coef = kl_coef_update(self.kl_coef, prepared.metrics["train/kl_seq"],
+                                      len(rollouts), self.config)
 
 
-def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
+def train(config: PPOConfig, progress: Progress | None = None) -> Path:
     """Run PPO from ``init_from`` (a BC run) and return the run directory.
 
     ``progress(round, n_rounds, metrics)`` is called after each round (the CLI's progress bar).
@@ -510,93 +523,17 @@ def train(config: PPOConfig, progress: Callable[[int, int, dict], None] | None =
     if config.bc_weight > 0 and not config.data:
         raise ValueError(f"--bc-weight {config.bc_weight} needs --data (a dataset of {config.task} "
                          "for the offline BC minibatches), or --bc-weight 0")
-    config, run_dir, checkpoint = online.start_online_run(config)
-    common.set_seed(config.seed)
-    lm, tokenizer = online.load_init(config, run_dir)
-    n_vocab, pad_id = len(tokenizer), tokenizer.pad_token_id
-    # The frozen reference is the initial (BC) policy, also on resume (§3.6).
-    reference = copy.deepcopy(lm).eval().requires_grad_(False)
-    value_trunk = copy.deepcopy(lm) if config.value_model == "separate" else None
-    d = lm.get_output_embeddings().weight.shape[1]
-    value_head = make_head(config.value_head, d, 1, config.value_head_bias).to(config.device)
-    model = PPOModel(lm, value_head, value_trunk, n_vocab, tokenizer.all_special_ids)
-    modules: dict[str, nn.Module] = {"lm": lm, "value_head": value_head}
-    if value_trunk is not None:
-        modules["value_trunk"] = value_trunk
-    optimizer = common.make_optimizer(model.parameters(), config.lr, config.weight_decay)
-    window = common.context_fn(config.task)
-
-    logger = common.MetricsLogger(run_dir, config.tensorboard)
-    start, kl_coef, n_steps, bc_position = 0, config.kl_coef, 0, 0
-    if checkpoint is not None:
-        meta = common.load_checkpoint(checkpoint, modules, optimizer)
-        start, kl_coef, n_steps = meta["step"], meta["kl_coef"], meta["optimizer_steps"]
-        bc_position = meta["bc_position"]
-        logger.truncate_after(start)
-    # Identity in one process; under torchrun: rank 0's weights, row shards, global metrics.
-    parallel = distributed.DataParallel(modules, config.seed)
-    bc_batches = _bc_stream(config, run_dir, tokenizer, parallel) if config.bc_weight > 0 else None
-    if bc_batches is not None:
-        bc_batches.position = bc_position
-    if start == 0 and config.eval_every and config.eval_episodes > 0:
-        logger.log(0, online.evaluate_lm(lm, tokenizer, config))  # the initial policy
-
-    for rnd in range(start, config.n_rounds):
-        t0 = time.perf_counter()
-        # 1. Roll out on training seeds with the current policy; keep the sampled ids (under
-        #    torchrun each rank plays a share of the round and every rank gets all of it).
-        model.eval()
-        rollouts = online.collect_round(lm, tokenizer, config, rnd)
-        segments = online.render_rollouts(rollouts, tokenizer, window, config.max_context_tokens,
-                                          config.gamma, config.discount_mode,
-                                          config.truncation_is_terminal)
-        # 2. No-grad pass: old_logp, ref_logp, old_v per action step; V_boot per episode.
-        rows, v_boot = score_round(model, reference, segments, pad_id, config.batch_size)
-        # 3-4. Shaped rewards, GAE per episode, whitening: over the whole round, on every rank.
-        adv = compute_advantages(rows, v_boot, kl_coef, config)
-        t1 = time.perf_counter()
-        # 5. Clipped updates (dropout is off, so train mode only matters for custom modules).
-        model.train()
-        lr = common.lr_at(n_steps, config.lr, config.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        metrics = update_round(model, optimizer, segments, rows, adv, config, rnd, pad_id,
-                               bc_batches, parallel)
-        n_steps += config.epochs_per_round * math.ceil(len(segments) / config.batch_size)
-        t2 = time.perf_counter()
-        # 6. KL controller (steps with the round's episode count), logging, evaluation.
-        kl_coef = kl_coef_update(kl_coef, adv.metrics["train/kl_seq"], len(rollouts), config)
-        done = rnd + 1
-        tokens = sum(len(s) for s in segments) * config.epochs_per_round
-        metrics = {**online.rollout_metrics(rollouts), **adv.metrics, **metrics,
-                   "train/lr": lr, "train/round": done, "train/optimizer_steps": n_steps,
-                   "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
-                   "time/tokens_per_s": tokens / max(t2 - t1, 1e-9)}
-        last = done == config.n_rounds
-        if config.eval_episodes > 0 and ((config.eval_every and done % config.eval_every == 0) or last):
-            metrics.update(online.evaluate_lm(lm, tokenizer, config))
-        logger.log(done, metrics)
-        if done % config.save_every == 0 or last:
-            common.save_checkpoint(run_dir, done, modules, optimizer,
-                                   {"kl_coef": kl_coef, "optimizer_steps": n_steps,
-                                    "bc_position": bc_batches.position if bc_batches else 0},
-                                   config.keep_checkpoints)
-        if progress is not None:
-            progress(done, config.n_rounds, metrics)
-    logger.close()
-    common.export_lm(lm, tokenizer, run_dir, heads={"value": value_head})
-    distributed.cleanup()  # every rank waits for rank 0's export
-    return run_dir
+    return online.run(config, PPOMethod, progress)
 
 
 class _BCStream:
     """Offline BC minibatches for ``bc_weight`` (§3.6 step 5): the dataset's training split,
     reshuffled each epoch, as an endless resumable stream."""
 
-    def __init__(self, rows: list, micro: int, seed: int, pad_id: int, device: str,
+    def __init__(self, rows: list[Segment], micro: int, seed: int, pad_id: int, device: str,
                  parallel: distributed.DataParallel):
         self.rows, self.pad_id, self.device, self.parallel = rows, pad_id, device, parallel
-        self.schedule = common.BatchSchedule(len(rows), micro, seed)
+        self.schedule = BatchSchedule(len(rows), micro, seed)
         self.position = 0
 
     def __call__(self) -> Batch:
@@ -607,8 +544,8 @@ class _BCStream:
         return collate([self.rows[i] for i in idx], self.pad_id).to(self.device)
 
 
-def _bc_stream(config: PPOConfig, run_dir: Path, tokenizer: Any,
+def _bc_stream(config: PPOConfig, run_dir: Path, tokenizer: PreTrainedTokenizerBase,
                parallel: distributed.DataParallel) -> _BCStream:
-    data = common.prepare_data(config, run_dir, config.gamma, config.discount_mode)
+    data = prepare_data(config, run_dir, config.gamma, config.discount_mode)
     return _BCStream(data.train_rows, config.batch_size // config.grad_accum, config.seed,
                      tokenizer.pad_token_id, config.device, parallel)

@@ -21,6 +21,7 @@ dialogue tasks' 128+. Modes:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Annotated, Any
 
@@ -66,8 +67,12 @@ def bench_rollout(
     modes: tuple[str, ...] = tuple(MODES),
     seed: int = 0,
     repeats: int = 3,
+    greedy: bool = False,
 ) -> list[dict[str, Any]]:
     """Generated actions/s per mode (list of dicts with ``mode`` and ``actions_per_s``).
+
+    ``actions_sha1`` digests the generated ids: with ``greedy`` decoding every mode run on the
+    same prompts generates the same actions (batching and the KV cache change only the speed).
 
     Unbatched modes run ``n_prompts_unbatched`` prompts (they are slow and their rate does not
     depend on the count); batched modes run all ``n_prompts`` in one batch. The modes are
@@ -91,17 +96,19 @@ def bench_rollout(
         n = n_prompts if batched else min(n_prompts_unbatched, n_prompts)
         policy = LMPolicy(lm, tok, max_context_tokens=max_context_tokens,
                           max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache,
-                          batch_size=n if batched else 1)
+                          batch_size=n if batched else 1, greedy=greedy)
         prompts = [policy.prompt(c) for c in contexts[:n]]
         policy.generate(prompts[:2])  # warm-up (allocations, kernels)
         runs[mode] = policy, prompts
     best: dict[str, tuple[float, int]] = {}
+    digest: dict[str, str] = {}
     for _ in range(repeats):
         for mode, (policy, prompts) in runs.items():
             policy.reseed(seed)
             start = time.perf_counter()
             gen = policy.generate(prompts)
             seconds = time.perf_counter() - start
+            digest[mode] = hashlib.sha1(repr(gen.action_ids).encode()).hexdigest()
             if mode not in best or seconds < best[mode][0]:
                 best[mode] = seconds, sum(len(ids) for ids in gen.action_ids)
     rows = []
@@ -113,7 +120,7 @@ def bench_rollout(
             "actions": n, "tokens": tokens, "seconds": seconds, "repeats": repeats,
             "batch_size": policy.batch_size, "use_cache": policy.use_cache, "model": model,
             "max_new_tokens": max_new_tokens, "mean_prompt_tokens": sum(map(len, prompts)) / n,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "actions_sha1": digest[mode],
         })
     base = next((r["actions_per_s"] for r in rows if r["mode"] == "unbatched-uncached"), None)
     for r in rows:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import platform
 import shutil
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmrlgym.algos import ALGORITHMS, TrainConfig, algorithm
 from lmrlgym.bench import presets
 from lmrlgym.bench.report import (
     aggregate,
@@ -40,22 +40,14 @@ from lmrlgym.bench.report import (
 from lmrlgym.data.io import DatasetError, read_manifest, write_json
 from lmrlgym.registry import registry
 
-# method -> (module, config class). RL methods start from the same seed's BC run (§2.1).
-METHOD_CONFIGS: dict[str, tuple[str, str]] = {
-    "bc": ("lmrlgym.algos.bc", "BCConfig"),
-    "filtered_bc": ("lmrlgym.algos.filtered_bc", "FilteredBCConfig"),
-    "mc": ("lmrlgym.algos.mc", "MCConfig"),
-    "ilql": ("lmrlgym.algos.ilql", "ILQLConfig"),
-    "ppo": ("lmrlgym.algos.ppo", "PPOConfig"),
-    "online_filtered_bc": ("lmrlgym.algos.online_filtered_bc", "OnlineFilteredBCConfig"),
-}
+# RL methods start from the same seed's BC run (§2.1).
 NEEDS_BC_INIT = {"mc", "ilql", "ppo", "online_filtered_bc"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
     task: str
-    method: str  # a key of METHOD_CONFIGS, or "behaviour" / "optimal" (scripted references)
+    method: str  # a key of ALGORITHMS, or "behaviour" / "optimal" (scripted references)
     seed: int
 
     @property
@@ -149,7 +141,7 @@ def run_reference(profile: presets.Profile, cell: Cell, out: Path) -> dict[str, 
 
 def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> dict[str, Any]:
     """Train one cell (resuming if a checkpoint exists), then evaluate its final policy."""
-    from lmrlgym.algos.common import latest_checkpoint, load_policy
+    from lmrlgym.algos import latest_checkpoint, load_policy
     from lmrlgym.eval.evaluate import evaluate
 
     config = cell_config(profile, cell, out, data)
@@ -158,7 +150,7 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
         config = dataclasses.replace(config, resume=str(run_dir))
     elif run_dir.exists():
         shutil.rmtree(run_dir)  # started but never checkpointed: nothing to keep
-    module = importlib.import_module(METHOD_CONFIGS[cell.method][0])
+    module = algorithm(cell.method)
     module.train(config)
     policy = load_policy(run_dir, **profile.decoding(cell.task))
     result = evaluate(policy, cell.task, profile.eval_episodes(cell.task), seed=cell.seed,
@@ -166,11 +158,10 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
     return {"run_dir": str(run_dir), **_summary_fields(result.summary)}
 
 
-def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> Any:
+def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> TrainConfig:
     """The cell's named preset: the algorithm's paper preset for the task, rescaled by the
     profile, with this cell's data, seed, run directory and BC initialisation."""
-    module_name, cls_name = METHOD_CONFIGS[cell.method]
-    module = importlib.import_module(module_name)
+    module = algorithm(cell.method)
     base = module.preset(cell.task, data=str(data))
     values: dict[str, Any] = {
         "seed": cell.seed,
@@ -182,7 +173,7 @@ def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> 
     unknown = set(values) - {f.name for f in dataclasses.fields(base)}
     if unknown:
         raise ValueError(f"preset {profile.name}/{cell.task}/{cell.method} sets unknown "
-                         f"{cls_name} fields: {sorted(unknown)}")
+                         f"{type(base).__name__} fields: {sorted(unknown)}")
     return dataclasses.replace(base, **values)
 
 
@@ -217,7 +208,7 @@ def describe_grid(
     _validate(profile, tasks, methods, seeds)
     lines = []
     for cell in plan(profile, tasks, methods, seeds):
-        if cell.method in METHOD_CONFIGS:
+        if cell.method in ALGORITHMS:
             config = cell_config(profile, cell, out, out / "data" / cell.task)
             lines.append(f"{cell.key}: {config}")
         else:
@@ -246,7 +237,7 @@ def run_grid(
     for i, cell in enumerate(cells):
         if progress:
             progress(cell, i, len(cells))
-        if cell.method in METHOD_CONFIGS:
+        if cell.method in ALGORITHMS:
             data = ensure_dataset(profile, cell.task, out)
             h = config_hash(cell_config(profile, cell, out, data))
         else:
@@ -256,7 +247,7 @@ def run_grid(
         if done is None:
             t0 = time.time()
             try:
-                if cell.method in METHOD_CONFIGS:
+                if cell.method in ALGORITHMS:
                     summary = run_method(profile, cell, out, data)
                 else:
                     summary = run_reference(profile, cell, out)
@@ -291,8 +282,8 @@ def _validate(profile: presets.Profile, tasks: list[str] | None, methods: list[s
             raise ValueError(f"unknown task {t!r} for profile {profile.name!r}; valid: "
                              f"{', '.join(profile.tasks)}")
     for m in methods or []:
-        if m not in METHOD_CONFIGS:
-            raise ValueError(f"unknown method {m!r}; valid: {', '.join(METHOD_CONFIGS)}")
+        if m not in ALGORITHMS:
+            raise ValueError(f"unknown method {m!r}; valid: {', '.join(ALGORITHMS)}")
     bad = [s for s in seeds or [] if s < 0]
     if bad or (seeds is not None and len(set(seeds)) != len(seeds)):
         raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")

@@ -31,10 +31,13 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import tyro
+
+if TYPE_CHECKING:
+    from lmrlgym.algos import TrainConfig
 
 ALGOS = ("bc", "filtered_bc", "mc", "ilql")
 
@@ -111,7 +114,7 @@ def bench_train(
     ``matmul_flops_per_s``, ``flops_per_token``, ``rel_cost_per_token`` (vs the first algorithm)
     and the workload (``rows_mean_tokens``, ``action_fraction``, ``batch_size``, ``threads``).
     """
-    from lmrlgym.algos.cli import algorithm
+    from lmrlgym.algos import algorithm
     from lmrlgym.data.generate import generate_dataset
 
     for algo in algos:
@@ -145,21 +148,21 @@ def bench_train(
         return rows
 
 
-def _workload_flops(algo: str, config: Any, run_dir: Path, model: str) -> tuple[float, dict]:
+def _workload_flops(algo: str, config: TrainConfig, run_dir: Path, model: str) -> tuple[float, dict]:
     """Average model FLOPs per real token over the training rows, and the row statistics."""
-    from lmrlgym.algos import common
+    from lmrlgym.algos import TOKENIZER_DIR, training_rows
     from lmrlgym.models.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(run_dir / common.TOKENIZER_DIR)
+    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
     shape = model_shape(model, tokenizer)
-    data = common.prepare_data(config, run_dir)
+    rows = training_rows(config, run_dir)
     flops = tokens = acts = 0.0
-    for seg in data.train_rows:
+    for seg in rows:
         n_act = int(seg.action_mask[1:].sum())
         flops += flops_per_row(algo, shape, len(seg), n_act, len(seg.next_ids))
         tokens += len(seg)
         acts += n_act
-    return flops / tokens, {"rows_mean_tokens": tokens / len(data.train_rows),
+    return flops / tokens, {"rows_mean_tokens": tokens / len(rows),
                             "action_fraction": acts / tokens, "n_trunk_params": shape.n_trunk}
 
 

@@ -61,7 +61,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _generate_shard(job: tuple) -> tuple[int, int]:
     task, env_kwargs, policy_spec, seeds, path = job
-    from lmrlgym import make  # noqa: PLC0415  (fresh import in spawned workers)
+    from lmrlgym.registry import make  # noqa: PLC0415  (fresh import in spawned workers)
 
     env = make(task, **env_kwargs)
     policy = make_policy(policy_spec, task)

@@ -76,7 +76,7 @@ def eval_main(
     kwargs = parse_env_kwargs(env_kwargs)
 
     if run is not None:
-        from lmrlgym.algos.common import load_config, load_policy
+        from lmrlgym.algos import load_config, load_policy
 
         if not run.is_dir():
             raise FileNotFoundError(f"run directory not found: {run}")

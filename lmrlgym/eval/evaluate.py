@@ -30,7 +30,7 @@ from lmrlgym.core import Episode, Policy, TextEnv
 from lmrlgym.data.io import dumps_episode, write_json, write_shard
 from lmrlgym.data.policies import BehaviourPolicy
 from lmrlgym.eval.normalize import PAPER, PROJECT, score
-from lmrlgym.registry import Protocol
+from lmrlgym.registry import Protocol, make
 from lmrlgym.registry import spec as registry_spec
 
 BOOTSTRAP_RESAMPLES = 10_000
@@ -67,8 +67,6 @@ def _env_maker(task: str | type[TextEnv], env_kwargs: dict[str, Any]) -> Callabl
     if isinstance(task, type):
         cls = env_class(task)
         return lambda: cls(**env_kwargs)
-    from lmrlgym import make
-
     return lambda: make(task, **env_kwargs)
 
 

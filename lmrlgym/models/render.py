@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from lmrlgym.algos.rl import returns_to_go, step_discount
 from lmrlgym.core import Episode, Turn
 
 ContextFn = Callable[[Sequence[Turn]], list[Turn]]
@@ -89,36 +90,19 @@ class TokenCache:
                 self._ids[text] = list(ids)
 
 
-def turn_discounts(
-    action_lengths: Sequence[int], gamma: float, discount_mode: DiscountMode
-) -> list[float]:
-    """``d`` of each action token of an episode, flat over its turns (ALGORITHMS.md §1.7)."""
-    if discount_mode not in ("turn", "token"):
-        raise ValueError(f"discount_mode must be 'turn' or 'token', got {discount_mode!r}")
-    d: list[float] = []
-    for n in action_lengths:
-        if discount_mode == "token":
-            d.extend([gamma] * n)
-        else:
-            d.extend([1.0] * (n - 1) + [gamma])
-    return d
-
-
 def episode_returns(
     action_lengths: Sequence[int], rewards: Sequence[float], gamma: float,
     discount_mode: DiscountMode,
 ) -> list[list[float]]:
     """Return-to-go of every action token, per action turn: ``G_i = r_i + d_i G_next(i)``,
-    0 after the last action (pure Monte Carlo: no bootstrap, ALGORITHMS.md §3.3)."""
-    d = turn_discounts(action_lengths, gamma, discount_mode)
+    0 after the last action (pure Monte Carlo: no bootstrap, ALGORITHMS.md §3.3), with the
+    discounting of the losses (``algos.rl.step_discount``, §1.7) in double precision."""
+    end = torch.tensor([k == n - 1 for n in action_lengths for k in range(n)], dtype=torch.bool)
+    d = step_discount(end, gamma, discount_mode, dtype=torch.float64).tolist()
     r: list[float] = []
     for n, rew in zip(action_lengths, rewards, strict=True):
         r.extend([0.0] * (n - 1) + [float(rew)])
-    g = [0.0] * len(r)
-    acc = 0.0
-    for k in reversed(range(len(r))):
-        acc = r[k] + d[k] * acc
-        g[k] = acc
+    g = returns_to_go(r, d)
     out, start = [], 0
     for n in action_lengths:
         out.append(g[start : start + n])

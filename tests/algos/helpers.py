@@ -26,3 +26,14 @@ def maze_dataset(path: Path, n: int, policy: str, seed: int = 1_000_000) -> str:
     if not (path / "manifest.json").exists():
         generate_dataset("Maze-FO-v0", path, n, policy, seed=seed, overwrite=True)
     return str(path)
+
+
+def spy_on(original, spy, set_attr=setattr) -> None:
+    """Replace the function ``original`` by ``spy`` in every loaded ``lmrlgym.algos`` module
+    that holds it (the methods import their plumbing by name); ``set_attr``: e.g.
+    ``monkeypatch.setattr``, to undo it after the test."""
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("lmrlgym.algos") and getattr(module, original.__name__, None) is original:
+            set_attr(module, original.__name__, spy)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from lmrlgym.algos import bc, common
+from lmrlgym.algos import bc
+from lmrlgym.algos.checkpoint import export_lm
+from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
 from lmrlgym.data.generate import DATA_SEED_BASE, generate_dataset
 from lmrlgym.data.io import read_episodes
 from lmrlgym.data.policies import default_policy
@@ -38,15 +40,15 @@ def dataset(base: Path, task: str, n: int) -> Path:
 def random_init(base: Path, task: str, vocab_size: int = 512) -> Path:
     """An untrained tiny GPT-2 with a tokenizer trained on the task's generated text."""
     run = base / f"random_init_{task}"
-    if (run / common.MODEL_DIR).exists():
+    if (run / MODEL_DIR).exists():
         return run
     episodes, _ = read_episodes(dataset(base, task, 50))
     tokenizer = train_tokenizer((t.text for e in episodes for t in e.turns), vocab_size)
     torch.manual_seed(0)
     lm = build_model("gpt2-tiny", tokenizer, dropout=0.0)
     run.mkdir(parents=True)
-    tokenizer.save_pretrained(str(run / common.TOKENIZER_DIR))
-    common.export_lm(lm, tokenizer, run)
+    tokenizer.save_pretrained(str(run / TOKENIZER_DIR))
+    export_lm(lm, tokenizer, run)
     return run
 
 
@@ -55,7 +57,7 @@ def maze_bc_init(base: Path) -> Path:
     ~10 % success, as in the paper): 80 steps reach the data's action entropy, and the policy
     succeeds in about half of the episodes, so online methods have something to improve."""
     run = base / "maze_bc"
-    if (run / common.MODEL_DIR).exists():
+    if (run / MODEL_DIR).exists():
         return run
     config = bc.BCConfig(task="Maze-FO-v0", data=str(dataset(base, "Maze-FO-v0", 300)),
                          out=str(run), vocab_size=512, max_steps=80, batch_size=32, lr=1e-3,

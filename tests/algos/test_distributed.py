@@ -19,10 +19,24 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lmrlgym.algos import bc, common, distributed, filtered_bc, ilql, mc, online_filtered_bc, ppo
+from lmrlgym.algos import (
+    MODEL_DIR,
+    TOKENIZER_DIR,
+    bc,
+    distributed,
+    filtered_bc,
+    ilql,
+    latest_checkpoint,
+    load_policy,
+    loop,
+    mc,
+    online_filtered_bc,
+    ppo,
+)
+from lmrlgym.algos.checkpoint import export_lm
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.tokenizer import train_tokenizer
-from tests.algos.helpers import maze_dataset
+from tests.algos.helpers import maze_dataset, spy_on
 from tests.algos.online_runs import logged
 from tests.algos.toy import TASK as TOY
 from tests.algos.toy import toy_episodes
@@ -38,19 +52,22 @@ DRIVER = textwrap.dedent('''
     from pathlib import Path
     import torch
     from safetensors.torch import save_file
-    from lmrlgym.algos import common, distributed
+    from lmrlgym.algos import ALGORITHMS, algorithm, distributed, loop
+    from tests.algos.helpers import spy_on
 
     out, mode, jobs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     captured = {}
-    make_optimizer = common.make_optimizer
+    make_optimizer = loop.make_optimizer
 
     def spy(params, *args, **kw):
         captured["optimizer"] = make_optimizer(params, *args, **kw)
         return captured["optimizer"]
 
-    common.make_optimizer = spy
+    for name in ALGORITHMS:
+        algorithm(name)  # imported before the spy replaces make_optimizer in each
+    spy_on(make_optimizer, spy)
     if mode != "ok":  # rank 1 dies (or hangs) in its third optimizer step, after two checkpoints
-        optimizer_step = common.Loop.optimizer_step
+        optimizer_step = loop.Loop.optimizer_step
 
         def failing(self, step):
             if distributed.world().rank == 1 and step == 2:
@@ -59,7 +76,7 @@ DRIVER = textwrap.dedent('''
                 raise RuntimeError("injected failure on rank 1")
             return optimizer_step(self, step)
 
-        common.Loop.optimizer_step = failing
+        loop.Loop.optimizer_step = failing
     rank = distributed.world_from_env().rank
     for label, job in jobs.items():
         module = importlib.import_module(f"lmrlgym.algos.{job['algo']}")
@@ -167,13 +184,13 @@ def launch(tmp_path, runs, mode="ok"):
 
 def single_process(module, kwargs, monkeypatch, task="Maze-FO-v0"):
     captured = {}
-    make_optimizer = common.make_optimizer
+    make_optimizer = loop.make_optimizer
 
     def spy(params, *args, **kw):
         captured["params"] = list(params)
         return make_optimizer(captured["params"], *args, **kw)
 
-    monkeypatch.setattr(common, "make_optimizer", spy)
+    spy_on(make_optimizer, spy, monkeypatch.setattr)
     run_dir = module.train(module.preset(task, **kwargs))
     return run_dir, [p.detach() for p in captured["params"]]
 
@@ -229,7 +246,7 @@ def test_a_failing_rank_stops_the_job_named_and_keeps_the_last_checkpoint(assets
     assert "[rank 1] RuntimeError: injected failure on rank 1" in log  # our rank-prefixed report
     # torchrun's summary names rank 1 as the root cause, with its traceback (error file)
     assert re.search(r"Root Cause.*?rank\s*: 1 \(local_rank: 1\).*?injected failure", log, re.DOTALL)
-    ckpt = common.latest_checkpoint(run)
+    ckpt = latest_checkpoint(run)
     assert ckpt is not None and ckpt.name == "step_00000002"
     # The surviving checkpoint resumes in a single process and finishes the run.
     run_dir = bc.train(bc.preset("Maze-FO-v0", resume=str(run)))
@@ -256,7 +273,7 @@ def test_a_hung_rank_makes_the_others_time_out(assets, tmp_path):
     # rank 0 waited --dist-timeout seconds in the gradient all-reduce, then failed by itself
     assert re.search(r"Root Cause.*?rank\s*: 0 \(local_rank: 0\)", log, re.DOTALL), log[-3000:]
     assert "[rank 0] RuntimeError: rank 0/2: gradient all-reduce failed: another rank died or hung" in log
-    assert common.latest_checkpoint(run).name == "step_00000002"
+    assert latest_checkpoint(run).name == "step_00000002"
 
 
 @pytest.mark.slow
@@ -294,7 +311,7 @@ def test_fsdp_two_gloo_ranks_equal_one_process_and_resume_from_a_sharded_checkpo
         assert ckpt.keys() == ref.keys()
         for k in ref:
             torch.testing.assert_close(ckpt[k], ref[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k, algo=algo: f"{algo} {k}: {m}")
-        policy = common.load_policy(two)  # the export reloads
+        policy = load_policy(two)  # the export reloads
         assert policy.model.config.n_layer == 1
 
 
@@ -323,8 +340,8 @@ def toy_init(assets):
     run.mkdir()
     tokenizer = train_tokenizer((t.text for e in toy_episodes(50, 0) for t in e.turns), 300)
     torch.manual_seed(0)
-    common.export_lm(build_model(assets["model"], tokenizer, dropout=0.0), tokenizer, run)
-    tokenizer.save_pretrained(str(run / common.TOKENIZER_DIR))
+    export_lm(build_model(assets["model"], tokenizer, dropout=0.0), tokenizer, run)
+    tokenizer.save_pretrained(str(run / TOKENIZER_DIR))
     return str(run)
 
 
@@ -378,8 +395,8 @@ def test_a_rollout_batch_is_the_same_whichever_batches_a_rank_plays(toy_init):
     from lmrlgym.algos import online
     from lmrlgym.models.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(Path(toy_init) / common.TOKENIZER_DIR)
-    lm = build_model(str(Path(toy_init) / common.MODEL_DIR), tokenizer, dropout=0.0)
+    tokenizer = load_tokenizer(Path(toy_init) / TOKENIZER_DIR)
+    lm = build_model(str(Path(toy_init) / MODEL_DIR), tokenizer, dropout=0.0)
     seeds, samplers = online.rollout_seeds(3, 0, 5), [11, 22, 33]
 
     def play(batches):

@@ -20,8 +20,7 @@ import json
 
 import pytest
 
-from lmrlgym.algos import bc, filtered_bc, ilql, mc
-from lmrlgym.algos.common import load_policy
+from lmrlgym.algos import bc, filtered_bc, ilql, load_policy, mc
 from lmrlgym.data.io import write_shard
 from lmrlgym.eval.evaluate import evaluate
 from tests.algos.helpers import maze_dataset, micro_model

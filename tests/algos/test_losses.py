@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.common import EmptyActionBatch
 from lmrlgym.algos.ilql import ILQLConfig, ilql_loss
 from lmrlgym.algos.mc import MCConfig, mc_loss
+from lmrlgym.algos.rl import EmptyActionBatch
 
 
 def batch(ids, mask, rewards=None, turn_end=None, returns=None):

@@ -2,7 +2,9 @@
 
 import pytest
 
-from lmrlgym.algos import common, online
+from lmrlgym.algos import online
+from lmrlgym.algos.dataset import context_fn
+from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
 from lmrlgym.core import Episode, Turn
 from lmrlgym.data.generate import DATA_SEED_BASE
 from lmrlgym.models.factory import build_model
@@ -19,8 +21,8 @@ def test_rollout_seeds_are_deterministic_per_round_and_disjoint_from_eval_and_da
 
 
 def load(run):
-    tokenizer = load_tokenizer(run / common.TOKENIZER_DIR)
-    return build_model(str(run / common.MODEL_DIR), tokenizer, dropout=0.0), tokenizer
+    tokenizer = load_tokenizer(run / TOKENIZER_DIR)
+    return build_model(str(run / MODEL_DIR), tokenizer, dropout=0.0), tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def test_each_action_was_sampled_from_its_training_row_prefix(task, maze_bc, tmp
     policy = online.LMPolicy(lm, tokenizer, max_context_tokens=256,
                              max_new_tokens=MAX_NEW_TOKENS[task], seed=0)
     rollouts = online.collect_rollouts(policy, task, online.rollout_seeds(0, 0, 3), batch_size=2)
-    segments = online.render_rollouts(rollouts, tokenizer, common.context_fn(task), 256)
+    segments = online.render_rollouts(rollouts, tokenizer, context_fn(task), 256)
     checked = 0
     for i, r in enumerate(rollouts):
         assert r.episode.n_actions == len(r.action_ids) == len(r.prompts)

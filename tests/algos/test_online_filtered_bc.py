@@ -5,9 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from lmrlgym.algos import common, online_filtered_bc
-from lmrlgym.algos.common import EmptyActionBatch
+from lmrlgym.algos import online_filtered_bc
+from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.online_filtered_bc import bc_forward, training_rows
+from lmrlgym.algos.rl import EmptyActionBatch
+from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
 from lmrlgym.core import Episode, Turn
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.render import collate, render
@@ -33,11 +35,11 @@ def test_successful_maze_episode_gives_action_rows_and_a_finite_loss(tmp_path_fa
     # The original built its example from the post-step history, which on Maze-FO is only
     # "Success\n": no action tokens, 0/0 = NaN. Whole-episode chains keep every action.
     run = random_init(tmp_path_factory.getbasetemp(), "Maze-FO-v0")
-    tokenizer = load_tokenizer(run / common.TOKENIZER_DIR)
-    lm = build_model(str(run / common.MODEL_DIR), tokenizer, dropout=0.0)
+    tokenizer = load_tokenizer(run / TOKENIZER_DIR)
+    lm = build_model(str(run / MODEL_DIR), tokenizer, dropout=0.0)
     won = Episode("Maze-FO-v0", [Turn(OBS, False), Turn("move down\n", True, 0.0),
                                  Turn("Success\n", False)], True, False, True)
-    rows = training_rows(render(won, tokenizer, common.context_fn("Maze-FO-v0"), 256))
+    rows = training_rows(render(won, tokenizer, context_fn("Maze-FO-v0"), 256))
     assert len(rows) == 1
     loss, metrics = bc_forward(lm, collate(rows, tokenizer.pad_token_id), len(tokenizer))
     assert torch.isfinite(loss)
@@ -45,7 +47,7 @@ def test_successful_maze_episode_gives_action_rows_and_a_finite_loss(tmp_path_fa
     # batch without action tokens raises instead of returning NaN.
     post_step = render([Turn("Success\n", False)], tokenizer, terminated=True)
     assert post_step == []
-    env_only = collate(render(won, tokenizer, common.context_fn("Maze-FO-v0"), 256), tokenizer.pad_token_id)
+    env_only = collate(render(won, tokenizer, context_fn("Maze-FO-v0"), 256), tokenizer.pad_token_id)
     env_only.action_mask[:] = False
     with pytest.raises(EmptyActionBatch):
         bc_forward(lm, env_only, len(tokenizer))
@@ -73,7 +75,7 @@ def test_two_rounds_log_finite_values(task, tmp_path_factory):
         assert ln["train/kept_episodes"] >= 1 and "train/loss" in ln
     if task == "Wordle-v0":  # top 30 % of 4 episodes: ceil(1.2) = 2, ties broken by a seeded draw
         assert all(ln["train/kept_episodes"] == 2 for ln in lines)
-    assert (run / common.MODEL_DIR).is_dir()
+    assert (run / MODEL_DIR).is_dir()
 
 
 def test_a_round_without_successes_is_skipped_and_logged(tmp_path_factory):
@@ -87,8 +89,8 @@ def test_a_round_without_successes_is_skipped_and_logged(tmp_path_factory):
     assert line["train/skipped_round"] == 1.0
     assert line["train/kept_episodes"] == 0
     assert "train/loss" not in line
-    before = build_model(str(init / common.MODEL_DIR), load_tokenizer(init / common.TOKENIZER_DIR))
-    after = build_model(str(run / common.MODEL_DIR), load_tokenizer(run / common.TOKENIZER_DIR))
+    before = build_model(str(init / MODEL_DIR), load_tokenizer(init / TOKENIZER_DIR))
+    after = build_model(str(run / MODEL_DIR), load_tokenizer(run / TOKENIZER_DIR))
     assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(),
                                                  after.state_dict().values(), strict=True))
 
@@ -136,7 +138,7 @@ def test_resume_with_replay_replays_the_interrupted_run_exactly(tmp_path_factory
     strip = lambda lines: [{k: v for k, v in ln.items() if not k.startswith("time/")} for ln in lines]  # noqa: E731
     assert strip(logged(resumed)) == strip(logged(full))
     assert logged(full)[1]["train/kept_episodes"] == 2  # this round's; training used all 4 kept
-    a = build_model(str(full / common.MODEL_DIR), load_tokenizer(full / common.TOKENIZER_DIR))
-    b = build_model(str(resumed / common.MODEL_DIR), load_tokenizer(resumed / common.TOKENIZER_DIR))
+    a = build_model(str(full / MODEL_DIR), load_tokenizer(full / TOKENIZER_DIR))
+    b = build_model(str(resumed / MODEL_DIR), load_tokenizer(resumed / TOKENIZER_DIR))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(),
                                                  strict=True))

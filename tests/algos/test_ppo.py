@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmrlgym.algos import common, ppo
-from lmrlgym.algos.common import EmptyActionBatch
+from lmrlgym.algos import ppo
+from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.ppo import (
     PPOConfig,
     PPOModel,
@@ -20,6 +20,8 @@ from lmrlgym.algos.ppo import (
     ppo_loss,
     score_rows,
 )
+from lmrlgym.algos.rl import EmptyActionBatch
+from lmrlgym.algos.rundir import HEADS_FILE, MODEL_DIR, TOKENIZER_DIR, latest_checkpoint
 from lmrlgym.core import Episode, Turn
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.heads import make_head
@@ -220,8 +222,8 @@ def test_score_rows_at_init_hand_checked(tmp_path_factory):
     # At init the value head's output layer is zero with bias −1, so V ≡ −1; the policy is its
     # own reference (log-ratio 0), and log π is the LM's softmax without special tokens.
     run = random_init(tmp_path_factory.getbasetemp(), "Maze-FO-v0")
-    tokenizer = load_tokenizer(run / common.TOKENIZER_DIR)
-    lm = build_model(str(run / common.MODEL_DIR), tokenizer, dropout=0.0)
+    tokenizer = load_tokenizer(run / TOKENIZER_DIR)
+    lm = build_model(str(run / MODEL_DIR), tokenizer, dropout=0.0)
     model = PPOModel(lm, make_head("linear", lm.config.n_embd, 1, -1.0), None, len(tokenizer),
                      tokenizer.all_special_ids)
     obs = ["The goal is at position 8, 6. Your current position is at position 1, 1.\n",
@@ -231,7 +233,7 @@ def test_score_rows_at_init_hand_checked(tmp_path_factory):
                                  Turn("Success\n", False)], True, False, True)
     cut = Episode("Maze-FO-v0", [Turn(obs[0], False), Turn("move up\n", True, -1.0),
                                  Turn(obs[0], False)], False, True, False)
-    window = common.context_fn("Maze-FO-v0")
+    window = context_fn("Maze-FO-v0")
     segments = render(won, tokenizer, window, 256, episode_id=0) + render(cut, tokenizer, window, 256, episode_id=1)
     rows, v_boot = score_rows(model, copy.deepcopy(lm), segments, tokenizer.pad_token_id, chunk=2)
     assert v_boot == {0: 0.0, 1: pytest.approx(-1.0)}  # terminated: 0; truncated: V(final obs)
@@ -260,8 +262,8 @@ def tiny_ppo(base, task, init, **kw):
 
 
 def tensors(run):
-    state = load_file(str(run / common.MODEL_DIR / "model.safetensors"))
-    heads = run / common.HEADS_FILE
+    state = load_file(str(run / MODEL_DIR / "model.safetensors"))
+    heads = run / HEADS_FILE
     return {**state, **(load_file(str(heads)) if heads.exists() else {})}
 
 
@@ -351,7 +353,7 @@ def test_separate_value_trunk_and_adaptive_kl(tmp_path_factory):
     assert first["train/kl_coef"] == 0.05
     err = min(max(first["train/kl_seq"] / 1.0 - 1.0, -0.2), 0.2)
     assert second["train/kl_coef"] == pytest.approx(0.05 * (1 + err * 4 / 10))
-    ckpt = common.latest_checkpoint(run)
+    ckpt = latest_checkpoint(run)
     trunk = load_file(str(ckpt / "value_trunk.safetensors"))
     before = tensors(init)
     assert any(not torch.equal(trunk[k], before[k]) for k in before if k in trunk)

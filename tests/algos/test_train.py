@@ -7,11 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmrlgym.algos import bc, common, filtered_bc, ilql, mc
+from lmrlgym.algos import bc, filtered_bc, ilql, load_policy, loop, mc
 from lmrlgym.algos.cli import parse_config, train_main
-from lmrlgym.algos.common import load_policy
-from lmrlgym.models.heads import make_head
-from tests.algos.helpers import maze_dataset, micro_model
+from tests.algos.helpers import maze_dataset, micro_model, spy_on
 
 MODULES = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
 
@@ -40,14 +38,14 @@ def test_three_steps_change_every_trainable_parameter(algo, assets, tmp_path, mo
     # gets no gradient until the output layer has moved, and ILQL's V loss is exactly 0 on the
     # first step (V and the target Qs all start at head_bias).
     captured = {}
-    make_optimizer = common.make_optimizer
+    make_optimizer = loop.make_optimizer
 
     def spy(params, *args, **kw):
         captured["params"] = list(params)
         captured["before"] = [p.detach().clone() for p in captured["params"]]
         return make_optimizer(captured["params"], *args, **kw)
 
-    monkeypatch.setattr(common, "make_optimizer", spy)
+    spy_on(make_optimizer, spy, monkeypatch.setattr)
     run_dir = MODULES[algo].train(config(MODULES[algo], assets, tmp_path / "run", max_steps=3))
     unchanged = [i for i, (p, b) in enumerate(zip(captured["params"], captured["before"], strict=True))
                  if torch.equal(p.detach(), b)]
@@ -136,13 +134,12 @@ def _maze_obs():
 def test_value_guided_decoding_is_the_behaviour_policy_at_init_or_beta_zero(beta):
     torch.manual_seed(0)
     h, logits = torch.randn(5, 16), torch.randn(5, 40)
-    heads = torch.nn.ModuleDict({"q1": make_head("mlp", 16, 40, -4.1), "q2": make_head("mlp", 16, 40, -4.1),
-                                 "v": make_head("mlp", 16, 1, -4.1)})
-    assert torch.equal(ilql.ilql_adjust(heads, beta)(h, logits), logits)
-    q = make_head("linear", 16, 40, 0.0)
-    assert torch.equal(mc.mc_adjust(q, beta)(h, logits), logits)
-    torch.nn.init.normal_(q.linear.weight)  # a trained head changes the policy unless β = 0
-    assert torch.equal(mc.mc_adjust(q, beta)(h, logits), logits) == (beta == 0.0)
+    heads = ilql.make_heads(ilql.ILQLConfig(head="mlp", head_bias=-4.1), 16, 40)
+    assert torch.equal(ilql.logits_adjust(heads, beta)(h, logits), logits)
+    q_heads = mc.make_heads(mc.MCConfig(head="linear", head_bias=0.0), 16, 40)
+    assert torch.equal(mc.logits_adjust(q_heads, beta)(h, logits), logits)
+    torch.nn.init.normal_(q_heads["q"].linear.weight)  # a trained head changes the policy unless β = 0
+    assert torch.equal(mc.logits_adjust(q_heads, beta)(h, logits), logits) == (beta == 0.0)
 
 
 @pytest.mark.slow

@@ -40,10 +40,22 @@ def test_strength_and_epsilon_settings():
         make_policy("chess-stockfish(strength='nodes:0')", "Chess-v0")
 
 
-def test_default_and_optimal_specs_build():
+def test_default_and_optimal_specs_build_and_play_legal_moves():
+    rng = np.random.default_rng(0)
     for task in ("Chess-v0", "Endgames-v0"):
+        env = lmrlgym.make(task, opponent="random")
         for spec in (DEFAULT_POLICY[task], OPTIMAL_POLICY[task]):
-            make_policy(spec, task).close()
+            policy = make_policy(spec, task)
+            try:
+                obs, info = env.reset(seed=1_000_000, options=policy.reset_options(env, rng))
+                for _ in range(2):
+                    obs, _, terminated, _, info = env.step(policy.act(env, obs, info, rng))
+                    assert not info["illegal"], (spec, obs)
+                    if terminated:
+                        break
+            finally:
+                policy.close()
+        env.close()
 
 
 def test_episode_record_replays_exactly_and_is_deterministic():

@@ -18,7 +18,7 @@ def test_every_task_declares_its_facts(task):
 
 
 def test_eval_bench_and_training_read_the_spec():
-    from lmrlgym.algos import common
+    from lmrlgym.algos import presets
     from lmrlgym.bench.presets import PAPER_DATA, PAPER_EVAL, PAPER_MODEL
     from lmrlgym.eval.evaluate import protocol_episodes
 
@@ -27,12 +27,12 @@ def test_eval_bench_and_training_read_the_spec():
         assert protocol_episodes(task) == PAPER_EVAL[task] == s.protocol.episodes
         assert PAPER_DATA[task] == s.paper.data_episodes
         assert PAPER_MODEL[task] == s.paper.model
-        assert common.TASK_LENGTHS[task] == s.lengths.as_dict()
-    assert common.TASK_LENGTHS == task_lengths()
-    assert common.MAZE == ("Maze-FO-v0", "Maze-PO-v0")
-    assert common.TEXTNAV == ("TextNav-FO-v0", "TextNav-PO-v0")
-    assert common.CHESS == ("Chess-v0", "Endgames-v0")
-    assert common.DIALOGUE == ("TwentyQuestions-v0", "GuessCity-v0", "CarDealer-v0")
+        assert presets.TASK_LENGTHS[task] == s.lengths.as_dict()
+    assert presets.TASK_LENGTHS == task_lengths()
+    assert presets.MAZE == ("Maze-FO-v0", "Maze-PO-v0")
+    assert presets.TEXTNAV == ("TextNav-FO-v0", "TextNav-PO-v0")
+    assert presets.CHESS == ("Chess-v0", "Endgames-v0")
+    assert presets.DIALOGUE == ("TwentyQuestions-v0", "GuessCity-v0", "CarDealer-v0")
 
 
 def test_paper_values():

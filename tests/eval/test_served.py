@@ -12,8 +12,7 @@ import httpx
 import pytest
 import torch
 
-from lmrlgym.algos import bc
-from lmrlgym.algos.common import load_policy
+from lmrlgym.algos import bc, load_policy
 from lmrlgym.data.generate import generate_dataset
 from lmrlgym.data.io import read_episodes
 from lmrlgym.eval.evaluate import EPISODES_FILE, PARTIAL_FILE, SUMMARY_FILE, evaluate

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lmrlgym.algos import bc, common, ilql
+from lmrlgym.algos import backbone, bc, ilql, load_policy, loop
 from lmrlgym.models import lora
-from tests.algos.helpers import maze_dataset, micro_model
+from tests.algos.helpers import maze_dataset, micro_model, spy_on
 
 
 @pytest.mark.parametrize("text, spec", [
@@ -67,7 +67,7 @@ def train_capturing_lm(module, assets, out, monkeypatch, **kw):
     """Train 3 steps with LoRA; returns (run_dir, the trained lm, its state before training,
     the optimizer's parameters with their values before training)."""
     seen = {}
-    build_lm, make_optimizer = common.build_lm, common.make_optimizer
+    build_lm, make_optimizer = backbone.build_lm, loop.make_optimizer
 
     def spy_build(*args, **kwargs):
         seen["lm"] = build_lm(*args, **kwargs)
@@ -79,8 +79,8 @@ def train_capturing_lm(module, assets, out, monkeypatch, **kw):
         seen["params_before"] = [p.detach().clone() for p in seen["params"]]
         return make_optimizer(seen["params"], *args, **kwargs)
 
-    monkeypatch.setattr(common, "build_lm", spy_build)
-    monkeypatch.setattr(common, "make_optimizer", spy_optimizer)
+    spy_on(build_lm, spy_build, monkeypatch.setattr)
+    spy_on(make_optimizer, spy_optimizer, monkeypatch.setattr)
     config = module.preset("Maze-FO-v0", data=assets["data"], out=str(out), model=assets["model"],
                            vocab_size=300, batch_size=8, max_steps=3, log_every=1,
                            tensorboard=False, lr=1e-2, lora="r=4,alpha=8,targets=c_attn|c_proj", **kw)
@@ -123,7 +123,7 @@ def test_saved_adapter_reloads_with_the_same_logits(bc_run):
     ids = torch.tensor([[0, 5, 9, 17, 3, 4, 250]])
     with torch.no_grad():
         expected = lm(input_ids=ids).logits
-        policy = common.load_policy(run_dir)
+        policy = load_policy(run_dir)
         assert torch.equal(policy.model(input_ids=ids).logits, expected)
         # The export opens with plain transformers + PEFT, no lmrlgym code.
         base = AutoModelForCausalLM.from_pretrained(str(model_dir))
@@ -135,9 +135,9 @@ def test_saved_adapter_reloads_with_the_same_logits(bc_run):
 
 def test_init_from_a_lora_run_merges_its_adapter(bc_run):
     run_dir, seen = bc_run
-    tokenizer = common.load_policy(run_dir).tokenizer
+    tokenizer = load_policy(run_dir).tokenizer
     config = bc.preset("Maze-FO-v0", init_from=str(run_dir))
-    merged = common.build_lm(config, tokenizer).eval()
+    merged = backbone.build_lm(config, tokenizer).eval()
     assert not lora.is_lora(merged)
     ids = torch.tensor([[0, 5, 9, 17]])
     with torch.no_grad():
@@ -146,7 +146,7 @@ def test_init_from_a_lora_run_merges_its_adapter(bc_run):
 
 
 def test_online_methods_start_from_a_lora_policy(tmp_path):
-    # PPO and online filtered BC build their policy with online.load_init (common.build_lm).
+    # PPO and online filtered BC build their policy with online.load_init (backbone.build_lm).
     # A full PPO round with LoRA takes minutes on this CPU (rollouts of an untrained policy),
     # so the test checks the shared entry point; the optimizer then sees only adapters and
     # heads as trainable, as in the offline tests above.

@@ -1,4 +1,4 @@
-"""Pure helpers of algos/common.py against hand-computed values (ALGORITHMS.md §1.5-1.9)."""
+"""The pure RL math of algos/rl.py (and loop.lr_at) against hand-computed values (ALGORITHMS.md §1.5-1.9)."""
 
 from types import SimpleNamespace
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from lmrlgym.algos.common import (
+from lmrlgym.algos.loop import lr_at
+from lmrlgym.algos.rl import (
     EmptyActionBatch,
     gae,
-    lr_at,
     masked_mean,
     next_state_value,
     next_step_index,
@@ -90,11 +90,11 @@ def test_returns_to_go_per_turn_and_per_token_match_worked_example():
     g = 0.9
     act, _, r, end = step_view(example_batch())
     rk, endk = r[act], end[act]
-    turn = returns_to_go(rk, step_discount(endk, g, "turn"))
-    assert turn.tolist() == pytest.approx([-1 + g, -1 + g, -1 + g, 1, 1])
-    token = returns_to_go(rk, step_discount(endk, g, "token"))
+    turn = returns_to_go(rk.tolist(), step_discount(endk, g, "turn").tolist())
+    assert turn == pytest.approx([-1 + g, -1 + g, -1 + g, 1, 1])
+    token = returns_to_go(rk.tolist(), step_discount(endk, g, "token").tolist())
     expect = [g**2 * (-1 + g**2), g * (-1 + g**2), -1 + g**2, g, 1]
-    assert token.tolist() == pytest.approx(expect)
+    assert token == pytest.approx(expect)
 
 
 def test_gae_hand_computed_and_equals_returns_when_lambda_one():
@@ -112,7 +112,7 @@ def test_gae_hand_computed_and_equals_returns_when_lambda_one():
     assert R.tolist() == pytest.approx([a0 + 0.5, a1 + 1.0, a2 + 1.5])
     ones = torch.ones(3)
     A1, _ = gae(r, torch.zeros(3), ones, ones, 0.0)
-    assert A1.tolist() == pytest.approx(returns_to_go(r, ones).tolist())
+    assert A1.tolist() == pytest.approx(returns_to_go(r.tolist(), ones.tolist()))
 
 
 def test_polyak_alpha_one_copies_and_zero_freezes():

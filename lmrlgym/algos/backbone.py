@@ -1,0 +1,65 @@
+"""The trained causal LM: building it (from a preset, a path or an ``init_from`` run, with
+LoRA), dropout off, its hidden states, and the evaluation policy of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from lmrlgym.algos.config import TrainConfig, config_algo
+from lmrlgym.algos.dataset import context_fn
+from lmrlgym.algos.rundir import MODEL_DIR
+from lmrlgym.models.policy import LMPolicy, LogitsAdjust
+
+
+def build_lm(config: TrainConfig, tokenizer: PreTrainedTokenizerBase,
+             dropout: float | None = None) -> nn.Module:
+    """The causal LM: ``init_from``'s exported model, else ``--model`` (a preset or a path).
+    Rows never exceed ``P + M`` plus one env turn, so the preset's position table is kept.
+    An ``init_from`` LoRA run's adapter is merged in; ``--lora`` then adds fresh adapters."""
+    from lmrlgym.models import lora
+
+    source = str(Path(config.init_from) / MODEL_DIR) if config.init_from else config.model
+    # from_pretrained returns eval mode; training mode keeps the model's dropout active (BC).
+    lm = lora.build_model(source, tokenizer, merge=True, dropout=dropout).train()
+    return lora.apply_lora(lm, config.lora) if config.lora else lm
+
+
+def disable_dropout(module: nn.Module) -> None:
+    """Dropout 0 in every RL forward pass, targets included (§2.4; the original left it on)."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    config = getattr(module, "config", None)
+    for name in ("attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dropout", "dropout"):
+        if config is not None and isinstance(getattr(config, name, None), float):
+            setattr(config, name, 0.0)
+
+
+def hidden_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Final hidden states ``h`` (B, T, d), after the final norm: the LM head's input (§2.1).
+    ``base_model`` is the trunk of every Hugging Face causal LM (GPT-2's ``transformer``)."""
+    return lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def last_token_states(lm: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+    """``h`` at the last real token of each right-padded row, (B, d)."""
+    h = hidden_states(lm, ids, mask)  # (B, T, d)
+    last = mask.sum(1) - 1  # (B,)
+    return h[torch.arange(h.shape[0]), last.clamp(min=0)]
+
+
+def lm_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: TrainConfig,
+              logits_adjust: LogitsAdjust | None = None, **decoding: Any) -> LMPolicy:
+    """The evaluation policy of a run: ancestral sampling (or greedy) from the LM, value-guided
+    by ``logits_adjust`` for MC/ILQL (§3.5). ``decoding`` overrides the run's settings."""
+    settings = dict(context_turns=context_fn(config.task),
+                    max_context_tokens=config.max_context_tokens,
+                    max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                    greedy=config.greedy, name=config_algo(config))
+    return LMPolicy(lm, tokenizer, logits_adjust=logits_adjust, **{**settings, **decoding})
+

@@ -1,0 +1,48 @@
+"""The run directory's layout (DESIGN "Run directory"): where a run keeps its config, exported
+model, tokenizer, heads and checkpoints, and how a new one is named. Reading it needs no
+torch, so ``lmrlgym.algos`` exposes it cheaply."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from lmrlgym.algos.config import TrainConfig, config_algo
+
+CONFIG_FILE = "config.json"  # the resolved config, with its "algo"
+MODEL_DIR = "model"  # the exported LM (Hugging Face save_pretrained; LoRA: + adapter/)
+TOKENIZER_DIR = "tokenizer"
+HEADS_FILE = "heads.safetensors"  # the exported value heads, keys "<head>.<param>"
+CKPT_DIR = "checkpoints"  # step_<N>/ directories
+LATEST = "latest"  # checkpoints/latest: the name of the newest complete step_<N>/
+
+
+def run_dir_for(config: TrainConfig) -> Path:
+    """``runs/<task>__<algo>__<seed>__<time>/`` (cleanrl's naming) unless ``--out`` is given."""
+    if config.out:
+        return Path(config.out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.task}__{config_algo(config)}__{config.seed}__{stamp}"
+
+
+def read_config(run_dir: str | os.PathLike, flag: str = "") -> tuple[str | None, dict[str, Any]]:
+    """``(algo, fields)`` of a run directory's saved config; ``flag`` prefixes the error."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{flag}{run_dir}: no {CONFIG_FILE} (not a run directory)")
+    fields = json.loads(path.read_text())
+    return fields.pop("algo", None), fields
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The run's newest complete checkpoint directory, or None before the first one."""
+    ptr = Path(run_dir) / CKPT_DIR / LATEST
+    if not ptr.exists():
+        return None
+    path = ptr.parent / ptr.read_text().strip()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{ptr} points at {path.name}, which does not exist")
+    return path
