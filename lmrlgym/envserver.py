@@ -15,7 +15,7 @@ gives back the Gymnasium API of ``lmrlgym.make``. Endpoints (JSON bodies, JSON a
 ``info`` is the JSON part of the env's info (:func:`json_info`): ``turns`` as ``[text,
 is_action, reward]`` lists, numpy scalars as numbers, and any value JSON cannot carry (an
 object, a non-finite float) left out. Reset and step answers also carry ``action_set``: the
-env's current set of valid actions when it has one of at most :data:`MAX_ACTION_SET` items,
+env's current set of valid actions when it has one of at most :data:`lmrlgym.envjson.MAX_ACTION_SET` items,
 else ``null``.
 
 Every env call (construction, reset, step, close) runs on a worker thread, one call at a time
@@ -37,7 +37,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,11 +45,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from lmrlgym.core import TextEnv
+from lmrlgym.envjson import action_set_of, json_info, served_tasks
 from lmrlgym.registry import DependencyNotInstalled, registry, unknown_id_message
 
-#: Largest action set sent with each answer (a chess position's legal moves fit, a vocabulary
-#: of thousands of words does not and is left to the task's documentation).
-MAX_ACTION_SET = 64
 #: How many closed-by-expiry session ids are remembered for a clear 404.
 _EXPIRED_MEMORY = 4096
 
@@ -74,65 +72,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-def served_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
-    """The ids to serve: ``tasks`` checked (unknown or not installed: ``ValueError``), or every
-    registered id whose optional dependencies are installed."""
-    if not tasks:
-        return tuple(s.id for s in registry.values() if not s.missing())
-    for t in tasks:
-        if t not in registry:
-            raise ValueError(unknown_id_message(t))
-        missing = registry[t].missing()
-        if missing:
-            raise ValueError(f"--tasks {t} needs " + "; ".join(
-                f"{r.name}: {r.install}" for r in missing))
-    return tuple(dict.fromkeys(tasks))
-
-
-def json_info(info: dict[str, Any]) -> dict[str, Any]:
-    """The part of an env's ``info`` that JSON carries exactly (see the module docstring)."""
-    out: dict[str, Any] = {}
-    for key, value in info.items():
-        if key == "turns":
-            out[key] = [[t.text, bool(t.is_action), float(t.reward)] for t in value]
-            continue
-        value = _plain(value)
-        if value is not _DROP:
-            out[key] = value
-    return out
-
-
-_DROP = object()
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON-ready Python data, or ``_DROP`` if JSON cannot carry it."""
-    if hasattr(value, "dtype") and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        value = value.item()  # numpy scalar
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else _DROP
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        return _DROP if any(v is _DROP for v in items) else items
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            return _DROP
-        items = {k: _plain(v) for k, v in value.items()}
-        return _DROP if any(v is _DROP for v in items.values()) else items
-    return _DROP
-
-
-def action_set_of(env: TextEnv) -> list[str] | None:
-    """The env's current valid actions when it defines a small set, else None."""
-    method = getattr(env, "action_set", None)
-    actions = method() if callable(method) else None
-    if actions is None or len(actions) > MAX_ACTION_SET:
-        return None
-    return list(actions)
 
 
 @dataclasses.dataclass

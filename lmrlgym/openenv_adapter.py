@@ -41,7 +41,7 @@ from openenv.core.env_server.types import (
 from pydantic import Field
 
 from lmrlgym.core import TextEnv
-from lmrlgym.envserver import action_set_of, json_info, served_tasks
+from lmrlgym.envjson import action_set_of, json_info, served_tasks
 from lmrlgym.registry import registry, unknown_id_message
 
 

@@ -18,14 +18,8 @@ from lmrlgym import remote
 from lmrlgym.checker import PROBE_ACTIONS
 from lmrlgym.core import TextEnv
 from lmrlgym.data.policies import default_policy, make_policy
-from lmrlgym.envserver import (
-    MAX_ACTION_SET,
-    ServerConfig,
-    action_set_of,
-    create_app,
-    json_info,
-    serve_in_thread,
-)
+from lmrlgym.envjson import MAX_ACTION_SET, action_set_of, json_info
+from lmrlgym.envserver import ServerConfig, create_app, serve_in_thread
 from lmrlgym.registry import register, registry
 from tests.conftest import skip_if_missing
 
@@ -95,7 +89,7 @@ def test_transcript_matches_local(url, spec):
                     break
             assert env.done and env.turns == local.turns
         # Nothing the envs put in info is lost except values JSON cannot carry.
-        assert set(local._last_info) - set(got[-1]) == set()
+        assert set(want[-1]) - set(got[-1]) == set()
         with pytest.raises(remote.RemoteEnvError, match="HTTP 409.*reset"):
             env.step("after the end")
     finally:

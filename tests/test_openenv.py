@@ -8,7 +8,8 @@ from websockets.sync.client import connect
 pytest.importorskip("openenv", reason='needs openenv-core: pip install "lmrlgym[openenv]"')
 
 import lmrlgym  # noqa: E402
-from lmrlgym.envserver import json_info, serve_in_thread  # noqa: E402
+from lmrlgym.envjson import json_info  # noqa: E402
+from lmrlgym.envserver import serve_in_thread  # noqa: E402
 from lmrlgym.openenv_adapter import (  # noqa: E402
     LmrlgymAction,
     LmrlgymEnvClient,
