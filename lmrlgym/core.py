@@ -111,6 +111,10 @@ class TextEnv(gym.Env[str, str]):
     deterministic: bool = True
     #: (min, max) of the per-episode return, checked by `check_env`.
     return_range: tuple[float, float] = (-float("inf"), float("inf"))
+    #: For people playing the task (``lmrlgym play``): its rules, action format and examples.
+    play_help: str = ""
+    #: ``info`` keys holding the hidden state that ``lmrlgym play`` reveals when an episode ends.
+    play_reveal: tuple[str, ...] = ()
 
     def __init__(self, render_mode: str | None = None, max_obs_length: int = 1_000_000):
         self.render_mode = render_mode
