@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # it satisfies, so nothing is reinstalled (an unpinned torch would pull a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: bench test lint stockfish clean
+.PHONY: bench test docs-check lint stockfish clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(VENV)/.core stockfish
 
 test: $(VENV)/.dev stockfish
 	$(BIN)/python -m pytest
+
+# Every command in README.md and docs/ parses; the README's runnable blocks run with tiny sizes.
+docs-check: $(VENV)/.dev
+	$(BIN)/python -m pytest tests/test_docs.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check lmrlgym tests scripts

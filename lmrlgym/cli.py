@@ -100,54 +100,25 @@ def play(
     policy: str | None = None,
     seed: int | None = None,
     episodes: int = 1,
+    show_agent_view: bool = False,
 ) -> None:
     """Play an env in the terminal, or watch a scripted policy play it.
+
+    Prints the task's rules first; `:help` shows them again and `:quit` ends (neither reaches
+    the env). When an episode ends, the hidden state (the Wordle word, the 20Q object, ...), the
+    return and the normalised score are shown.
 
     Args:
         id: Env id, e.g. Maze-FO-v0.
         policy: Watch this scripted behaviour policy (e.g. maze-optimal) instead of typing.
         seed: Episode seed (default: random, printed so the episode can be replayed).
         episodes: Number of episodes to play.
+        show_agent_view: Print each observation verbatim, exactly as a policy receives it,
+            instead of only the new text.
     """
-    import numpy as np
+    from lmrlgym.play import play as play_task
 
-    from lmrlgym.data.policies import make_policy
-    from lmrlgym.registry import make
-
-    env = make(id)
-    bot = make_policy(policy, id) if policy else None
-    rng = np.random.default_rng(seed)
-    try:
-        for _ in range(episodes):
-            options = bot.reset_options(env, rng) if bot else {}
-            obs, info = env.reset(seed=seed, options=options)
-            print(f"--- {id}, seed {info['seed']} ---")
-            print(obs, end="")
-            ret, done, shown = 0.0, False, len(info["turns"])
-            while not done:
-                if bot:
-                    action = bot.act(env, obs, info, rng)
-                    print(f"> {action.rstrip()}")
-                else:
-                    try:
-                        action = input("> ")
-                    except EOFError:
-                        print()
-                        return
-                obs, reward, terminated, truncated, info = env.step(action)
-                ret += reward
-                done = terminated or truncated
-                # Print only what is new since the last step (dialogue windows grow).
-                print("".join(t.text for t in info["turns"][shown + 1 :]), end="")
-                shown = len(info["turns"])
-                print(f"  [reward {reward:+g}, return {ret:+g}]")
-            end = "terminated" if terminated else "truncated"
-            print(f"--- {end}; return {ret:+g}; success {info['success']} ---")
-            seed = None if seed is None else seed + 1
-    finally:
-        if bot:
-            bot.close()
-        env.close()
+    play_task(id, policy, seed, episodes, show_agent_view)
 
 
 def data_generate(

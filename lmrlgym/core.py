@@ -135,6 +135,10 @@ class TextEnv(gym.Env[str, str]):
     action_set_in_info: bool = False
     #: Characters of an action kept before parsing and storing (see :func:`normalize_action`).
     max_action_chars: int = MAX_ACTION_CHARS
+    #: For people playing the task (``lmrlgym play``): its rules, action format and examples.
+    play_help: str = ""
+    #: ``info`` keys holding the hidden state that ``lmrlgym play`` reveals when an episode ends.
+    play_reveal: tuple[str, ...] = ()
 
     def __init__(self, render_mode: str | None = None, max_obs_length: int = 1_000_000):
         self.render_mode = render_mode

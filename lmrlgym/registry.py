@@ -1,7 +1,9 @@
 """Versioned environment registry: ``register``, ``make``, ``spec``, ``registry``.
 
 Ids follow Gymnasium's ``Name-vN`` convention. Every spec is also registered with Gymnasium
-under the ``lmrlgym/`` namespace, so ``gymnasium.make("lmrlgym/Maze-FO-v0")`` works.
+under the ``lmrlgym/`` namespace, so ``gymnasium.make("lmrlgym/Maze-FO-v0")`` works once
+``lmrlgym`` is imported. Gymnasium 1.x loads no plugin entry points, so code that does not
+import ``lmrlgym`` uses the module-import form ``gymnasium.make("lmrlgym:lmrlgym/Maze-FO-v0")``.
 """
 
 from __future__ import annotations

@@ -104,6 +104,16 @@ class CarDealerEnv(TextEnv):
     """Sell a car to a buyer with a hidden persona; see the module docstring (the card)."""
 
     return_range = (0.0, 1.0)
+    play_help = (
+        "You are the seller. The buyer has a hidden persona: personality, preferred brand and\n"
+        "car type, 1-4 wanted features and a budget. Find out what they want, offer a matching\n"
+        "car and close at a high price; the buyer accepts, counters or walks away when their\n"
+        "patience (6-14 of your lines) runs out.\n"
+        "Action: one line of seller text. Examples: Hi! What are you looking for in a car?\n"
+        "This Toyota sedan has a sunroof and heated seats, and it is yours for $28,500.\n"
+        "Reward: at the end, sale price / budget (at most 1); 0 without a sale."
+    )
+    play_reveal = ("persona", "decision")
 
     def __init__(self, buyer: Any = "rules", render_mode: str | None = None):
         super().__init__(render_mode=render_mode)

@@ -52,7 +52,8 @@ Arguments
 - ``max_steps``: agent steps before truncation (400).
 - Reset options: ``{"fen": ...}`` (a legal position, White to move, game not over) or, for
   endgames, ``{"eval_index": i}``. Extra info keys: ``fen``, ``opponent_move`` (SAN or None),
-  ``outcome``, ``winner`` (``"white"``/``"black"``/None), ``engine``, ``position_type``.
+  ``outcome``, ``winner`` (``"white"``/``"black"``/None), ``engine``, ``position_type``,
+  ``illegal_reason`` (after an illegal move: why, in words).
 
 Differences from LMRL-Gym
 -------------------------
@@ -260,6 +261,13 @@ class ChessEnv(TextEnv):
 
     return_range = (-float(MAX_STEPS), 1.0)
     action_set_in_info = True
+    play_help = (
+        "You play White against Stockfish. The position is the FEN with its characters spaced\n"
+        "(upper case White, lower case Black, ranks 8 to 1 from the left).\n"
+        "Action: a move in SAN or UCI. Examples: e4, Nf3, O-O, e2e4, e7e8q\n"
+        "Rewards: +1 for checkmating, -1 for being checkmated, -1 for an illegal move (the\n"
+        "position stays), 0 otherwise."
+    )
 
     def __init__(
         self,
@@ -365,7 +373,9 @@ class ChessEnv(TextEnv):
         move = parse_move(self._board, action)
         if move is None:
             info = self._position_info(opponent_move=None)
-            return observation_text(self._board), -1.0, False, at_cap, {**info, "illegal": True}
+            reason = "not a legal move in this position (SAN such as Nf3, or UCI such as g1f3)"
+            info.update(illegal=True, illegal_reason=reason)
+            return observation_text(self._board), -1.0, False, at_cap, info
         stored = spaced(self._board.san(move)) + "\n"
         self._board.push(move)
         reward, reply, error = 0.0, None, None

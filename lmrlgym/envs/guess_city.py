@@ -597,6 +597,15 @@ class GuessCityEnv(TextEnv):
     """Guess My City with a knowledge-base oracle (see the module docstring)."""
 
     return_range = (-float(MAX_QUESTIONS), 0.0)
+    play_help = (
+        "I am from one of 100 large cities. Ask open or yes/no questions (continent, language,\n"
+        "climate, food, landmarks, ...); answers never name the city or its country. Name the\n"
+        "city to win, within 20 questions.\n"
+        "Action: one question. Examples: Which continent is your city on?\n"
+        "What do people eat there?  Is it the capital of its country?  Is it Jakarta?\n"
+        "Rewards: -1 per question, 0 for the question that names the city."
+    )
+    play_reveal = ("city", "country")
 
     def __init__(self, oracle: Any = "kb", render_mode: str | None = None):
         super().__init__(render_mode=render_mode)

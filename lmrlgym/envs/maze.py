@@ -50,7 +50,8 @@ Arguments
 (``"double_t_maze"``, ``"umaze"``, ``"maze2d_medium"``, ``"maze2d_large"``) or rows of 0/1
 (1 = wall); ``goal``: ``(row, col)``, needed when the grid has none. Reset option
 ``{"start": (row, col)}`` (a free non-goal cell; default uniform over the start cells).
-Extra info keys: ``position``, ``goal``, ``distance`` (shortest path from the current cell).
+Extra info keys: ``position``, ``goal``, ``distance`` (shortest path from the current cell),
+``illegal_reason`` (after an unrecognised action: why, in words).
 
 Differences from LMRL-Gym
 -------------------------
@@ -289,6 +290,16 @@ class MazeEnv(TextEnv):
 
     return_range = (MAX_STEPS * ILLEGAL_REWARD + CAP_REWARD, GOAL_REWARD)
     action_set_in_info = True
+    play_help = (
+        "Walk to the goal of a maze (10 rows x 13 columns; positions are row, column, numbers\n"
+        "spelled digit by digit: 1 1 is 11). Each turn names the walls around you; the fully\n"
+        "observed version (FO) also shows the goal and your position, the partially observed\n"
+        "one (PO) does not.\n"
+        "Action: move up (row - 1), move down (row + 1), move left, move right.\n"
+        "Rewards: -1 per move (walking into a wall too: you stay put), -4 for anything else,\n"
+        "0 for the move that reaches the goal; the episode fails after 100 moves."
+    )
+    play_reveal = ("position", "goal")
 
     def __init__(
         self,
@@ -378,7 +389,9 @@ class MazeEnv(TextEnv):
         reached = self.position == self.maze.goal
         extra = self._extra()
         extra["illegal"] = command is None
-        if command is not None:
+        if command is None:
+            extra["illegal_reason"] = "not a move: " + ", ".join(COMMANDS)
+        else:
             extra["action"] = command + "\n"
         reward = step_reward(reached, command is not None)
         if reached:

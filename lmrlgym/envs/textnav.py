@@ -276,6 +276,14 @@ class TextNavEnv(TextEnv):
     return_range = (0.0, 1.0)
     action_set_in_info = True
     max_action_chars = MAX_COMMAND_CHARS  # stored as the interpreter reads it
+    play_help = (
+        "Put the stale food from the living-room table into the kitchen fridge and close the\n"
+        "fridge, within 15 commands; eating it loses. The fully observed version (FO) lists\n"
+        "your room, inventory and the commands that make sense.\n"
+        "Action: one command. Examples: go west, take stale food from table, open fridge,\n"
+        "put stale food in fridge, close fridge\n"
+        "Rewards: 1 for the winning command, 0 otherwise."
+    )
 
     def __init__(
         self,

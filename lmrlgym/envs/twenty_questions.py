@@ -257,6 +257,16 @@ class TwentyQuestionsEnv(TextEnv):
     """Twenty Questions with a knowledge-base oracle (see the module docstring)."""
 
     return_range = (-float(MAX_QUESTIONS), 0.0)
+    play_help = (
+        "I am thinking of an everyday object (one of 158: animals, fruits, vehicles, tools,\n"
+        "sports equipment, ...). Ask yes/no questions: each answer is Yes., No. or I don't know.\n"
+        "(the answer to open questions such as \"what color is it?\"). Name the object to win,\n"
+        "within 20 questions.\n"
+        "Action: one question. Examples: Is it alive?  Is it bigger than a breadbox?\n"
+        "Is it a basketball?\n"
+        "Rewards: -1 per question, 0 for the question that names the object."
+    )
+    play_reveal = ("item",)
 
     def __init__(self, oracle: Any = "kb", render_mode: str | None = None):
         super().__init__(render_mode=render_mode)

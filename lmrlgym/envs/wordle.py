@@ -43,7 +43,8 @@ Arguments
 below) or a specific answer. ``invalid_reward``: reward of an invalid guess.
 Reset options: ``{"word": w}`` (an answer) or ``{"index": i}`` (the i-th answer, file order).
 Extra info keys: ``hidden_word``, ``valid`` (this step's guess; None at reset), ``attempts``,
-``consistent`` (number of answers still consistent with the feedback).
+``consistent`` (number of answers still consistent with the feedback), ``illegal_reason`` (after
+an invalid guess: why, in words).
 
 ``hidden_word="resample"`` keeps, per letter and position, one of {ruled out, possible,
 confirmed}. On a valid guess a target is drawn uniformly from the consistent answers, the
@@ -298,6 +299,15 @@ class WordleEnv(TextEnv):
     """Wordle with a fixed hidden word; see the module docstring for the card."""
 
     return_range = (-float(MAX_ATTEMPTS), 0.0)
+    play_help = (
+        "Find the hidden five-letter word in 6 guesses. Each guess is marked letter by letter:\n"
+        "g = right letter, right place; y = in the word, elsewhere; b = not in the word (or no\n"
+        "copy of it left). Only words in the task's list count (431 common words by default).\n"
+        "Action: a five-letter word, spaced or not. Examples: slate, s l a t e\n"
+        "Rewards: -1 per guess that does not solve it (an invalid word too: it uses a guess),\n"
+        "0 for the solving guess."
+    )
+    play_reveal = ("hidden_word",)
 
     def __init__(
         self,
@@ -397,6 +407,11 @@ class WordleEnv(TextEnv):
         if not valid:
             extra = self._extra(False)
             extra["illegal"] = True
+            extra["illegal_reason"] = (
+                f"{guess!r} is not one of the {len(self.vocab.allowed)} allowed words"
+                if five
+                else f"a guess is five letters a-z, not {guess!r}"
+            )
             if five:
                 extra["action"] = spaced(guess) + "\n"
             return INVALID_TEXT, self.invalid_reward, out_of_attempts, False, extra
