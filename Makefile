@@ -43,7 +43,7 @@ test: $(VENV)/.dev stockfish
 
 # Every command in README.md and docs/ parses; the README's runnable blocks run with tiny sizes.
 docs-check: $(VENV)/.dev
-	$(BIN)/python -m pytest tests/test_docs.py
+	$(BIN)/python -m pytest tests/test_readme_commands.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check lmrlgym tests scripts
