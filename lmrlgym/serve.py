@@ -26,7 +26,7 @@ tokenization), left-truncated to the run's context budget with BOS kept. Request
 Concurrent requests are batched: one worker thread owns the model, takes every request queued
 while it was busy (waiting up to ``batch_wait``, 5 ms, for stragglers of a burst) and generates
 them as one left-padded batch per sampling setting (a row's
-result does not depend on its batch neighbours, ALGORITHMS.md §4.1).
+result does not depend on its batch neighbours, docs/algorithms.md §4.1).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Benchmark profiles: one named preset per (task, method) cell, at three scales.
 
-- ``full``: the paper's settings (ALGORITHMS.md §3 tables = paper Table 3; models of §2.1;
+- ``full``: the paper's settings (docs/algorithms.md §3 tables = paper Table 3; models of §2.1;
   dataset sizes of paper Table 1; evaluation episodes of §4.2). For GPU machines.
 - ``cpu``: tiny GPT-2, fewer rows and steps, higher learning rates and CPU-scale γ/β for the
   tiny model (documented deviations, see ``SMALL_VALUE``), 3 seeds. The README's results table comes from it.
@@ -22,7 +22,7 @@ ALL_METHODS = ("bc", "filtered_bc", "mc", "ilql", "ppo", "online_filtered_bc")
 ONLINE = ("ppo", "online_filtered_bc")
 TASKS = TASK_IDS
 
-# Dataset sizes (paper Table 1) and evaluation episodes (ALGORITHMS.md §4.2) for `full`.
+# Dataset sizes (paper Table 1) and evaluation episodes (docs/algorithms.md §4.2) for `full`.
 PAPER_DATA = {
     "Maze-FO-v0": 1240, "Maze-PO-v0": 1240, "TextNav-FO-v0": 2500, "TextNav-PO-v0": 2500,
     "Wordle-v0": 1_000_000, "Chess-v0": 625_000, "Endgames-v0": 97_800,
@@ -33,7 +33,7 @@ PAPER_EVAL = {
     "Wordle-v0": 4096, "Chess-v0": 1000, "Endgames-v0": 645, "TwentyQuestions-v0": 632,
     "GuessCity-v0": 500, "CarDealer-v0": 512,
 }
-# Paper §5: GPT-2 small for most tasks, medium for 20Q/Guess, XL for Car Dealer (§2.1).
+# Paper Section 5: GPT-2 small for most tasks, medium for 20Q/Guess, XL for Car Dealer (§2.1).
 PAPER_MODEL = {**{t: "gpt2" for t in TASKS}, "TwentyQuestions-v0": "gpt2-medium",
                "GuessCity-v0": "gpt2-medium", "CarDealer-v0": "gpt2-xl"}
 # Offline value methods on the tiny model (tests/algos/test_learning.py): with the paper's
@@ -99,7 +99,7 @@ class Profile:
         return dict(self.eval_env_kwargs.get(task, {}))
 
     def decoding(self, task: str) -> dict[str, Any]:
-        # The paper's numbers were sampled at temperature 1 (ALGORITHMS.md §4.1).
+        # The paper's numbers were sampled at temperature 1 (docs/algorithms.md §4.1).
         return {"temperature": 1.0, "greedy": False}
 
     def overrides(self, task: str, method: str, base: Any) -> dict[str, Any]:

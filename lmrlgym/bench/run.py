@@ -40,7 +40,8 @@ from lmrlgym.bench.report import (
 from lmrlgym.data.io import DatasetError, read_manifest, write_json
 from lmrlgym.registry import registry
 
-# method -> (module, config class). RL methods start from the same seed's BC run (§2.1).
+# method -> (module, config class). RL methods start from the same seed's BC run
+# (docs/algorithms.md §2.1).
 METHOD_CONFIGS: dict[str, tuple[str, str]] = {
     "bc": ("lmrlgym.algos.bc", "BCConfig"),
     "filtered_bc": ("lmrlgym.algos.filtered_bc", "FilteredBCConfig"),

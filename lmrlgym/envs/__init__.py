@@ -1,4 +1,4 @@
-"""The ten registered environments (TASKS.md §1). Each task lives in its own module."""
+"""The ten registered environments (docs/tasks.md §1). Each task lives in its own module."""
 
 from lmrlgym.registry import Requirement, register, registry
 

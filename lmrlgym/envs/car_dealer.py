@@ -5,7 +5,7 @@ Description
 The agent is a car seller; the env plays a buyer with a hidden persona drawn from the seed:
 personality (10), brand (13), car type (6), 1-4 wanted features (of 8) and a budget ($10,000 to
 $90,000). The seller should find out what the buyer wants, offer a matching car and close at a
-high price. Tests persuasion and strategic dialogue (TASKS.md §9).
+high price. Tests persuasion and strategic dialogue (docs/tasks.md §9).
 
 Observation
 -----------
@@ -72,7 +72,7 @@ Models" (2023); original code ``llm_rl_scripts/car_dealer`` (MIT). Persona lists
 
 Version History
 ---------------
-v0: initial release (TASKS.md §9).
+v0: initial release (docs/tasks.md §9).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ from lmrlgym.core import TextEnv
 START_TEXT = "Start\n"
 MAX_SELLER_TURNS = 25
 UNCOMMUNICATIVE_MAX_WORDS = 6
-# Seller lines a buyer of each personality sits through before walking out (TASKS.md §9).
+# Seller lines a buyer of each personality sits through before walking out (docs/tasks.md §9).
 PATIENCE: dict[str, int] = {
     "talkative": 14,
     "polite": 12,
@@ -170,7 +170,7 @@ class Persona:
 
 
 def draw_persona(rng: np.random.Generator) -> Persona:
-    """Draw in the order of TASKS.md §9: personality, brand, type, k in 1-4, k features, budget."""
+    """Draw in the order of docs/tasks.md §9: personality, brand, type, k in 1-4, k features, budget."""
     a = buyer_attributes()
     personality = a["DEFAULT_PERSONALITIES"][rng.integers(len(a["DEFAULT_PERSONALITIES"]))]
     brand = a["DEFAULT_BRANDS"][rng.integers(len(a["DEFAULT_BRANDS"]))]
@@ -264,7 +264,7 @@ def wish_items(p: Persona) -> list[str]:
 
 
 def persona_line(p: Persona) -> str:
-    """The LM buyer's one-line persona, in the project's wording (TASKS.md §9)."""
+    """The LM buyer's one-line persona, in the project's wording (docs/tasks.md §9)."""
     return (
         f"Buyer persona: {p.personality}; wants {car_phrase(p.brand, p.type)} with "
         f"{', '.join(p.features)}; budget {money(p.budget)}."
@@ -285,7 +285,7 @@ _UNIT_RE = re.compile(
 
 
 def parse_prices(line: str) -> list[int]:
-    """Dollar amounts in ``line``, in order (TASKS.md §9); the last one is the ask."""
+    """Dollar amounts in ``line``, in order (docs/tasks.md §9); the last one is the ask."""
     prices = []
     for m in _PRICE_RE.finditer(line):
         num = m.group("num")
@@ -552,7 +552,7 @@ class Move:
 
 
 def next_move(p: Persona, s: BuyerState, line: SellerLine) -> Move:
-    """The six ordered rules of TASKS.md §9 (``s`` already holds this line)."""
+    """The six ordered rules of docs/tasks.md §9 (``s`` already holds this line)."""
     m = match_score(p, s.brand, s.type, s.features)
     reservation = reservation_price(p.budget, m)
     k = len(s.counters)
@@ -621,7 +621,7 @@ class Buyer(Protocol):
 
 
 class RuleBuyer:
-    """The default buyer: the rules of TASKS.md §9 worded with per-personality templates."""
+    """The default buyer: the rules of docs/tasks.md §9 worded with per-personality templates."""
 
     deterministic = True
 
@@ -753,7 +753,7 @@ class CarDealerEnv(TextEnv):
     def __init__(self, buyer: Any = "rules", render_mode: str | None = None):
         super().__init__(render_mode=render_mode)
         self.buyer = make_buyer(buyer)
-        # An LM buyer samples, so seeds no longer fix episodes (TASKS.md §1, "Partners").
+        # An LM buyer samples, so seeds no longer fix episodes (docs/tasks.md §1, "Partners").
         self.deterministic = bool(self.buyer.deterministic)
         self.persona: Persona | None = None
 

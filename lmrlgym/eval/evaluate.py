@@ -1,4 +1,4 @@
-"""``evaluate()``: batched rollouts of a policy under a task's evaluation protocol (ALGORITHMS.md §4).
+"""``evaluate()``: batched rollouts of a policy under a task's evaluation protocol (docs/algorithms.md §4).
 
 Each episode gets its own env, reset with the protocol's seed and options
 (``env_cls.evaluation_resets``: Maze cycles its 25 start cells, Endgames its fixed positions).
@@ -8,7 +8,7 @@ each env's window as turns (``act_turns``, tokenized per turn exactly as in trai
 env's state, run episode by episode (as ``lmrlgym.data.generate.run_episode`` does, with the
 protocol's reset options).
 
-The summary follows ALGORITHMS.md §4.3 and TASKS.md §1: mean return with standard error and a
+The summary follows docs/algorithms.md §4.3 and docs/tasks.md §1: mean return with standard error and a
 seeded 95 % percentile-bootstrap CI, success rate, pooled illegal-action rate, mean episode
 length, truncated-action rate, normalised scores (project and paper constants where they
 exist) and the decoding settings. ``out_dir`` receives ``episodes.jsonl`` and
@@ -34,7 +34,7 @@ from lmrlgym.eval.normalize import PAPER, PROJECT, score
 from lmrlgym.registry import spec as registry_spec
 
 BOOTSTRAP_RESAMPLES = 10_000
-#: Episodes of the ``full`` evaluation profile (ALGORITHMS.md §4.2): the CLI's default.
+#: Episodes of the ``full`` evaluation profile (docs/algorithms.md §4.2): the CLI's default.
 PROTOCOL_EPISODES: dict[str, int] = {
     "Maze-FO-v0": 800, "Maze-PO-v0": 800, "Wordle-v0": 4096, "Chess-v0": 1000,
     "Endgames-v0": 645, "TextNav-FO-v0": 512, "TextNav-PO-v0": 512, "CarDealer-v0": 512,
@@ -55,7 +55,7 @@ class EvalResult:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The flat ``eval/*`` scalars of ALGORITHMS.md §4.3, for ``metrics.jsonl``."""
+        """The flat ``eval/*`` scalars of docs/algorithms.md §4.3, for ``metrics.jsonl``."""
         return dict(self.summary["metrics"])
 
 

@@ -1,4 +1,4 @@
-"""``render()``: the one text-to-tensor routine (ALGORITHMS.md §1.3-1.5, §1.7).
+"""``render()``: the one text-to-tensor routine (docs/algorithms.md §1.3-1.5, §1.7).
 
 Every consumer of episodes (BC, filtered BC, MC, ILQL, PPO, evaluation prompts) goes through
 the same per-turn tokenization, so the ids a model trains on equal the ids it reads and
@@ -42,7 +42,7 @@ class RenderError(ValueError):
 
 @dataclasses.dataclass
 class Segment:
-    """One training row (ALGORITHMS.md §1.3). ``L`` = row length, ``L'`` = ``len(next_ids)``."""
+    """One training row (docs/algorithms.md §1.3). ``L`` = row length, ``L'`` = ``len(next_ids)``."""
 
     input_ids: Tensor  # (L,) long: BOS + context + action and env tokens
     action_mask: Tensor  # (L,) bool: True on agent tokens
@@ -92,7 +92,7 @@ class TokenCache:
 def turn_discounts(
     action_lengths: Sequence[int], gamma: float, discount_mode: DiscountMode
 ) -> list[float]:
-    """``d`` of each action token of an episode, flat over its turns (ALGORITHMS.md §1.7)."""
+    """``d`` of each action token of an episode, flat over its turns (docs/algorithms.md §1.7)."""
     if discount_mode not in ("turn", "token"):
         raise ValueError(f"discount_mode must be 'turn' or 'token', got {discount_mode!r}")
     d: list[float] = []
@@ -109,7 +109,7 @@ def episode_returns(
     discount_mode: DiscountMode,
 ) -> list[list[float]]:
     """Return-to-go of every action token, per action turn: ``G_i = r_i + d_i G_next(i)``,
-    0 after the last action (pure Monte Carlo: no bootstrap, ALGORITHMS.md §3.3)."""
+    0 after the last action (pure Monte Carlo: no bootstrap, docs/algorithms.md §3.3)."""
     d = turn_discounts(action_lengths, gamma, discount_mode)
     r: list[float] = []
     for n, rew in zip(action_lengths, rewards, strict=True):
@@ -210,7 +210,7 @@ def render(
     action_ids: Sequence[Sequence[int]] | None = None,
     token_cache: TokenCache | None = None,
 ) -> list[Segment]:
-    """Tokenize one episode into training rows (ALGORITHMS.md §1.3-1.4).
+    """Tokenize one episode into training rows (docs/algorithms.md §1.3-1.4).
 
     ``episode`` is an :class:`Episode` or a list of turns (then pass ``terminated``).
     ``context_turns`` is the env's window (default: the whole transcript, append-only);
@@ -279,7 +279,7 @@ def render(
     if terminal_at_end:
         segments.append(row.close([], True, episode_id))
         return segments
-    # Not terminal: the final observation is the bootstrap state (ALGORITHMS.md §1.4 rule 4).
+    # Not terminal: the final observation is the bootstrap state (docs/algorithms.md §1.4 rule 4).
     ctx = context_fn(turns)
     new = appended_turns(ctx, prev_ctx, turns[action_at[-1]])
     e = [i for t in new for i in tokens(t.text)] if new is not None else None

@@ -1,4 +1,4 @@
-"""Pure helpers of algos/common.py against hand-computed values (ALGORITHMS.md §1.5-1.9)."""
+"""Pure helpers of algos/common.py against hand-computed values (docs/algorithms.md §1.5-1.9)."""
 
 from types import SimpleNamespace
 
