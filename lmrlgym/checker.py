@@ -1,4 +1,4 @@
-"""``check_env``: the contract every lmrlgym env must keep (TASKS.md §1), checked from outside.
+"""``check_env``: the contract every lmrlgym env must keep (docs/tasks.md §1), checked from outside.
 
 Checks the API types, the observation/window identity, the turn-history invariants, the action
 set's form, the reward range, seed determinism (two seeded rollouts with the same random actions, hostile strings

@@ -2,7 +2,7 @@
 
 Every task env subclasses :class:`TextEnv` and implements three small hooks
 (``_reset``, ``_step``, ``context_turns``); the base class owns what is common to all tasks
-(TASKS.md §1): action normalisation, the turn history in ``info["turns"]``, seeding,
+(docs/tasks.md §1): action normalisation, the turn history in ``info["turns"]``, seeding,
 the common ``info`` keys and the step-after-end ``RuntimeError``.
 """
 
@@ -33,7 +33,7 @@ class Turn(NamedTuple):
 
 @dataclasses.dataclass
 class Episode:
-    """One episode as stored in a dataset (TASKS.md §11.1)."""
+    """One episode as stored in a dataset (docs/tasks.md §11.1)."""
 
     task: str
     turns: list[Turn]
@@ -247,7 +247,7 @@ class TextEnv(gym.Env[str, str]):
 
 
 def _check_env_text(text: str) -> str:
-    # An env text ends with exactly one newline (TASKS.md §1); a bug here would silently change
+    # An env text ends with exactly one newline (docs/tasks.md §1); a bug here would silently change
     # what the policy sees, so it fails loudly.
     if not text.endswith("\n") or text.endswith("\n\n"):
         raise AssertionError(f"env text must end with exactly one newline: {text[-40:]!r}")

@@ -1,4 +1,4 @@
-"""Language-model-backed dialogue partners (TASKS.md §1, "Partners").
+"""Language-model-backed dialogue partners (docs/tasks.md §1, "Partners").
 
 Tasks with a second party (the 20Q oracle, the city oracle, the car buyer) default to scripted,
 deterministic simulators. Any of them can instead be played by a language model behind the small

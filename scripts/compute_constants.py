@@ -1,4 +1,4 @@
-"""Compute the project's normalisation constants (TASKS.md §10): one function per task.
+"""Compute the project's normalisation constants (docs/tasks.md §10): one function per task.
 
 Each function returns ``{task_id: Constants}`` with a provenance string (script, policy and
 settings, episodes, package version, date); the printed entries are pasted into
@@ -56,7 +56,7 @@ def _mean_se(x: np.ndarray) -> str:
 
 
 def maze() -> dict[str, Constants]:
-    """TASKS.md §2. min -401 (true minimum); avg: the unconfined behaviour policy
+    """docs/tasks.md §2. min -401 (true minimum); avg: the unconfined behaviour policy
     ``maze-mixture(p_solver=0.15)`` under the evaluation protocol (25 starts x 32); max: the
     optimum under the protocol (FO shortest path; PO belief-MDP optimum, -7.24)."""
     out = {}
@@ -77,7 +77,7 @@ def maze() -> dict[str, Constants]:
 
 
 def wordle(n_dataset: int = 100_000) -> dict[str, Constants]:
-    """TASKS.md §4. min -6; avg: the default dataset (``wordle-mixture(p_smart=1/3)``, seeds
+    """docs/tasks.md §4. min -6; avg: the default dataset (``wordle-mixture(p_smart=1/3)``, seeds
     from 1,000,000; any default dataset starts with these episodes); max: ``wordle-greedy``
     under the evaluation protocol (4,096 episodes, seeds 0-4095)."""
     task = "Wordle-v0"
@@ -133,7 +133,7 @@ def _dataset_rows(task: str, n: int, workers: int) -> tuple[np.ndarray, float, f
 
 
 def _chess_constants(task: str, n: int, workers: int) -> dict[str, Constants]:
-    # TASKS.md §5-6: min -400 (400 illegal moves), max 1 (a win), avg = the default dataset's
+    # docs/tasks.md §5-6: min -400 (400 illegal moves), max 1 (a win), avg = the default dataset's
     # mean return: its first n episodes against the default opponent (Elo 1350, 100 ms/move,
     # nondeterministic, so a rerun differs within the printed standard error).
     from lmrlgym.data.policies import default_policy
@@ -150,17 +150,17 @@ def _chess_constants(task: str, n: int, workers: int) -> dict[str, Constants]:
 
 
 def chess(n_dataset: int = 150, workers: int = 2) -> dict[str, Constants]:
-    """TASKS.md §5. min -400; avg: the default ``chess-stockfish`` dataset; max 1."""
+    """docs/tasks.md §5. min -400; avg: the default ``chess-stockfish`` dataset; max 1."""
     return _chess_constants("Chess-v0", n_dataset, workers)
 
 
 def endgames(n_dataset: int = 300, workers: int = 2) -> dict[str, Constants]:
-    """TASKS.md §6. min -400; avg: the default ``endgame-epsilon`` dataset; max 1."""
+    """docs/tasks.md §6. min -400; avg: the default ``endgame-epsilon`` dataset; max 1."""
     return _chess_constants("Endgames-v0", n_dataset, workers)
 
 
 def car_dealer(n_dataset: int = 19_000) -> dict[str, Constants]:
-    """TASKS.md §9. min 0 (no sale); avg: the default ``car-seller`` dataset (the paper's 19k
+    """docs/tasks.md §9. min 0 (no sale); avg: the default ``car-seller`` dataset (the paper's 19k
     dialogues, seeds from 1,000,000); max: the best scripted seller ``car-seller-expert`` under
     the evaluation protocol (256 episodes, seeds 0-255)."""
     from lmrlgym.data.policies import default_policy
@@ -186,7 +186,7 @@ def car_dealer(n_dataset: int = 19_000) -> dict[str, Constants]:
 def _questions_constants(
     name: str, task: str, n_dataset: int, n_items: int
 ) -> dict[str, Constants]:
-    # TASKS.md §7-8: min -20 (no correct guess in 20 questions); avg: the default dataset, its
+    # docs/tasks.md §7-8: min -20 (no correct guess in 20 questions); avg: the default dataset, its
     # first n episodes (seeds from 1,000,000); max: the best scripted asker (OPTIMAL_POLICY)
     # under the evaluation protocol (one episode per item, seed = index).
     from lmrlgym.data.policies import OPTIMAL_POLICY, default_policy
@@ -209,7 +209,7 @@ def _questions_constants(
 
 
 def twenty_questions(n_dataset: int = 10_000) -> dict[str, Constants]:
-    """TASKS.md §7. min -20; avg: the default ``twentyq-splitter`` dataset; max: the best
+    """docs/tasks.md §7. min -20; avg: the default ``twentyq-splitter`` dataset; max: the best
     splitter (``p_info=1``) on all 158 objects."""
     from lmrlgym.envs.twenty_questions import load_kb
 
@@ -219,7 +219,7 @@ def twenty_questions(n_dataset: int = 10_000) -> dict[str, Constants]:
 
 
 def guess_city(n_dataset: int = 10_000) -> dict[str, Constants]:
-    """TASKS.md §8. min -20; avg: the default ``guesscity-asker`` dataset; max: the best asker
+    """docs/tasks.md §8. min -20; avg: the default ``guesscity-asker`` dataset; max: the best asker
     (``p_info=1``, guessing as soon as one candidate remains) on all 100 cities."""
     from lmrlgym.envs.guess_city import load_kb
 
@@ -227,7 +227,7 @@ def guess_city(n_dataset: int = 10_000) -> dict[str, Constants]:
 
 
 def textnav(n_dataset: int = 2500, workers: int = 2) -> dict[str, Constants]:
-    """TASKS.md §3. min 0; avg: the default ``textnav-half-expert`` dataset (the paper's 2.5k
+    """docs/tasks.md §3. min 0; avg: the default ``textnav-half-expert`` dataset (the paper's 2.5k
     trajectories, seeds from 1,000,000); max: ``textnav-walkthrough`` under the evaluation
     protocol (8 start rooms x 32, seeds 32*i+k), which wins every episode."""
     from lmrlgym.data.policies import OPTIMAL_POLICY, default_policy

@@ -1,4 +1,4 @@
-"""Regenerate the Endgames-v0 evaluation set (TASKS.md §6): 645 "not trivially solvable" positions.
+"""Regenerate the Endgames-v0 evaluation set (docs/tasks.md §6): 645 "not trivially solvable" positions.
 
 Each type draws random positions from its own generator (``default_rng([seed, k])``, k the type's
 index) with the env's sampler, skips duplicates, and asks Stockfish for a fixed search

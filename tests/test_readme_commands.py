@@ -49,8 +49,6 @@ TINY = {
     "bench envs": ("--tasks", "Maze-FO-v0", "--min-steps", "20", "--min-seconds", "0"),
 }
 DOC_PORT = "8000"  # the port the docs serve on; the runnable check uses a free one instead
-# Cited in --help texts but not yet in the repository (issue 14 brings the spec in as docs/).
-NOT_YET_IN_REPO = {"ALGORITHMS.md"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,17 +221,13 @@ def test_help_texts_cite_files_that_exist():
         for path in _cited_paths(help_text(name)):
             cited.setdefault(path, name)
     assert cited, "no citations found: the pattern is broken"
-    missing = {p: n for p, n in cited.items()
-               if not (ROOT / p).exists() and p not in NOT_YET_IN_REPO}
+    missing = {p: n for p, n in cited.items() if not (ROOT / p).exists()}
     assert not missing, f"--help cites files missing from the repository: {missing}"
-    # Once a pending document lands (or stops being cited), its entry here must go.
-    stale = {p for p in NOT_YET_IN_REPO if p not in cited or (ROOT / p).exists()}
-    assert not stale, f"remove {stale} from NOT_YET_IN_REPO"
 
 
 def test_citation_pattern():
-    text = "see lmrlgym/envs/maze.py and ALGORITHMS.md §3; writes <run>/eval/ and results.md"
-    assert _cited_paths(text) == {"lmrlgym/envs/maze.py", "ALGORITHMS.md"}
+    text = "see lmrlgym/envs/maze.py and docs/algorithms.md §3; writes <run>/eval/ and results.md"
+    assert _cited_paths(text) == {"lmrlgym/envs/maze.py", "docs/algorithms.md"}
 
 
 def _free_port() -> str:

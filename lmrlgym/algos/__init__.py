@@ -1,4 +1,5 @@
-"""The training methods, and the API the rest of lmrlgym uses to read their runs.
+"""The training methods, and the API the rest of lmrlgym uses to read their runs (sections:
+docs/algorithms.md).
 
 Public: :data:`ALGORITHMS` and :func:`algorithm` (the method table), :func:`load_config`,
 :func:`load_policy`, :func:`training_rows`, ``TrainConfig`` and the run-directory layout

@@ -1,5 +1,6 @@
 """The trained causal LM: building it (from a preset, a path or an ``init_from`` run, with
-LoRA), dropout off, its hidden states, and the evaluation policy of a run."""
+LoRA), dropout off, its hidden states, and the evaluation policy of a run (docs/algorithms.md
+§2.1, §3.5)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Behaviour cloning (BC): maximise the likelihood of the dataset's action tokens.
 
-Paper: Abdulhai et al. 2023, LMRL-Gym, §5 and Table 3. Mirrors the original's
-``llm_rl_scripts/*/bc/train_bc.py`` and its masked-CE loss (ALGORITHMS.md §3.1).
+Paper: Abdulhai et al. 2023, LMRL-Gym, Section 5 and Table 3. Mirrors the original's
+``llm_rl_scripts/*/bc/train_bc.py`` and its masked-CE loss (docs/algorithms.md §3.1).
 
 Deviations from the original (docs/deviations.md):
 1. One masked loss over ``render()`` segments replaces the two input paths ((prompt, target)
@@ -40,7 +40,7 @@ from lmrlgym.models.render import Batch
 
 @dataclasses.dataclass(frozen=True)
 class BCConfig(TrainConfig):
-    """Behaviour cloning (ALGORITHMS.md §3.1). Defaults: paper Table 3."""
+    """Behaviour cloning (docs/algorithms.md §3.1). Defaults: paper Table 3."""
 
     ALGO: ClassVar[str] = "bc"
 

@@ -26,11 +26,11 @@ class TrainConfig:
     AutoModelForCausalLM."""
     init_from: str | None = None
     """A finished run directory to start from (model and tokenizer); RL methods start from the
-    task's BC run (ALGORITHMS.md §2.1)."""
+    task's BC run (docs/algorithms.md §2.1)."""
     vocab_size: int = 1024
     """Size of the byte-level BPE tokenizer trained on the dataset text (new runs only)."""
     max_context_tokens: int = 256
-    """Prompt budget P (render and inference); Maze-FO original: 256 (ALGORITHMS.md §3.1)."""
+    """Prompt budget P (render and inference); Maze-FO original: 256 (docs/algorithms.md §3.1)."""
     max_new_tokens: int = 8
     """Per-turn generation cap M at evaluation; Maze original BC eval: 8 (§4.1)."""
     batch_size: int = 128

@@ -1,5 +1,5 @@
 """An offline method's data: episodes -> seeded split by episode -> (selection) -> tokenizer ->
-rendered rows (§1.3) -> the seeded minibatch schedule (§2.4)."""
+rendered rows (docs/algorithms.md §1.3) -> the seeded minibatch schedule (§2.4)."""
 
 from __future__ import annotations
 

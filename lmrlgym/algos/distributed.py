@@ -9,7 +9,7 @@ training run:
 - **Same global batch.** Every rank draws the same seeded global microbatch and takes its
   contiguous slice (:func:`shard`), so W ranks see exactly the rows one process would.
 - **Same gradient.** The losses are pooled means over the action tokens of the batch
-  (ALGORITHMS.md §1.6). Rank ``r`` scales its loss by ``W · n_r / N`` (``n_r`` its action
+  (docs/algorithms.md §1.6). Rank ``r`` scales its loss by ``W · n_r / N`` (``n_r`` its action
   tokens, ``N`` the global count) and the gradients are averaged over ranks, which gives
   ``Σ_r n_r ∇L_r / N``: the gradient of the pooled mean over the global batch. (Plain DDP
   averaging of per-rank means is only equal when every rank holds the same number of tokens.)

@@ -1,8 +1,8 @@
 """Filtered behaviour cloning (%BC), offline: BC on the episodes with the highest returns, or
 on the successful ones only.
 
-Paper: Abdulhai et al. 2023, LMRL-Gym, §5 ("Filtered BC") and Table 3. The original filtered
-with per-task scripts or pre-filtered files (ALGORITHMS.md §3.2).
+Paper: Abdulhai et al. 2023, LMRL-Gym, Section 5 ("Filtered BC") and Table 3. The original filtered
+with per-task scripts or pre-filtered files (docs/algorithms.md §3.2).
 
 Deviations from the original (docs/deviations.md):
 1. Top-fraction selection breaks return ties with a seeded draw, so exactly
@@ -30,7 +30,7 @@ from lmrlgym.core import Episode
 
 @dataclasses.dataclass(frozen=True)
 class FilteredBCConfig(bc.BCConfig):
-    """Filtered BC (ALGORITHMS.md §3.2). Defaults: paper, successful episodes only."""
+    """Filtered BC (docs/algorithms.md §3.2). Defaults: paper, successful episodes only."""
 
     ALGO: ClassVar[str] = "filtered_bc"
 

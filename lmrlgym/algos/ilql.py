@@ -4,7 +4,7 @@ V fit by expectile regression to the target Qs, decoding with ``π_β · exp(β 
 Paper: Snell et al. 2022, "Offline RL for Natural Language Generation with Implicit Language Q
 Learning"; settings from Abdulhai et al. 2023, LMRL-Gym, Table 3. Mirrors the original's
 ``LLM_RL/algorithms/ilql/`` loss and ``llm_rl_scripts/*/ilql/train_ilql.py``
-(ALGORITHMS.md §3.4, decoding §3.5).
+(docs/algorithms.md §3.4, decoding §3.5).
 
 Deviations from the original (docs/deviations.md):
 1. Shared layout: one trunk with LM, Q1, Q2 and V heads, an EMA target of the trunk and the
@@ -55,7 +55,7 @@ from lmrlgym.models.render import Batch
 
 @dataclasses.dataclass(frozen=True)
 class ILQLConfig(TrainConfig):
-    """ILQL (ALGORITHMS.md §3.4). Defaults: paper Table 3, Maze column."""
+    """ILQL (docs/algorithms.md §3.4). Defaults: paper Table 3, Maze column."""
 
     ALGO: ClassVar[str] = "ilql"
 
@@ -90,7 +90,7 @@ class ILQLConfig(TrainConfig):
 
 CONFIG = ILQLConfig
 
-# Paper Table 3 per task (ALGORITHMS.md §3.4); head biases from the original (§2.2).
+# Paper Table 3 per task (docs/algorithms.md §3.4); head biases from the original (§2.2).
 PAPER_PRESETS = presets.expand_tasks({
     presets.DIALOGUE: dict(beta=4.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
     presets.MAZE: dict(beta=16.0, tau=0.99, cql_weight=0.5),

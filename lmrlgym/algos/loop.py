@@ -1,6 +1,6 @@
 """The offline methods' training loop (BC, filtered BC, MC Returns, ILQL): run start and
 resume, the optimizer and its schedule, and the :class:`Loop` around each ``train()``'s
-forward pass and loss.
+forward pass and loss (docs/algorithms.md §2.4).
 
 Functions and one loop object, not base classes: each ``train()`` stays a readable
 top-to-bottom loop.

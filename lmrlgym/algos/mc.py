@@ -1,9 +1,9 @@
 """Monte Carlo Returns (MC): fit a token-level Q head to the return-to-go, act with
 ``π_β · exp(β Q)``.
 
-Paper: Abdulhai et al. 2023, LMRL-Gym, §5 ("MC Returns") and Table 3; one step of policy
+Paper: Abdulhai et al. 2023, LMRL-Gym, Section 5 ("MC Returns") and Table 3; one step of policy
 improvement over the behaviour policy. Mirrors the original's ``llm_rl_scripts/*/mc/train_mc.py``
-(ALGORITHMS.md §3.3, decoding §3.5).
+(docs/algorithms.md §3.3, decoding §3.5).
 
 Deviations from the original (docs/deviations.md):
 1. Shared layout: one trunk with the LM head and the Q head; a BC term (``bc_weight``) keeps
@@ -43,7 +43,7 @@ from lmrlgym.models.render import Batch
 
 @dataclasses.dataclass(frozen=True)
 class MCConfig(TrainConfig):
-    """MC Returns (ALGORITHMS.md §3.3). Defaults: paper Table 3, Maze column."""
+    """MC Returns (docs/algorithms.md §3.3). Defaults: paper Table 3, Maze column."""
 
     ALGO: ClassVar[str] = "mc"
 
@@ -69,7 +69,7 @@ class MCConfig(TrainConfig):
 
 CONFIG = MCConfig
 
-# Paper Table 3 per task (ALGORITHMS.md §3.3); head types and biases from the original (§2.2).
+# Paper Table 3 per task (docs/algorithms.md §3.3); head types and biases from the original (§2.2).
 PAPER_PRESETS = presets.expand_tasks({
     presets.DIALOGUE: dict(beta=16.0, cql_weight=0.001, head="linear", head_bias=-4.1),
     presets.MAZE: dict(beta=16.0, cql_weight=0.5),

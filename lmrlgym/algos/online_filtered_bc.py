@@ -1,9 +1,9 @@
 """Online filtered BC: collect episodes with the current policy, keep the successful ones (or
 the best fraction by return), behaviour-clone them, repeat.
 
-Paper: Abdulhai et al. 2023, LMRL-Gym, §5 ("Online filtered BC") and Table 3. Mirrors the
+Paper: Abdulhai et al. 2023, LMRL-Gym, Section 5 ("Online filtered BC") and Table 3. Mirrors the
 original's ``llm_rl_scripts/*/online_filtered_bc/train_online_filtered_bc.py``
-(ALGORITHMS.md §3.7); selection is offline filtered BC's (``filtered_bc.select_episodes``,
+(docs/algorithms.md §3.7); selection is offline filtered BC's (``filtered_bc.select_episodes``,
 §3.2) and the loss is BC's (§3.1).
 
 Under torchrun/accelerate each rank plays a share of the round, every rank selects from the
@@ -54,7 +54,7 @@ from lmrlgym.models.render import Batch, Segment
 
 @dataclasses.dataclass(frozen=True)
 class OnlineFilteredBCConfig(online.OnlineConfig):
-    """Online filtered BC (ALGORITHMS.md §3.7). Defaults: paper Table 3 and the original's
+    """Online filtered BC (docs/algorithms.md §3.7). Defaults: paper Table 3 and the original's
     Maze script."""
 
     ALGO: ClassVar[str] = "online_filtered_bc"
@@ -92,7 +92,7 @@ class OnlineFilteredBCConfig(online.OnlineConfig):
 CONFIG = OnlineFilteredBCConfig  # what `lmrlgym train online_filtered_bc` parses
 
 
-# ALGORITHMS.md §3.7: success filtering for Maze/Chess/Endgames/Text-Nav (original scripts);
+# docs/algorithms.md §3.7: success filtering for Maze/Chess/Endgames/Text-Nav (original scripts);
 # Wordle top 30 % with lr 1e-5 and batch 32 (paper Table 3); dialogue top 10 %.
 PAPER_PRESETS = presets.expand_tasks({
     presets.DIALOGUE: dict(keep="top_fraction", top_fraction=0.1),

@@ -1,8 +1,8 @@
 """Online PPO, token level, with per-turn rewards from the env and a KL penalty to the BC policy.
 
-Paper: Abdulhai et al. 2023, LMRL-Gym, §5 ("PPO") and Table 3; PPO from Schulman et al. 2017,
+Paper: Abdulhai et al. 2023, LMRL-Gym, Section 5 ("PPO") and Table 3; PPO from Schulman et al. 2017,
 with the KL-shaped reward of Ziegler et al. 2019. Mirrors the original's
-``LLM_RL/algorithms/ppo/`` and ``llm_rl_scripts/*/ppo/train_ppo.py`` (ALGORITHMS.md §3.6).
+``LLM_RL/algorithms/ppo/`` and ``llm_rl_scripts/*/ppo/train_ppo.py`` (docs/algorithms.md §3.6).
 
 One round: roll out ``rollouts_per_round`` episodes on training seeds with the batched
 KV-cached sampler, render them with the sampled ids (§1.3), score them once without gradients
@@ -60,7 +60,7 @@ from lmrlgym.models.render import Batch, Segment, collate
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig(online.OnlineConfig):
-    """Online PPO (ALGORITHMS.md §3.6). Defaults: paper Table 3, Maze column, plus the
+    """Online PPO (docs/algorithms.md §3.6). Defaults: paper Table 3, Maze column, plus the
     original's launch values where the paper is silent."""
 
     ALGO: ClassVar[str] = "ppo"
@@ -125,7 +125,7 @@ class PPOConfig(online.OnlineConfig):
 CONFIG = PPOConfig  # what `lmrlgym train ppo` parses
 
 
-# Paper Table 3 per task (ALGORITHMS.md §3.6); value-head biases and Maze-FO vf_coef from the
+# Paper Table 3 per task (docs/algorithms.md §3.6); value-head biases and Maze-FO vf_coef from the
 # original scripts (§2.2); Guess's adaptive KL from its launch script.
 PAPER_PRESETS = presets.expand_tasks({
     presets.DIALOGUE: dict(lr=1e-6, rollouts_per_round=2048, kl_coef=0.01, vf_coef=1.0,

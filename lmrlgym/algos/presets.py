@@ -1,5 +1,6 @@
 """Per-task tables of the training methods: task groups, each task's lengths (P, M) and the
-preset rule (class defaults, then the task's lengths and paper values, then overrides).
+preset rule (class defaults, then the task's lengths and paper values, then overrides;
+docs/algorithms.md).
 
 Each algorithm module keeps its own ``PAPER_PRESETS`` table (the values of its Table 3
 column); this module holds what they share.

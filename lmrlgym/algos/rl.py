@@ -1,4 +1,4 @@
-"""The pure RL math of the token-level MDP (ALGORITHMS.md §1.6-1.9, §2.4): decision slots of a
+"""The pure RL math of the token-level MDP (docs/algorithms.md §1.6-1.9, §2.4): decision slots of a
 batch, discounting, returns-to-go, GAE, pooled means and the Polyak update.
 
 Functions of tensors (or floats) only, each with hand-computed unit tests; no model, config or

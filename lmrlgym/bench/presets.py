@@ -1,6 +1,6 @@
 """Benchmark profiles: one named preset per (task, method) cell, at three scales.
 
-- ``full``: the paper's settings (ALGORITHMS.md §3 tables = paper Table 3; models of §2.1;
+- ``full``: the paper's settings (docs/algorithms.md §3 tables = paper Table 3; models of §2.1;
   dataset sizes of paper Table 1; evaluation episodes of §4.2). For GPU machines.
 - ``cpu``: tiny GPT-2, fewer rows and steps, higher learning rates and CPU-scale γ/β for the
   tiny model (documented deviations, see ``SMALL_VALUE``), 3 seeds. The README's results table comes from it.
@@ -24,7 +24,7 @@ ONLINE = ("ppo", "online_filtered_bc")
 TASKS = TASK_IDS
 
 # The `full` profile's sizes, from each task's registry spec: dataset sizes (paper Table 1),
-# evaluation episodes (its protocol, ALGORITHMS.md §4.2) and models (paper §5, §2.1).
+# evaluation episodes (its protocol, docs/algorithms.md §4.2) and models (paper §5, §2.1).
 PAPER_DATA = {t: spec(t).paper.data_episodes for t in TASKS}
 PAPER_EVAL = {t: spec(t).protocol.episodes for t in TASKS}
 PAPER_MODEL = {t: spec(t).paper.model for t in TASKS}
@@ -91,7 +91,7 @@ class Profile:
         return dict(self.eval_env_kwargs.get(task, {}))
 
     def decoding(self, task: str) -> dict[str, Any]:
-        # The paper's numbers were sampled at temperature 1 (ALGORITHMS.md §4.1).
+        # The paper's numbers were sampled at temperature 1 (docs/algorithms.md §4.1).
         return {"temperature": 1.0, "greedy": False}
 
     def overrides(self, task: str, method: str, base: Any) -> dict[str, Any]:

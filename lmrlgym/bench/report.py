@@ -2,7 +2,7 @@
 
 Per seed, a cell's mean evaluation return is normalised (not each episode: the kink at the
 dataset average makes these differ); a table cell is the mean over seeds with a 95 %
-t-interval ``t_{0.975,k-1} * s / sqrt(k)`` (ALGORITHMS.md §4.5), honest and wide for 2-3 seeds.
+t-interval ``t_{0.975,k-1} * s / sqrt(k)`` (docs/algorithms.md §4.5), honest and wide for 2-3 seeds.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from lmrlgym.bench.report import (
 from lmrlgym.data.io import DatasetError, read_manifest, write_json
 from lmrlgym.registry import registry
 
-# RL methods start from the same seed's BC run (§2.1).
+# RL methods start from the same seed's BC run (docs/algorithms.md §2.1).
 NEEDS_BC_INIT = {"mc", "ilql", "ppo", "online_filtered_bc"}
 
 

@@ -22,7 +22,7 @@ from lmrlgym.data.io import MANIFEST, read_episodes, write_json, write_shard
 from lmrlgym.data.policies import BehaviourPolicy, make_policy
 from lmrlgym.data.stats import episode_stats
 
-DATA_SEED_BASE = 1_000_000  # TASKS.md §1: data seeds start here; evaluation uses 0 .. N-1
+DATA_SEED_BASE = 1_000_000  # docs/tasks.md §1: data seeds start here; evaluation uses 0 .. N-1
 SHARD_SIZE = 1000
 
 

@@ -1,4 +1,4 @@
-"""Importers for the original LMRL-Gym dataset release (TASKS.md §11.2).
+"""Importers for the original LMRL-Gym dataset release (docs/tasks.md §11.2).
 
 The original data were hosted by the authors, not in their repository; these readers turn each
 file layout into the project's episode records with ``policy = "original:<file>"``,
@@ -72,7 +72,7 @@ def _need(rec: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
 
 
 def _space(s: str) -> str:
-    """Character-space a FEN or SAN string unless it already is (TASKS.md §5 format)."""
+    """Character-space a FEN or SAN string unless it already is (docs/tasks.md §5 format)."""
     s = s.strip()
     if re.fullmatch(r"(\S( |$))+", s) or re.search(r"\S {3}\S", s):
         return s  # already spaced: single chars separated by spaces (FEN gaps are 3 spaces)
@@ -194,7 +194,7 @@ def import_car_dealer(task: str, path: Path, rec: Any, where: str) -> Episode:
     budget = float(_need(info, "budget", (int, float), f"{where} buyer_info"))
     bought = bool(output.get("car_bought"))
     price = output.get("buy_price")
-    # Ours (TASKS.md §9): buy_price / budget on a sale within budget, else 0.
+    # Ours (docs/tasks.md §9): buy_price / budget on a sale within budget, else 0.
     reward = price / budget if bought and price is not None and price <= budget else 0.0
     turns = [Turn("Start\n", False)]
     for i, line in enumerate(lines):

@@ -1,4 +1,4 @@
-"""Reading and writing episode records (JSONL shards + ``manifest.json``; TASKS.md §11.1).
+"""Reading and writing episode records (JSONL shards + ``manifest.json``; docs/tasks.md §11.1).
 
 Writes are atomic (temp file + rename), so a crash never leaves a half-written shard or
 manifest that looks complete. Reads validate every record and name the file, line and field

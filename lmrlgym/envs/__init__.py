@@ -1,13 +1,14 @@
-"""The ten registered environments (TASKS.md §1). Each task lives in its own module.
+"""The ten registered environments (docs/tasks.md §1). Each task lives in its own module.
 
 Every ``register`` call also carries the task's facts that the rest of the package reads from
 the spec, so evaluation, the benchmark presets and the training defaults agree by construction:
 
-- ``lengths``: the original's prompt and action token budgets (ALGORITHMS.md §3.1, §4.1).
+- ``lengths``: the original's prompt and action token budgets (docs/algorithms.md §3.1 and
+  docs/algorithms.md §4.1).
 - ``protocol``: the full evaluation's episode count and what its resets cycle through
-  (ALGORITHMS.md §4.2; the resets come from the env class's ``evaluation_resets``).
+  (docs/algorithms.md §4.2; the resets come from the env class's ``evaluation_resets``).
 - ``group``: tasks whose per-method paper settings are shared (paper Table 3).
-- ``paper``: the paper's model (§5) and dataset size (Table 1).
+- ``paper``: the paper's model (Section 5) and dataset size (Table 1).
 """
 
 from lmrlgym.registry import (

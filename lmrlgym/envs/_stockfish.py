@@ -1,4 +1,4 @@
-"""Stockfish over UCI for the chess envs and the chess behaviour policies (TASKS.md §5).
+"""Stockfish over UCI for the chess envs and the chess behaviour policies (docs/tasks.md §5).
 
 One :class:`Stockfish` object owns one engine process: started lazily, configured with the
 spec's fixed options (``Threads=1``, ``Hash=16``), given a fresh game (``ucinewgame``) on
@@ -36,7 +36,7 @@ INSTALL_HINT = (
     "install it with `apt-get install stockfish` (Debian/Ubuntu; the binary lands in "
     f"/usr/games) or set {ENV_VAR} to the path of a Stockfish binary"
 )
-#: Fixed engine options of every search (TASKS.md §5): one thread, so a node budget gives the
+#: Fixed engine options of every search (docs/tasks.md §5): one thread, so a node budget gives the
 #: same search on every machine; a small hash, so 2-core machines can run several engines.
 BASE_OPTIONS: dict[str, Any] = {"Threads": 1, "Hash": 16}
 #: Seconds an engine may take beyond the requested move time before it is declared hung.

@@ -22,7 +22,7 @@ from typing import Any
 
 from lmrlgym.registry import DependencyNotInstalled
 
-# --- the house (TASKS.md §3) ---------------------------------------------------------------
+# --- the house (docs/tasks.md §3) ---------------------------------------------------------------
 #: The eight rooms, in the order of the evaluation protocol (room index i -> seeds 32*i + k).
 ROOMS: tuple[str, ...] = (
     "living room", "bedroom", "office", "dining room",

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 UNCOMMUNICATIVE_MAX_WORDS = 6
-# Seller lines a buyer of each personality sits through before walking out (TASKS.md §9).
+# Seller lines a buyer of each personality sits through before walking out (docs/tasks.md §9).
 PATIENCE: dict[str, int] = {
     "talkative": 14,
     "polite": 12,
@@ -96,7 +96,7 @@ class Persona:
 
 
 def draw_persona(rng: np.random.Generator) -> Persona:
-    """Draw in the order of TASKS.md §9: personality, brand, type, k in 1-4, k features, budget."""
+    """Draw in the order of docs/tasks.md §9: personality, brand, type, k in 1-4, k features, budget."""
     a = buyer_attributes()
     personality = a["DEFAULT_PERSONALITIES"][rng.integers(len(a["DEFAULT_PERSONALITIES"]))]
     brand = a["DEFAULT_BRANDS"][rng.integers(len(a["DEFAULT_BRANDS"]))]
@@ -190,7 +190,7 @@ def wish_items(p: Persona) -> list[str]:
 
 
 def persona_line(p: Persona) -> str:
-    """The LM buyer's one-line persona, in the project's wording (TASKS.md §9)."""
+    """The LM buyer's one-line persona, in the project's wording (docs/tasks.md §9)."""
     return (
         f"Buyer persona: {p.personality}; wants {car_phrase(p.brand, p.type)} with "
         f"{', '.join(p.features)}; budget {money(p.budget)}."
@@ -211,7 +211,7 @@ _UNIT_RE = re.compile(
 
 
 def parse_prices(line: str) -> list[int]:
-    """Dollar amounts in ``line``, in order (TASKS.md §9); the last one is the ask."""
+    """Dollar amounts in ``line``, in order (docs/tasks.md §9); the last one is the ask."""
     prices = []
     for m in _PRICE_RE.finditer(line):
         num = m.group("num")
@@ -478,7 +478,7 @@ class Move:
 
 
 def next_move(p: Persona, s: BuyerState, line: SellerLine) -> Move:
-    """The six ordered rules of TASKS.md §9 (``s`` already holds this line)."""
+    """The six ordered rules of docs/tasks.md §9 (``s`` already holds this line)."""
     m = match_score(p, s.brand, s.type, s.features)
     reservation = reservation_price(p.budget, m)
     k = len(s.counters)
@@ -547,7 +547,7 @@ class Buyer(Protocol):
 
 
 class RuleBuyer:
-    """The default buyer: the rules of TASKS.md §9 worded with per-personality templates."""
+    """The default buyer: the rules of docs/tasks.md §9 worded with per-personality templates."""
 
     deterministic = True
 

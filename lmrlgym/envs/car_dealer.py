@@ -5,7 +5,7 @@ Description
 The agent is a car seller; the env plays a buyer with a hidden persona drawn from the seed:
 personality (10), brand (13), car type (6), 1-4 wanted features (of 8) and a budget ($10,000 to
 $90,000). The seller should find out what the buyer wants, offer a matching car and close at a
-high price. Tests persuasion and strategic dialogue (TASKS.md §9).
+high price. Tests persuasion and strategic dialogue (docs/tasks.md §9).
 
 Observation
 -----------
@@ -75,7 +75,7 @@ Models" (2023); original code ``llm_rl_scripts/car_dealer`` (MIT). Persona lists
 
 Version History
 ---------------
-v0: initial release (TASKS.md §9).
+v0: initial release (docs/tasks.md §9).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class CarDealerEnv(TextEnv):
     def __init__(self, buyer: Any = "rules", render_mode: str | None = None):
         super().__init__(render_mode=render_mode)
         self.buyer = make_buyer(buyer)
-        # An LM buyer samples, so seeds no longer fix episodes (TASKS.md §1, "Partners").
+        # An LM buyer samples, so seeds no longer fix episodes (docs/tasks.md §1, "Partners").
         self.deterministic = bool(self.buyer.deterministic)
         self.persona: Persona | None = None
 

@@ -1,4 +1,4 @@
-"""Chess-v0 and Endgames-v0: play White against Stockfish, moves as spaced SAN (TASKS.md §5-6).
+"""Chess-v0 and Endgames-v0: play White against Stockfish, moves as spaced SAN (docs/tasks.md §5-6).
 
 Description
 -----------
@@ -72,7 +72,7 @@ Abdulhai et al., "LMRL Gym" (2023), §4 Chess and Endgames; python-chess; Stockf
 
 Version History
 ---------------
-v0: initial release (TASKS.md §5-6).
+v0: initial release (docs/tasks.md §5-6).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def random_endgame(rng: np.random.Generator, kind: str) -> chess.Board:
 
     Rejection sampling: draw distinct squares for (White king, Black king, White pieces) and
     retry until python-chess's ``is_valid()`` holds (so Black is not in check), White is not in
-    check and the game is not over (TASKS.md §6).
+    check and the game is not over (docs/tasks.md §6).
     """
     pieces = ENDGAME_PIECES[kind]
     while True:

@@ -4,7 +4,7 @@ Description
 -----------
 Like Twenty Questions, but the hidden item is one of 100 large cities and the agent may also ask
 open questions ("Which language do people speak there?"). Tests questioning with complex
-language (TASKS.md §8).
+language (docs/tasks.md §8).
 
 Observation
 -----------
@@ -80,7 +80,7 @@ Models" (2023); original code ``llm_rl_scripts/guess_city/env`` (MIT), city list
 
 Version History
 ---------------
-v0: initial release (TASKS.md §8).
+v0: initial release (docs/tasks.md §8).
 """
 
 from __future__ import annotations
@@ -657,6 +657,6 @@ class GuessCityEnv(TextEnv):
 
     @classmethod
     def evaluation_resets(cls, n_episodes: int, **env_kwargs: Any) -> list[tuple[int, dict]]:
-        """TASKS.md §8: one episode per city, ``index = seed % 100``, seeds ``0 .. n-1``."""
+        """docs/tasks.md §8: one episode per city, ``index = seed % 100``, seeds ``0 .. n-1``."""
         n_cities = len(load_kb().cities)
         return [(i, {"index": i % n_cities}) for i in range(n_episodes)]

@@ -6,7 +6,7 @@ The agent starts on a free cell of the "double T" maze (10 rows x 13 columns, go
 must reach the goal. Fully observed (FO): every observation names the goal, the agent's position
 and the nearby walls. Partially observed (PO): only the nearby walls, so the agent must infer its
 position from its history. Tests credit assignment and trajectory stitching; PO adds partial
-observability (TASKS.md §2).
+observability (docs/tasks.md §2).
 
 Observation
 -----------
@@ -69,7 +69,7 @@ table are in ``lmrlgym/envs/data/mazes.json``.
 
 Version History
 ---------------
-v0: initial release (TASKS.md §2).
+v0: initial release (docs/tasks.md §2).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ MOVES: dict[str, tuple[int, int]] = {
     "move right": (0, 1),
 }
 COMMANDS: tuple[str, ...] = tuple(MOVES)
-# The wall sentence checks neighbours in this order (TASKS.md §2, as the original did).
+# The wall sentence checks neighbours in this order (docs/tasks.md §2, as the original did).
 _WALL_CHECKS: tuple[tuple[tuple[int, int], str], ...] = (
     ((0, 1), "to your right"),
     ((0, -1), "to your left"),
@@ -329,7 +329,7 @@ class MazeEnv(TextEnv):
 
     @classmethod
     def evaluation_resets(cls, n_episodes: int, **env_kwargs: Any) -> list[tuple[int, dict]]:
-        """TASKS.md §2: 25 starts x 32 episodes, seed ``32*start_index + k``.
+        """docs/tasks.md §2: 25 starts x 32 episodes, seed ``32*start_index + k``.
 
         Episode ``j`` starts on cell ``j % n_starts`` (so any ``n >= n_starts`` covers every
         start) as that start's ``k = j // n_starts``-th episode. Past 32 per start the seeds

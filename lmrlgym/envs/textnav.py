@@ -5,7 +5,7 @@ Description
 Carry the stale food from the living-room table to the kitchen fridge and close the fridge, in
 an eight-room house built and played with the real TextWorld engine (PyPI ``textworld``, pinned
 to 1.7.0). Fully observed (FO) texts also name the room and the inventory; partially observed
-(PO) ones do not. Tests credit assignment and stitching with rich language (TASKS.md §3)::
+(PO) ones do not. Tests credit assignment and stitching with rich language (docs/tasks.md §3)::
 
                      garden
                        |
@@ -83,7 +83,7 @@ Learning Environment for Text-based Games" (2018).
 
 Version History
 ---------------
-v0: initial release (TASKS.md §3).
+v0: initial release (docs/tasks.md §3).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def shortest_path(start: str, goal: str) -> list[str]:
 
 
 def walkthrough(start: str) -> list[str]:
-    """The optimal command sequence from ``start`` (TASKS.md §3)."""
+    """The optimal command sequence from ``start`` (docs/tasks.md §3)."""
     to_food = [f"go {d}" for d in shortest_path(start, TARGET_ROOM)]
     to_fridge = [f"go {d}" for d in shortest_path(TARGET_ROOM, GOAL_ROOM)]
     return [
@@ -308,7 +308,7 @@ class TextNavEnv(TextEnv):
 
     @classmethod
     def evaluation_resets(cls, n_episodes: int, **env_kwargs: Any) -> list[tuple[int, dict]]:
-        """TASKS.md §3: 8 start rooms x 32 episodes, seed ``32*room_index + k``.
+        """docs/tasks.md §3: 8 start rooms x 32 episodes, seed ``32*room_index + k``.
 
         Episode ``j`` starts in room ``j % 8`` as its ``k = j // 8``-th episode, so any
         ``n >= 8`` covers every room; past 32 per room the seeds continue above 256.

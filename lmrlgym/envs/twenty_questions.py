@@ -4,7 +4,7 @@ Description
 -----------
 The env thinks of one of 158 everyday objects (17 categories: sports equipment, animals, fruits,
 vehicles, ...). The agent asks yes/no questions and must name the object within 20 questions.
-Tests strategic questioning under partial observability, in natural language (TASKS.md §7).
+Tests strategic questioning under partial observability, in natural language (docs/tasks.md §7).
 
 Observation
 -----------
@@ -83,7 +83,7 @@ Models" (2023); original code ``llm_rl_scripts/twenty_questions/env`` (MIT). Obj
 
 Version History
 ---------------
-v0: initial release (TASKS.md §7).
+v0: initial release (docs/tasks.md §7).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class Attribute:
 
     key: str
     question: str
-    core: bool  # one of the general attributes TASKS.md §7 lists (the others are details)
+    core: bool  # one of the general attributes docs/tasks.md §7 lists (the others are details)
     phrases: tuple[str, ...]  # a leading "!" marks an opposite phrasing ("small")
 
 
@@ -226,7 +226,7 @@ def kb_answer(question: str, index: int) -> tuple[str, str]:
 
 
 def lm_prompt(item: Item, question: str) -> list[dict[str, str]]:
-    """The LM oracle's prompt (TASKS.md §7), as one user message."""
+    """The LM oracle's prompt (docs/tasks.md §7), as one user message."""
     text = (
         "Answer truthfully with yes or no.\n"
         f"Object: {', '.join(item.names)}\nQuestion: {question}\nAnswer:"
@@ -312,6 +312,6 @@ class TwentyQuestionsEnv(TextEnv):
 
     @classmethod
     def evaluation_resets(cls, n_episodes: int, **env_kwargs: Any) -> list[tuple[int, dict]]:
-        """TASKS.md §7: one episode per object, ``index = seed % 158``, seeds ``0 .. n-1``."""
+        """docs/tasks.md §7: one episode per object, ``index = seed % 158``, seeds ``0 .. n-1``."""
         n_items = len(load_kb().items)
         return [(i, {"index": i % n_items}) for i in range(n_episodes)]

@@ -4,7 +4,7 @@ Description
 -----------
 Each guess gets one mark per letter: green (right place), yellow (in the word elsewhere) or
 black (not in the word, or no copy of it left). Tests strategic information gathering under
-partial observability (TASKS.md §4).
+partial observability (docs/tasks.md §4).
 
 Observation
 -----------
@@ -68,7 +68,7 @@ in ``lmrlgym/envs/data/wordle/``.
 
 Version History
 ---------------
-v0: initial release (TASKS.md §4).
+v0: initial release (docs/tasks.md §4).
 """
 
 from __future__ import annotations

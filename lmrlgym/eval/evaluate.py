@@ -1,4 +1,4 @@
-"""``evaluate()``: batched rollouts of a policy under a task's evaluation protocol (ALGORITHMS.md §4).
+"""``evaluate()``: batched rollouts of a policy under a task's evaluation protocol (docs/algorithms.md §4).
 
 Each episode gets its own env, reset with the protocol's seed and options
 (``env_cls.evaluation_resets``: Maze cycles its 25 start cells, Endgames its fixed positions).
@@ -8,7 +8,7 @@ each env's window as turns (``act_turns``, tokenized per turn exactly as in trai
 env's state, run episode by episode (as ``lmrlgym.data.generate.run_episode`` does, with the
 protocol's reset options).
 
-The summary follows ALGORITHMS.md §4.3 and TASKS.md §1: mean return with standard error and a
+The summary follows docs/algorithms.md §4.3 and docs/tasks.md §1: mean return with standard error and a
 seeded 95 % percentile-bootstrap CI, success rate, pooled illegal-action rate, mean episode
 length, truncated-action rate, normalised scores (project and paper constants where they
 exist) and the decoding settings. ``out_dir`` receives ``episodes.jsonl`` and
@@ -49,7 +49,7 @@ class EvalResult:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The flat ``eval/*`` scalars of ALGORITHMS.md §4.3, for ``metrics.jsonl``."""
+        """The flat ``eval/*`` scalars of docs/algorithms.md §4.3, for ``metrics.jsonl``."""
         return dict(self.summary["metrics"])
 
 
@@ -71,7 +71,7 @@ def _env_maker(task: str | type[TextEnv], env_kwargs: dict[str, Any]) -> Callabl
 
 
 def protocol_episodes(task: str | type[TextEnv]) -> int:
-    """Episodes of the task's full evaluation (its registry protocol, ALGORITHMS.md §4.2): the
+    """Episodes of the task's full evaluation (its registry protocol, docs/algorithms.md §4.2): the
     CLI's default. A custom env class gets the default protocol's count."""
     return registry_spec(task).protocol.episodes if isinstance(task, str) else Protocol().episodes
 

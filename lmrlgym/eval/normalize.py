@@ -1,4 +1,4 @@
-"""Normalised scores: 0 = minimum return, 50 = dataset average, 100 = maximum (TASKS.md §10).
+"""Normalised scores: 0 = minimum return, 50 = dataset average, 100 = maximum (docs/tasks.md §10).
 
 Two constant sets. ``"paper"``: LMRL-Gym Table 5 (arXiv v1), for comparison with published
 numbers. ``"project"`` (default): computed by this project from its own datasets and its
@@ -47,7 +47,7 @@ _TEXTNAV = Constants(
 # Project constants: one entry per task, filled in from the project's default dataset (avg)
 # and its optimal / best scripted policy (max) under the task's evaluation protocol.
 PROJECT: dict[str, Constants] = {
-    # Maze (TASKS.md §2): avg = the unconfined behaviour policy under the evaluation protocol
+    # Maze (docs/tasks.md §2): avg = the unconfined behaviour policy under the evaluation protocol
     # (the confined dataset's records are cut short, so its mean is not a policy's return).
     "Maze-FO-v0": Constants(
         -401.0, -51.46, -6.84,
@@ -63,7 +63,7 @@ PROJECT: dict[str, Constants] = {
         "+- 1.1517 (SE); max = maze-belief (belief-MDP optimum) on the same 800 episodes; "
         "min = true minimum; lmrlgym 0.1.0, 2026-11-25",
     ),
-    # Wordle (TASKS.md §4): avg = the default dataset; max = wordle-greedy (a loose bound).
+    # Wordle (docs/tasks.md §4): avg = the default dataset; max = wordle-greedy (a loose bound).
     "Wordle-v0": Constants(
         -6.0, -4.082, -1.926,
         "scripts/compute_constants.py wordle: avg = wordle-mixture(p_smart=1/3) default "
@@ -72,7 +72,7 @@ PROJECT: dict[str, Constants] = {
         "+- 0.0096 (SE) (one episode per answer: -1.9374); min = true minimum; "
         "lmrlgym 0.1.0, 2026-11-25",
     ),
-    # Car Dealer (TASKS.md §9): min = no sale; avg = the default dataset; max = the best
+    # Car Dealer (docs/tasks.md §9): min = no sale; avg = the default dataset; max = the best
     # scripted seller (text-only; the theoretical maximum is 1).
     "CarDealer-v0": Constants(
         0.0, 0.46, 0.972,
@@ -82,12 +82,12 @@ PROJECT: dict[str, Constants] = {
         "evaluation protocol (256 episodes, seeds 0-255), mean 0.9717 +- 0.0016 (SE); "
         "min = no sale; lmrlgym 0.1.0, 2026-11-25",
     ),
-    # Text-Nav (TASKS.md §3): min = no win; avg = the default dataset (the paper's 2.5k
+    # Text-Nav (docs/tasks.md §3): min = no win; avg = the default dataset (the paper's 2.5k
     # trajectories; the scripted policy reads the true state, so FO and PO data are the same
     # episodes); max = the walkthrough, which wins every evaluation episode.
     "TextNav-FO-v0": _TEXTNAV,
     "TextNav-PO-v0": _TEXTNAV,
-    # Twenty Questions (TASKS.md §7): min = no correct guess; avg = the default dataset; max =
+    # Twenty Questions (docs/tasks.md §7): min = no correct guess; avg = the default dataset; max =
     # the best splitter on the 158 objects (theoretical maximum 0).
     "TwentyQuestions-v0": Constants(
         -20.0, -17.56, -6.93,
@@ -97,7 +97,7 @@ PROJECT: dict[str, Constants] = {
         "p_info=1.0), evaluation protocol (158 episodes, one per item, seed = index), mean "
         "-6.9304 +- 0.0947 (SE); min = no correct guess; lmrlgym 0.1.0, 2026-11-25",
     ),
-    # Guess My City (TASKS.md §8): min = no correct guess; avg = the default dataset; max = the
+    # Guess My City (docs/tasks.md §8): min = no correct guess; avg = the default dataset; max = the
     # best asker (-1: one open question such as the local food names the city for a KB reader).
     "GuessCity-v0": Constants(
         -20.0, -18.871, -1.0,
@@ -108,7 +108,7 @@ PROJECT: dict[str, Constants] = {
         "item, seed = index), mean -1.0000 +- 0.0000 (SE); min = no correct guess; "
         "lmrlgym 0.1.0, 2026-11-25",
     ),
-    # Chess and Endgames (TASKS.md §5-6): min = 400 illegal moves; avg = the default dataset
+    # Chess and Endgames (docs/tasks.md §5-6): min = 400 illegal moves; avg = the default dataset
     # against the default opponent (nondeterministic, hence the SE); max = a win.
     "Chess-v0": Constants(
         -400.0, 0.267, 1.0,

@@ -9,7 +9,7 @@ Any server that speaks the OpenAI API (vLLM, SGLang, llama.cpp, TGI, a hosted AP
 ``act(observations)`` sends one request per observation (the observation text is the prompt,
 so the served model sees exactly what an in-process ``LMPolicy.act`` would tokenize), runs them
 concurrently on at most ``max_concurrency`` threads over one pooled connection, and asks the
-server to stop at the first newline: an action is one line (ALGORITHMS.md §4.1). The action is
+server to stop at the first newline: an action is one line (docs/algorithms.md §4.1). The action is
 the reply's first line plus ``"\\n"``, whether the server stopped there, hit ``max_tokens``
 (the in-process policy then appends a newline too) or ignored ``stop``.
 

@@ -1,4 +1,4 @@
-"""Language-model side of lmrlgym (ALGORITHMS.md §1-2, §4.1).
+"""Language-model side of lmrlgym (docs/algorithms.md §1-2, §4.1).
 
 - ``tokenizer``: train/load the project's byte-level BPE (``"\\n"`` is always one token).
 - ``factory``: GPT-2 presets (``gpt2-tiny``, ``gpt2-mini``) or any local/hub causal LM.

@@ -1,6 +1,6 @@
 """Model factory: small GPT-2 presets built from a config, or any local/hub causal LM.
 
-The presets are the CPU-scale defaults (ALGORITHMS.md §2.1): a GPT-2 with the project's own
+The presets are the CPU-scale defaults (docs/algorithms.md §2.1): a GPT-2 with the project's own
 tokenizer's vocabulary, trained from scratch. Any other name is handed to
 ``AutoModelForCausalLM.from_pretrained`` (a saved run's model directory, or a hub id when
 the machine has the weights), so the same training code runs at paper scale.
@@ -24,7 +24,7 @@ from transformers import (
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A GPT-2 shape. ``n_positions`` must cover ``max_context_tokens + max_new_tokens`` plus
-    the appended env tokens of a row (ALGORITHMS.md §1.4): the longest task preset (Wordle and
+    the appended env tokens of a row (docs/algorithms.md §1.4): the longest task preset (Wordle and
     Text-Nav, 2048 in the original) fits in 2048."""
 
     n_layer: int
@@ -103,7 +103,7 @@ def build_model(
 
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str = "") -> None:
     """Every tokenizer id must have an embedding row (extra rows are fine: they are sliced off
-    in losses and sampling, ALGORITHMS.md §1.3)."""
+    in losses and sampling, docs/algorithms.md §1.3)."""
     n_emb = model.get_input_embeddings().weight.shape[0]
     if n_emb < len(tokenizer):
         src = f" {where}" if where else ""

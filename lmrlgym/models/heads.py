@@ -1,4 +1,4 @@
-"""Value and Q heads on the LM head's input (ALGORITHMS.md §2.2).
+"""Value and Q heads on the LM head's input (docs/algorithms.md §2.2).
 
 As in the original, the output layer's weight starts at zero and its bias at ``head_bias``, so
 every ``Q(s, a)`` or ``V(s)`` starts at exactly ``head_bias`` and value-guided decoding starts

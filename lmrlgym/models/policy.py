@@ -1,4 +1,4 @@
-"""``LMPolicy``: batched, KV-cached generation of one action per prompt (ALGORITHMS.md §4.1).
+"""``LMPolicy``: batched, KV-cached generation of one action per prompt (docs/algorithms.md §4.1).
 
 Prompts are built exactly as ``render()`` builds training rows (per-turn tokenization, one BOS,
 the last ``P - 1`` context tokens), left-padded, with ``position_ids = cumsum(mask) - 1``, so
@@ -171,7 +171,7 @@ class LMPolicy:
     def generate(self, prompts: Sequence[Sequence[int]]) -> Generation:
         """Generate one action for each prompt (token ids, BOS first, at most ``P`` long)."""
         was_training = self.model.training
-        self.model.eval()  # dropout off in every rollout (ALGORITHMS.md §2.4)
+        self.model.eval()  # dropout off in every rollout (docs/algorithms.md §2.4)
         try:
             ids: list[list[int]] = [[] for _ in prompts]
             truncated = [False] * len(prompts)

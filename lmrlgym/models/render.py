@@ -1,4 +1,4 @@
-"""``render()``: the one text-to-tensor routine (ALGORITHMS.md §1.3-1.5, §1.7).
+"""``render()``: the one text-to-tensor routine (docs/algorithms.md §1.3-1.5, §1.7).
 
 Every consumer of episodes (BC, filtered BC, MC, ILQL, PPO, evaluation prompts) goes through
 the same per-turn tokenization, so the ids a model trains on equal the ids it reads and
@@ -43,7 +43,7 @@ class RenderError(ValueError):
 
 @dataclasses.dataclass
 class Segment:
-    """One training row (ALGORITHMS.md §1.3). ``L`` = row length, ``L'`` = ``len(next_ids)``."""
+    """One training row (docs/algorithms.md §1.3). ``L`` = row length, ``L'`` = ``len(next_ids)``."""
 
     input_ids: Tensor  # (L,) long: BOS + context + action and env tokens
     action_mask: Tensor  # (L,) bool: True on agent tokens
@@ -95,7 +95,7 @@ def episode_returns(
     discount_mode: DiscountMode,
 ) -> list[list[float]]:
     """Return-to-go of every action token, per action turn: ``G_i = r_i + d_i G_next(i)``,
-    0 after the last action (pure Monte Carlo: no bootstrap, ALGORITHMS.md §3.3), with the
+    0 after the last action (pure Monte Carlo: no bootstrap, docs/algorithms.md §3.3), with the
     discounting of the losses (``algos.rl.step_discount``, §1.7) in double precision."""
     end = torch.tensor([k == n - 1 for n in action_lengths for k in range(n)], dtype=torch.bool)
     d = step_discount(end, gamma, discount_mode, dtype=torch.float64).tolist()
@@ -194,7 +194,7 @@ def render(
     action_ids: Sequence[Sequence[int]] | None = None,
     token_cache: TokenCache | None = None,
 ) -> list[Segment]:
-    """Tokenize one episode into training rows (ALGORITHMS.md §1.3-1.4).
+    """Tokenize one episode into training rows (docs/algorithms.md §1.3-1.4).
 
     ``episode`` is an :class:`Episode` or a list of turns (then pass ``terminated``).
     ``context_turns`` is the env's window (default: the whole transcript, append-only);
@@ -263,7 +263,7 @@ def render(
     if terminal_at_end:
         segments.append(row.close([], True, episode_id))
         return segments
-    # Not terminal: the final observation is the bootstrap state (ALGORITHMS.md §1.4 rule 4).
+    # Not terminal: the final observation is the bootstrap state (docs/algorithms.md §1.4 rule 4).
     ctx = context_fn(turns)
     new = appended_turns(ctx, prev_ctx, turns[action_at[-1]])
     e = [i for t in new for i in tokens(t.text)] if new is not None else None

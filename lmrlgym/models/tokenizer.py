@@ -1,7 +1,7 @@
 """The project's tokenizer: a small byte-level BPE trained locally on a dataset's text.
 
 Why our own and not GPT-2's: CPU-scale models need a small vocabulary (hundreds of tokens, not
-50k), nothing may be downloaded, and generation must stop on a newline (ALGORITHMS.md §4.1).
+50k), nothing may be downloaded, and generation must stop on a newline (docs/algorithms.md §4.1).
 GPT-2's BPE merges ``"\\n\\n"`` and ``"\\n"`` with neighbouring spaces, so the original ran past
 the stop string; here ``"\\n"`` is split off before BPE, so it is always exactly one token
 (:data:`NEWLINE`) and never part of a merge. Byte-level, so any unicode text round-trips.

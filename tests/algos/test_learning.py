@@ -1,4 +1,4 @@
-"""Learning tests (ALGORITHMS.md §5.2): tiny models, fixed seeds, orderings not paper numbers.
+"""Learning tests (docs/algorithms.md §5.2): tiny models, fixed seeds, orderings not paper numbers.
 
 Observed when written (seed 0, 2-layer 64-wide GPT-2): one-step toy success BC 0.54, filtered
 BC 1.0, MC 1.0; BC on optimal Maze-FO data reaches validation NLL ≈ 0.08 per action token;
@@ -84,9 +84,9 @@ def test_bc_reaches_a_low_imitation_loss_on_optimal_maze_data(root, model):
 
 
 def test_ilql_and_mc_beat_bc_on_suboptimal_maze_data(root, model):
-    # Mostly random moves with 15 % shortest-path moves (TASKS.md §2 mixture), unconfined; the
+    # Mostly random moves with 15 % shortest-path moves (docs/tasks.md §2 mixture), unconfined; the
     # same data, model, seed and step count for all. CPU-scale settings (deviations from the
-    # Maze preset, as ALGORITHMS.md §3 allows for tiny models):
+    # Maze preset, as docs/algorithms.md §3 allows for tiny models):
     # - BC and ILQL: lr 3e-3; ILQL γ 0.9 so the returns of 100-step random walks stay small next
     #   to the BC term in the shared trunk, β 4, Polyak 0.05.
     # - MC: γ 0.99, because MC fits the behaviour policy's Q, and with γ 0.9 a near-random walk's

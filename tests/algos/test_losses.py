@@ -1,4 +1,4 @@
-"""BC, MC and ILQL losses against hand-computed values (ALGORITHMS.md §3.1, §3.3, §3.4)."""
+"""BC, MC and ILQL losses against hand-computed values (docs/algorithms.md §3.1, §3.3, §3.4)."""
 
 import dataclasses
 import math

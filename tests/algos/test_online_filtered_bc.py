@@ -1,4 +1,4 @@
-"""Online filtered BC (ALGORITHMS.md §3.7): rows, skipped rounds, finite losses, learning."""
+"""Online filtered BC (docs/algorithms.md §3.7): rows, skipped rounds, finite losses, learning."""
 
 import dataclasses
 
@@ -95,7 +95,7 @@ def test_a_round_without_successes_is_skipped_and_logged(tmp_path_factory):
                                                  after.state_dict().values(), strict=True))
 
 
-# --- learning (ALGORITHMS.md §5.2 item 4) -----------------------------------------------------
+# --- learning (docs/algorithms.md §5.2 item 4) -----------------------------------------------------
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""PPO (ALGORITHMS.md §3.6): loss, KL controller and GAE against hand-computed values."""
+"""PPO (docs/algorithms.md §3.6): loss, KL controller and GAE against hand-computed values."""
 
 import copy
 import dataclasses
@@ -306,7 +306,7 @@ def test_resume_replays_the_interrupted_run_exactly(tmp_path_factory):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-# --- learning (ALGORITHMS.md §5.2 item 3) -----------------------------------------------------
+# --- learning (docs/algorithms.md §5.2 item 3) -----------------------------------------------------
 
 
 def eval_returns(run):

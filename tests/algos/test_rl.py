@@ -1,4 +1,4 @@
-"""The pure RL math of algos/rl.py (and loop.lr_at) against hand-computed values (ALGORITHMS.md §1.5-1.9)."""
+"""The pure RL math of algos/rl.py (and loop.lr_at) against hand-computed values (docs/algorithms.md §1.5-1.9)."""
 
 from types import SimpleNamespace
 

@@ -34,9 +34,9 @@ def metrics(run_dir, key="train/loss"):
 
 @pytest.mark.parametrize("algo", list(MODULES))
 def test_three_steps_change_every_trainable_parameter(algo, assets, tmp_path, monkeypatch):
-    # Three steps, not two: heads start with a zero output layer (§2.2), so their first layer
-    # gets no gradient until the output layer has moved, and ILQL's V loss is exactly 0 on the
-    # first step (V and the target Qs all start at head_bias).
+    # Three steps, not two: heads start with a zero output layer (docs/algorithms.md §2.2), so
+    # their first layer gets no gradient until the output layer has moved, and ILQL's V loss is
+    # exactly 0 on the first step (V and the target Qs all start at head_bias).
     captured = {}
     make_optimizer = loop.make_optimizer
 

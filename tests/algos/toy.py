@@ -1,4 +1,4 @@
-"""A one-step toy task for learning tests (ALGORITHMS.md §5.2.5), registered as ``Toy-Choice-v0``.
+"""A one-step toy task for learning tests (docs/algorithms.md §5.2 item 5), registered as ``Toy-Choice-v0``.
 
 The env shows a colour; one move is rewarded for it (``red`` -> ``left``, ``blue`` -> ``right``),
 the other is not. The dataset picks the colour and the move uniformly, so half the actions are

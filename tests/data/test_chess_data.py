@@ -1,4 +1,4 @@
-"""Chess/Endgames behaviour policies and dataset generation with a real Stockfish (TASKS.md §5-6)."""
+"""Chess/Endgames behaviour policies and dataset generation with a real Stockfish (docs/tasks.md §5-6)."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Importers of the original LMRL-Gym release formats, on small hand-made files (TASKS.md §11.2),
+"""Importers of the original LMRL-Gym release formats, on small hand-made files (docs/tasks.md §11.2),
 and the Hugging Face export/import round trip."""
 
 import json

@@ -1,4 +1,4 @@
-"""Maze and Wordle datasets: determinism, exact replay, and statistics against TASKS.md targets.
+"""Maze and Wordle datasets: determinism, exact replay, and statistics against docs/tasks.md targets.
 
 Tolerances are about four standard errors of the sampled statistic at these episode counts
 (success: sqrt(p(1-p)/n); mean return: std/sqrt(n)), around the values this spec's own
@@ -58,7 +58,7 @@ def test_maze_submaze_dataset_stats(maze_data):
     assert manifest["generator"] == "maze-submaze(p_solver=0.15,w_goal=0.16)"
     assert manifest["policy_extra"]["w_goal"] == 0.16
     assert manifest["success_rate"] == pytest.approx(0.11, abs=0.02)  # paper Table 1: 0.11
-    # This spec's simulation: mean length and return about 24 (paper: 19.7, see TASKS.md §2).
+    # This spec's simulation: mean length and return about 24 (paper: 19.7, see docs/tasks.md §2).
     assert manifest["length_mean"] == pytest.approx(24.5, abs=2.0)
     assert manifest["return_mean"] == pytest.approx(-24.4, abs=2.0)
 

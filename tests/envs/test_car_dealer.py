@@ -259,7 +259,7 @@ def play(env, actions, seed, persona):
 
 
 def test_golden_card_example():
-    """TASKS.md §9's example: reward 28,500 / 30,000 = 0.95 (buyer wording from seed 0)."""
+    """docs/tasks.md §9's example: reward 28,500 / 30,000 = 0.95 (buyer wording from seed 0)."""
     actions = [
         "Hello and welcome! What kind of car are you looking for today?",
         "We have a 2023 Toyota Camry sedan with heated seats and a sunroof. It lists at $31,500.",

@@ -1,4 +1,4 @@
-"""Chess-v0 and Endgames-v0 (TASKS.md §5-6): text rules, rewards, endings, engine robustness.
+"""Chess-v0 and Endgames-v0 (docs/tasks.md §5-6): text rules, rewards, endings, engine robustness.
 
 Tests that need the Stockfish binary are marked ``needs_stockfish`` and skipped, with the install
 command, when it is missing; the rest only need python-chess and use the ``random`` opponent.

@@ -1,4 +1,4 @@
-"""Maze-FO/PO (TASKS.md §2): pure rules, golden transcripts, caps, optimal paths, protocol."""
+"""Maze-FO/PO (docs/tasks.md §2): pure rules, golden transcripts, caps, optimal paths, protocol."""
 
 import json
 from importlib import resources
@@ -21,7 +21,7 @@ from lmrlgym.envs.maze import (
     wall_sentence,
 )
 
-# TASKS.md §2, shortest-path table d (moves to the goal) per start.
+# docs/tasks.md §2, shortest-path table d (moves to the goal) per start.
 D_TABLE = {
     (1, 1): 12, (1, 2): 11, (1, 3): 10, (1, 4): 11, (1, 5): 12,
     (1, 7): 12, (1, 8): 11, (1, 9): 10, (1, 10): 11, (1, 11): 12,
@@ -245,7 +245,7 @@ def test_optimal_path_from_every_start(task):
 def test_po_belief_optimum_is_minus_7_24():
     env = lmrlgym.make("Maze-PO-v0")
     solution = solve_beliefs(env.maze, env.cell_text)
-    assert len(solution.values) == 44  # TASKS.md §2: 44 reachable belief sets
+    assert len(solution.values) == 44  # docs/tasks.md §2: 44 reachable belief sets
     assert solution.mean_return() == pytest.approx(-7.24)
     # The policy acting on its history realises that value in the env.
     policy = make_policy("maze-belief", "Maze-PO-v0")

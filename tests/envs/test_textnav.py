@@ -1,4 +1,4 @@
-"""Text-Nav FO/PO (TASKS.md §3): pure rules, golden transcripts, win/loss/refusal, determinism,
+"""Text-Nav FO/PO (docs/tasks.md §3): pure rules, golden transcripts, win/loss/refusal, determinism,
 the game cache (corruption, concurrent builds by parallel data generation) and the behaviour
 policies."""
 
@@ -37,7 +37,7 @@ from lmrlgym.envs.textnav import (  # noqa: E402
 
 pytestmark = pytest.mark.textnav
 DATA = Path(__file__).parent / "data"
-# TASKS.md §3, optimal length = moves to the living room + 6.
+# docs/tasks.md §3, optimal length = moves to the living room + 6.
 OPTIMAL = {"living room": 6, "bedroom": 7, "office": 7, "dining room": 7,
            "bathroom": 8, "kitchen": 8, "garden": 9, "backyard": 9}  # fmt: skip
 
@@ -288,7 +288,7 @@ def test_half_expert_halves(fo):
 
 @pytest.mark.slow
 def test_default_dataset_statistics_near_the_paper(fo):
-    # TASKS.md §3: paper success 0.26, length 12.2; the spec's own 600-episode check gave
+    # docs/tasks.md §3: paper success 0.26, length 12.2; the spec's own 600-episode check gave
     # 0.25 / 12.6. 150 episodes: the success rate's standard error is about 0.035.
     policy = make_policy("textnav-half-expert", "TextNav-FO-v0")
     episodes = [run_episode(fo, policy, 1_000_000 + i) for i in range(150)]

@@ -23,7 +23,7 @@ from lmrlgym.envs.twenty_questions import (
 )
 
 KB = load_kb()
-# TASKS.md §7: the general attributes the knowledge base must cover.
+# docs/tasks.md §7: the general attributes the knowledge base must cover.
 SPEC_ATTRIBUTES = (
     "alive man_made edible plant mammal can_fly water has_legs has_wheels engine transport "
     "electric screen music breadbox bigger_than_person pocket metal wood plastic fabric glass "

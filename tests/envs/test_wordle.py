@@ -1,4 +1,4 @@
-"""Wordle (TASKS.md §4): feedback rule, golden transcript, invalid guesses, modes, vocabularies."""
+"""Wordle (docs/tasks.md §4): feedback rule, golden transcript, invalid guesses, modes, vocabularies."""
 
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ from lmrlgym.envs.wordle import (
     [
         ("speed", "abide", "b b y b y"),  # the second e finds no unused e
         ("eerie", "there", "y b y b g"),  # the green e uses one copy, the first e the other
-        ("geese", "hedge", "y g b b g"),  # TASKS.md §4: the third e is black
+        ("geese", "hedge", "y g b b g"),  # docs/tasks.md §4: the third e is black
         ("slate", "hedge", "b b b b g"),
         ("llama", "hello", "y y b b b"),
         ("hello", "llama", "b b y y b"),

@@ -1,4 +1,4 @@
-"""render() and collate() against the hand-computed examples of ALGORITHMS.md §1.4-1.5."""
+"""render() and collate() against the hand-computed examples of docs/algorithms.md §1.4-1.5."""
 
 import pytest
 import torch

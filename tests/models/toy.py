@@ -1,4 +1,4 @@
-"""Shared test helpers: a word-level toy tokenizer (ALGORITHMS.md §1.5), a toy append-only env
+"""Shared test helpers: a word-level toy tokenizer (docs/algorithms.md §1.5), a toy append-only env
 and a scripted text policy for it."""
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class BehaviourPolicy:
 # name -> (entry point "module:Class", tasks it supports). Imported lazily so that a missing
 # optional dependency only matters for the tasks that need it.
 POLICIES: dict[str, tuple[str, tuple[str, ...]]] = {}
-# task id -> default behaviour policy spec (TASKS.md, "Behaviour policies for offline data").
+# task id -> default behaviour policy spec (docs/tasks.md, "Behaviour policies for offline data").
 DEFAULT_POLICY: dict[str, str] = {}
 # task id -> the best scripted policy (optimal where known): the benchmark's upper reference.
 OPTIMAL_POLICY: dict[str, str] = {}
@@ -128,7 +128,7 @@ register_policy("maze-submaze", "lmrlgym.data.policies.maze:MazeSubmaze", _MAZE)
 register_policy("maze-belief", "lmrlgym.data.policies.maze:MazeBelief", _MAZE)
 DEFAULT_POLICY.update({t: "maze-submaze" for t in _MAZE})
 # FO reveals the cell, so the shortest path is optimal (-6.84); PO's optimum uses only the
-# history (-7.24, TASKS.md §2), which the privileged shortest path would overstate.
+# history (-7.24, docs/tasks.md §2), which the privileged shortest path would overstate.
 OPTIMAL_POLICY.update({"Maze-FO-v0": "maze-optimal", "Maze-PO-v0": "maze-belief"})
 
 register_policy("wordle-mixture", "lmrlgym.data.policies.wordle:WordleMixture", ("Wordle-v0",))

@@ -1,4 +1,4 @@
-"""Scripted car sellers for ``CarDealer-v0`` (TASKS.md §9, "Behaviour policies").
+"""Scripted car sellers for ``CarDealer-v0`` (docs/tasks.md §9, "Behaviour policies").
 
 Both sellers read only the dialogue text (the buyer's replies, parsed with the env's own line
 reader), never the hidden persona, so they work with any buyer, LM buyers included.
@@ -166,7 +166,7 @@ class Seller(BehaviourPolicy):
 
     The defaults are calibrated for the paper's success rate of 0.53 (Table 1): on the first
     19,000 episodes (seeds from 1,000,000) they give success 0.526, mean return 0.460, mean
-    length 7.5 seller lines (TASKS.md §9 expects a mean of about 0.45-0.50).
+    length 7.5 seller lines (docs/tasks.md §9 expects a mean of about 0.45-0.50).
     """
 
     policy_name = "car-seller"

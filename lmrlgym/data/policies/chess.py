@@ -1,7 +1,7 @@
 """Behaviour policies for Chess-v0 and Endgames-v0: Stockfish as White, with random moves mixed in.
 
-``chess-stockfish(strength, epsilon)`` (TASKS.md §5) and ``endgame-epsilon(epsilon_dist,
-strength)`` (TASKS.md §6) share one player: per game it draws an engine strength and an ε; each
+``chess-stockfish(strength, epsilon)`` (docs/tasks.md §5) and ``endgame-epsilon(epsilon_dist,
+strength)`` (docs/tasks.md §6) share one player: per game it draws an engine strength and an ε; each
 White move is then a uniform legal move with probability ε, else the engine's move. The paper
 varied White's Elo over 800-1600; Stockfish cannot play below Elo 1350, so weaker play comes
 from ε instead, and the default strengths are node budgets, which keep White deterministic
@@ -147,7 +147,7 @@ class _StockfishPlayer(BehaviourPolicy):
 
 
 class ChessStockfish(_StockfishPlayer):
-    """``chess-stockfish(strength, epsilon)``: full games (TASKS.md §5)."""
+    """``chess-stockfish(strength, epsilon)``: full games (docs/tasks.md §5)."""
 
     policy_name = "chess-stockfish"
 
@@ -156,7 +156,7 @@ class ChessStockfish(_StockfishPlayer):
 
 
 class EndgameEpsilon(_StockfishPlayer):
-    """``endgame-epsilon(epsilon_dist, strength)``: endgames (TASKS.md §6)."""
+    """``endgame-epsilon(epsilon_dist, strength)``: endgames (docs/tasks.md §6)."""
 
     policy_name = "endgame-epsilon"
 

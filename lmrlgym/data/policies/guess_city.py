@@ -1,4 +1,4 @@
-"""Behaviour policy for Guess My City (TASKS.md §8): ``guesscity-asker(p_info, guess_turn, p_early)``.
+"""Behaviour policy for Guess My City (docs/tasks.md §8): ``guesscity-asker(p_info, guess_turn, p_early)``.
 
 The asker keeps the cities consistent with every answer so far (it asks the knowledge-base
 oracle what each candidate would have answered, so its bookkeeping is exact). It asks open or

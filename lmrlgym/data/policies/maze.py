@@ -1,4 +1,4 @@
-"""Scripted Maze behaviour policies (TASKS.md §2, "Behaviour policies for offline data").
+"""Scripted Maze behaviour policies (docs/tasks.md §2, "Behaviour policies for offline data").
 
 They read the env's true position (privileged state), so the same policy drives FO and PO.
 
@@ -34,7 +34,7 @@ Cell = tuple[int, int]
 # bumps can merge two starts onto one cell).
 Belief = tuple[Cell, ...]
 
-# Sub-mazes of the double-T maze (TASKS.md §2); together they cover its 26 free cells.
+# Sub-mazes of the double-T maze (docs/tasks.md §2); together they cover its 26 free cells.
 SUBMAZES: dict[str, frozenset[Cell]] = {
     "left": frozenset([(1, c) for c in range(1, 6)] + [(r, 3) for r in range(2, 5)]),
     "right": frozenset([(1, c) for c in range(7, 12)] + [(r, 9) for r in range(2, 5)]),

@@ -1,4 +1,4 @@
-"""Scripted Text-Nav behaviour policies (TASKS.md §3, "Behaviour policies for offline data").
+"""Scripted Text-Nav behaviour policies (docs/tasks.md §3, "Behaviour policies for offline data").
 
 They read the env's true state (``TextNavEnv.house_state``: room, inventory, where the stale food
 is), so the same policy drives FO and PO.
@@ -29,7 +29,7 @@ from lmrlgym.envs.textnav import TextNavEnv, shown_commands, walkthrough_command
 
 NEAR_HALF = frozenset({"kitchen", "dining room", "living room", "bedroom"})
 FAR_HALF = frozenset({"office", "bathroom", "garden", "backyard"})
-# TASKS.md §3: p_near = 0.25, q_follow = 1.0 gives success ~0.25 (paper Table 1: 0.26); see
+# docs/tasks.md §3: p_near = 0.25, q_follow = 1.0 gives success ~0.25 (paper Table 1: 0.26); see
 # scripts/compute_constants.py for the measured default dataset.
 DEFAULT_P_NEAR = 0.25
 DEFAULT_Q_FOLLOW = 1.0

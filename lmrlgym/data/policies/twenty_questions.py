@@ -1,4 +1,4 @@
-"""Behaviour policy for Twenty Questions (TASKS.md §7): ``twentyq-splitter(p_info, guess_at)``.
+"""Behaviour policy for Twenty Questions (docs/tasks.md §7): ``twentyq-splitter(p_info, guess_at)``.
 
 The splitter plays like a person with a notebook: it keeps the objects consistent with every
 answer so far (by asking the knowledge-base oracle what each candidate would have answered, so

@@ -1,4 +1,4 @@
-"""Scripted Wordle behaviour policies (TASKS.md §4, "Behaviour policies for offline data").
+"""Scripted Wordle behaviour policies (docs/tasks.md §4, "Behaviour policies for offline data").
 
 They read the env's set of answers consistent with the feedback so far (which a player could
 work out from the transcript; the env keeps it so policies need not recompute it).
