@@ -21,8 +21,9 @@ One module per concern; an arrow is "imports":
 
 An algorithm module defines ``CONFIG`` (its config class, with ``ALGO`` = its name),
 ``preset(task, **overrides)`` and ``train(config, progress=None)``. A value-guided method
-(MC, ILQL) also defines ``make_heads(config, d, n_vocab)`` (the heads it exports) and
-``logits_adjust(heads, beta)`` (its decoding rule, §3.5); :func:`load_policy` uses both.
+(MC, ILQL) also defines ``make_heads(config, d, n_vocab)`` (the heads it exports),
+``logits_adjust(heads, beta)`` (its decoding rule, §3.5) and ``value_readout(heads)`` (its Q and
+V, for the value-map diagnostic); :func:`load_policy` uses all three.
 
 This module imports no torch at import time (``lmrlgym train --help`` stays fast).
 """
@@ -111,6 +112,7 @@ def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: s
     decoding.setdefault("name", f"{config.ALGO}(beta={beta:g})")
     policy = lm_policy(lm, tokenizer, config, module.logits_adjust(heads, beta), **decoding)
     policy.beta = beta
+    policy.value_readout = module.value_readout(heads)  # for `lmrlgym diagnose values`
     return policy
 
 

@@ -48,6 +48,7 @@ from lmrlgym.algos.config import TrainConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.rl import next_state_value, polyak_update, step_discount, step_mean, step_view
+from lmrlgym.eval.value_map import ValueReadout
 from lmrlgym.models.heads import make_head
 from lmrlgym.models.policy import LMPolicy, LogitsAdjust
 from lmrlgym.models.render import Batch
@@ -196,6 +197,7 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
 
     loop = Loop(config, run_dir, data, modules, optimizer, checkpoint,
                 validate=lambda batch: forward(batch)[1], make_policy=make_policy,
+                value_readout=lambda: (lm, value_readout(heads)),
                 export=export, progress=progress)
     for step in loop.steps():  # resumes after the last checkpoint
         for batch in loop.microbatches(step):  # grad_accum microbatches of this step
@@ -242,3 +244,9 @@ def logits_adjust(heads: nn.ModuleDict, beta: float) -> LogitsAdjust:
         return logits.float() + beta * (q - heads["v"](hidden)[:, None])
 
     return adjust
+
+
+def value_readout(heads: nn.ModuleDict) -> ValueReadout:
+    """``(min(Q1, Q2), V)`` of hidden states: what the value-map diagnostic reads (§3.5)."""
+    return lambda hidden: (torch.minimum(heads["q1"](hidden), heads["q2"](hidden)),
+                           heads["v"](hidden))

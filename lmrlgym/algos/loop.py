@@ -27,6 +27,7 @@ from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
 from lmrlgym.algos.rundir import CONFIG_FILE, latest_checkpoint, read_config, run_dir_for
 from lmrlgym.data.io import write_json
 from lmrlgym.eval.evaluate import EvalResult, evaluate
+from lmrlgym.eval.value_map import MAZE_TASKS, ValueReadout, maze_value_map
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import Batch, collate
 
@@ -122,10 +123,13 @@ class Loop:
         make_policy: Callable[[], LMPolicy] | None = None,
         export: Callable[[Path], None] | None = None,
         select_best: bool = False, progress: Progress | None = None,
+        value_readout: Callable[[], tuple[nn.Module, ValueReadout]] | None = None,
     ):
         self.config, self.run_dir, self.data = config, run_dir, data
         self.modules, self.optimizer = modules, optimizer
         self.validate, self.make_policy, self.export = validate, make_policy, export
+        # Value methods on Maze also log the value-map diagnostic (eval/value_map.py).
+        self.value_readout = value_readout if config.task in MAZE_TASKS else None
         self.micro = config.batch_size // config.grad_accum
         self.schedule = BatchSchedule(len(data.train_rows), self.micro, config.seed)
         self.n_steps = total_steps(config, len(data.train_rows))
@@ -235,6 +239,10 @@ class Loop:
                 # seed 0: the task's fixed protocol, shared by every method (paired comparisons).
                 result = evaluate(self.make_policy(), self.config.task, self.config.eval_episodes)
                 out.update(eval_metrics(result, self.config))
+            if self.value_readout is not None:
+                trunk, readout = self.value_readout()
+                out.update(maze_value_map(trunk, self.data.tokenizer, readout,
+                                          self.config.task).metrics())
         finally:
             for name, m in self.modules.items():
                 m.train(modes[name])

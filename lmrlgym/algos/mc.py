@@ -36,6 +36,7 @@ from lmrlgym.algos.config import TrainConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.rl import step_mean, step_view
+from lmrlgym.eval.value_map import ValueReadout
 from lmrlgym.models.heads import make_head
 from lmrlgym.models.policy import LMPolicy, LogitsAdjust
 from lmrlgym.models.render import Batch
@@ -141,6 +142,7 @@ def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = 
 
     loop = Loop(config, run_dir, data, modules, optimizer, checkpoint,
                 validate=lambda batch: forward(batch)[1], make_policy=make_policy,
+                value_readout=lambda: (lm, value_readout(heads)),
                 export=export, progress=progress)
     for step in loop.steps():  # resumes after the last checkpoint
         for batch in loop.microbatches(step):  # grad_accum microbatches of this step
@@ -166,3 +168,9 @@ def logits_adjust(heads: nn.ModuleDict, beta: float) -> LogitsAdjust:
         return logits.float() + beta * q_head(hidden)[:, :n_vocab]
 
     return adjust
+
+
+def value_readout(heads: nn.ModuleDict) -> ValueReadout:
+    """``(Q, None)`` of hidden states: MC has no V head, so the value-map diagnostic takes
+    ``max_a Q(s, a)`` over the known moves (§3.3)."""
+    return lambda hidden: (heads["q"](hidden), None)

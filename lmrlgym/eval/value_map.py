@@ -175,3 +175,30 @@ def plot_value_map(vm: ValueMap, path: str | Path, title: str = "") -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def diagnose_values_main(run: Path, task: str | None = None, out: Path | None = None) -> None:
+    """Draw a value method's learned values on the maze next to the true ones (PNG) and print
+    the Spearman ρ of V with the optimal values and the greedy-move accuracy.
+
+    Args:
+        run: A finished MC or ILQL run directory.
+        task: Maze-FO-v0 or Maze-PO-v0 (default: the run's task).
+        out: Where the PNG goes (default: RUN/value_map.png).
+    """
+    from lmrlgym.algos import load_config, load_policy
+
+    config = load_config(run)
+    policy = load_policy(run)
+    readout = getattr(policy, "value_readout", None)
+    if readout is None:
+        raise ValueError(f"{run}: a {config.ALGO} run has no value heads; the value map needs "
+                         "an MC or ILQL run")
+    task = task or config.task
+    vm = maze_value_map(policy.model, policy.tokenizer, readout, task)
+    path = plot_value_map(vm, out or Path(run) / "value_map.png",
+                          f"{task}: {config.ALGO} run {Path(run).name}")
+    print(f"{task} {config.ALGO}: Spearman ρ(V, optimal value) = {vm.rank_corr:.3f} over "
+          f"{len(vm.cells)} cells; greedy move = a shortest-path move in "
+          f"{vm.move_accuracy:.0%} of cells (25% is chance)")
+    print(f"wrote {path}")

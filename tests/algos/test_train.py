@@ -170,3 +170,30 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(asset
     a = load_file(killed / "model" / "model.safetensors")
     b = load_file(full / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("algo", ["mc", "ilql"])
+def test_value_methods_log_the_maze_value_map_and_diagnose_draws_it(algo, assets, tmp_path,
+                                                                    capsys):
+    from lmrlgym.cli import main
+
+    run_dir = MODULES[algo].train(config(MODULES[algo], assets, tmp_path / "run", max_steps=3,
+                                         eval_every=3))
+    logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [x for x in logged if "eval/value_rank_corr" in x][-1]
+    assert -1.0 <= last["eval/value_rank_corr"] <= 1.0
+    assert last["eval/move_accuracy"] in {k / 25 for k in range(26)}  # a share of 25 cells
+    main(["diagnose", "values", "--run", str(run_dir), "--out", str(tmp_path / "map.png")])
+    printed = capsys.readouterr().out
+    assert f"Spearman ρ(V, optimal value) = {last['eval/value_rank_corr']:.3f}" in printed
+    assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_diagnose_values_refuses_a_run_without_value_heads(assets, tmp_path, capsys):
+    from lmrlgym.cli import main
+
+    run_dir = bc.train(config(bc, assets, tmp_path / "bc", max_steps=1))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["diagnose", "values", "--run", str(run_dir)])
+    assert exit_info.value.code == 2
+    assert "has no value heads" in capsys.readouterr().err
