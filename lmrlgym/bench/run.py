@@ -64,6 +64,9 @@ def config_hash(obj: Any) -> str:
 
 
 def machine_info() -> dict[str, Any]:
+    """What decides a CPU run's float kernels, so two results.json can be told apart: the CPU
+    model, the vector extension torch dispatches to (AVX2, AVX512, ...) and the thread count.
+    Tiny-model results can move with these (docs/cpu-scale.md)."""
     import os
 
     import torch
@@ -73,8 +76,21 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def _cpu_model() -> str:
+    try:  # Linux; elsewhere platform.processor() is the best there is
+        for line in Path("/proc/cpuinfo").read_text().split("\n"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _read_cell(path: Path, want_hash: str) -> dict[str, Any] | None:

@@ -97,3 +97,13 @@ def test_seeds_replace_the_profiles():
     assert [c.key for c in cells] == [f"{TASK}__behaviour__0", f"{TASK}__optimal__0",
                                       f"{TASK}__bc__5", f"{TASK}__mc__5",
                                       f"{TASK}__bc__7", f"{TASK}__mc__7"]
+
+
+def test_machine_info_names_what_decides_cpu_kernels():
+    import torch
+
+    from lmrlgym.bench.run import machine_info
+
+    info = machine_info()
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["cpu_model"] and info["torch_threads"] == torch.get_num_threads()
