@@ -1,0 +1,279 @@
+"""How fast does a value model learn Maze-FO's values? The experiment behind docs/cpu-scale.md.
+
+Trains a fresh trunk (``--model``) with value heads only (no LM term, no CQL unless ``--cql``)
+on a Maze-FO dataset's chain rows and, every ``--every`` steps, reads the value map of all 25
+start cells (eval/value_map.py's quantities): ``v_rho`` is the Spearman ρ of V with the optimal
+values, ``last``/``sum`` rerank the four moves by Q at the newline or by Σ_tokens (Q − V) and
+report the greedy-move accuracy, the reranked return and its normalised score.
+
+``--level token`` is ILQL's token-level loss (the package's ``ilql_loss``); ``--level turn``
+backs up only whole turns (Q at the action's newline toward ``r + γ V(s')``, V at the last
+observation token fit by expectile to the target Q there), which skips the two intra-turn hops
+per move. ``--algo mc`` regresses Q on the returns-to-go (the package's ``mc_loss``).
+
+    python scripts/maze_value_learning.py --algo ilql --level turn --steps 2000 --bs 64 \
+        --polyak 0.05 --tau 0.9 --gamma 0.9 --bias -5 --data DATA_DIR
+"""
+
+import argparse
+import copy
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmrlgym.algos import rl as common
+from lmrlgym.algos.ilql import ILQLConfig, bootstrap_values, ilql_loss
+from lmrlgym.algos.mc import MCConfig, mc_loss
+from lmrlgym.data.io import read_episodes
+from lmrlgym.envs.maze import COMMANDS, fo_context_turns, load_maze
+from lmrlgym.models.factory import build_model
+from lmrlgym.models.heads import make_head
+from lmrlgym.models.render import TokenCache, collate, render
+from lmrlgym.models.tokenizer import train_tokenizer
+
+p = argparse.ArgumentParser()
+p.add_argument("--algo", default="ilql")
+p.add_argument("--steps", type=int, default=2000)
+p.add_argument("--bs", type=int, default=64)
+p.add_argument("--lr", type=float, default=1e-3)
+p.add_argument("--gamma", type=float, default=0.99)
+p.add_argument("--tau", type=float, default=0.9)
+p.add_argument("--cql", type=float, default=0.0)
+p.add_argument("--polyak", type=float, default=0.005)
+p.add_argument("--model", default="gpt2-tiny")
+p.add_argument("--seed", type=int, default=0)
+p.add_argument("--every", type=int, default=250)
+p.add_argument("--head", default="mlp")
+p.add_argument("--bias", type=float, default=0.0)
+p.add_argument("--level", default="token")
+p.add_argument("--no-target-trunk", action="store_true")
+p.add_argument("--data", required=True)
+args = p.parse_args()
+torch.manual_seed(args.seed)
+random.seed(args.seed)
+np.random.seed(args.seed)
+torch.set_num_threads(1)
+
+eps, _ = read_episodes(args.data)
+tok = train_tokenizer((t.text for e in eps for t in e.turns), vocab_size=512)
+cache = TokenCache(tok)
+rows = []
+for k, e in enumerate(eps):
+    rows += [
+        s
+        for s in render(
+            e, tok, fo_context_turns, 256, args.gamma, "turn", episode_id=k, token_cache=cache
+        )
+        if s.action_mask.any()
+    ]
+print(
+    "rows",
+    len(rows),
+    "moves tokens",
+    [tok(m + "\n", add_special_tokens=False)["input_ids"] for m in COMMANDS],
+)
+lm = build_model(args.model, tok, dropout=0.0)
+d = lm.get_output_embeddings().in_features
+V = len(tok)
+heads = nn.ModuleDict(
+    {
+        "q1": make_head(args.head, d, V, args.bias),
+        "q2": make_head(args.head, d, V, args.bias),
+        "v": make_head(args.head, d, 1, args.bias),
+    }
+)
+target = nn.ModuleDict(
+    {"q1": copy.deepcopy(heads["q1"]), "q2": copy.deepcopy(heads["q2"]), "trunk": copy.deepcopy(lm)}
+).requires_grad_(False)
+opt = torch.optim.AdamW(
+    [*lm.parameters(), *heads.parameters()], lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0
+)
+cfg = ILQLConfig(
+    task="Maze-FO-v0", gamma=args.gamma, tau=args.tau, cql_weight=args.cql, bc_weight=0.0
+)
+mcfg = MCConfig(task="Maze-FO-v0", gamma=args.gamma, cql_weight=args.cql, bc_weight=0.0)
+
+maze = load_maze("double_t_maze")
+cells = list(maze.start_cells)
+true_v = {c: -(maze.distance[c] - 1) for c in cells}
+bos = tok.bos_token_id
+move_ids = [tok(m + "\n", add_special_tokens=False)["input_ids"] for m in COMMANDS]
+
+
+@torch.no_grad()
+def probe():
+    lm.eval()
+    # one row per (cell, move): BOS + obs + move
+    seqs, meta = [], []
+    for c in cells:
+        obs = tok(maze.fo_texts[c], add_special_tokens=False)["input_ids"]
+        for j, m in enumerate(move_ids):
+            seqs.append([bos] + obs + m)
+            meta.append((c, j, len(obs) + 1))
+    L = max(map(len, seqs))
+    ids = torch.full((len(seqs), L), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    h = lm.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    vmap, score_last, score_sum = {}, {}, {}
+    for i, (c, j, n0) in enumerate(meta):
+        m = move_ids[j]
+        hs = h[i, n0 - 1 : n0 - 1 + len(m)]  # states choosing each action token
+        if args.algo == "ilql":
+            q = torch.minimum(heads["q1"](hs), heads["q2"](hs))
+            v = heads["v"](hs)
+        else:
+            q = heads["q1"](hs)
+            v = torch.zeros(len(m))
+        qa = q[torch.arange(len(m)), torch.tensor(m)]
+        vmap[c] = float(v[0]) if args.algo == "ilql" else None
+        score_last[c, j] = float(qa[-1])
+        score_sum[c, j] = float((qa - v).sum())
+    lm.train()
+    out = {}
+    for name, sc in (("last", score_last), ("sum", score_sum)):
+        pol = {c: max(range(4), key=lambda j: sc[c, j]) for c in cells}
+        acc = np.mean([COMMANDS[pol[c]] == maze.optimal_command(c) for c in cells])
+        rets = []
+        for s in cells:
+            c, ret = s, 0
+            for _ in range(100):
+                c = maze.transition[c, COMMANDS[pol[c]]]
+                if c == maze.goal:
+                    break
+                ret -= 1
+            else:
+                ret = -101
+            rets.append(ret)
+        R = np.mean(rets)
+        norm = (
+            50 * (R + 401) / (-51.46 + 401)
+            if R < -51.46
+            else 50 + 50 * (R + 51.46) / (-6.84 + 51.46)
+        )
+        qmax = {c: max(sc[c, j] for j in range(4)) for c in cells}
+        out[name] = dict(
+            acc=round(acc, 2),
+            ret=round(R, 1),
+            norm=round(norm, 1),
+            rho=round(spearmanr([qmax[c] for c in cells], [true_v[c] for c in cells])[0], 3),
+        )
+    if args.algo == "ilql":
+        out["v_rho"] = round(spearmanr([vmap[c] for c in cells], [true_v[c] for c in cells])[0], 3)
+        out["v_range"] = (round(min(vmap.values()), 2), round(max(vmap.values()), 2))
+    return out
+
+
+def spearmanr(a, b):
+    def rank(x):
+        x = np.asarray(x, float)
+        o = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[o] = np.arange(len(x))
+        for v in np.unique(x):
+            r[x == v] = r[x == v].mean()
+        return r
+
+    ra, rb = rank(a), rank(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return (0.0,)
+    return (float(np.corrcoef(ra, rb)[0, 1]),)
+
+
+def forward_turn(batch):
+    act, a, r, end = common.step_view(batch)
+    h_all = lm.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    ).last_hidden_state
+    B, S = act.shape
+    # turn start slot: action step whose previous slot is not an action step
+    prev = torch.cat([torch.zeros(B, 1, dtype=torch.bool), act[:, :-1]], 1)
+    start = act & ~prev
+    h = h_all[:, :-1]
+    q1 = heads["q1"](h[end & act]).gather(-1, a[end & act][:, None]).squeeze(-1)
+    q2 = heads["q2"](h[end & act]).gather(-1, a[end & act][:, None]).squeeze(-1)
+    v = heads["v"](h_all)
+    with torch.no_grad():
+        th = (
+            h
+            if args.no_target_trunk
+            else target["trunk"]
+            .base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            .last_hidden_state[:, :-1]
+        )
+        tq = (
+            torch.minimum(target["q1"](th[end & act]), target["q2"](th[end & act]))
+            .gather(-1, a[end & act][:, None])
+            .squeeze(-1)
+        )
+
+        v_boot = bootstrap_values(lm, heads["v"], batch, v)
+    # chain rows: one turn per row (FO). next state value = v_boot
+    y = r[end & act] + args.gamma * v_boot
+    vs = v[:, :-1][start]
+    ql = (0.5 * (q1 - y) ** 2).mean() + (0.5 * (q2 - y) ** 2).mean()
+    w = torch.where(tq >= vs, args.tau, 1 - args.tau)
+    vl = (w * 0.5 * (vs - tq) ** 2).mean()
+    return ql + vl, {"train/q_loss": ql, "train/v_loss": vl, "train/v_mean": vs.mean()}
+
+
+def forward(batch):
+    if args.level == "turn" and args.algo == "ilql":
+        return forward_turn(batch)
+    act, _, _, _ = common.step_view(batch)
+    h_all = lm.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    ).last_hidden_state
+    h = h_all[:, :-1][act]
+    if args.algo == "mc":
+        return mc_loss(heads["q1"](h), None, batch, mcfg)
+    v = heads["v"](h_all)
+    with torch.no_grad():
+        th = (
+            target["trunk"]
+            .base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            .last_hidden_state[:, :-1][act]
+        )
+        tq1, tq2 = target["q1"](th), target["q2"](th)
+
+        v_boot = bootstrap_values(lm, heads["v"], batch, v)
+    return ilql_loss(heads["q1"](h), heads["q2"](h), tq1, tq2, v, v_boot, None, batch, cfg)
+
+
+rng = np.random.default_rng(args.seed)
+t0 = time.time()
+order = rng.permutation(len(rows))
+pos = 0
+for step in range(1, args.steps + 1):
+    if pos + args.bs > len(order):
+        order = rng.permutation(len(rows))
+        pos = 0
+    batch = collate([rows[i] for i in order[pos : pos + args.bs]], tok.pad_token_id)
+    pos += args.bs
+    loss, m = forward(batch)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([*lm.parameters(), *heads.parameters()], 1.0)
+    opt.step()
+    if args.algo == "ilql":
+        common.polyak_update(target["q1"], heads["q1"], args.polyak)
+        common.polyak_update(target["q2"], heads["q2"], args.polyak)
+        if not args.no_target_trunk:
+            common.polyak_update(target["trunk"], lm, args.polyak)
+    if step % args.every == 0:
+        print(
+            step,
+            f"{time.time() - t0:.0f}s",
+            {
+                k: round(float(v.detach()), 3)
+                for k, v in m.items()
+                if k in ("train/q_loss", "train/v_loss", "train/v_mean", "train/q_mean")
+            },
+            probe(),
+            flush=True,
+        )
