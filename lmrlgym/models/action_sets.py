@@ -1,8 +1,9 @@
-"""Decoding over a known set of legal actions (issue 16): the candidates' token ids, and the
-scores and choice of reranking.
+"""Decoding over a known set of legal actions (issue 16): the candidates' token ids, the token
+trie that constrained decoding walks, and the scores and choice of reranking.
 
 A candidate is tokenized exactly as ``render()`` tokenizes an action turn (the action plus its
-newline, alone), so the ids a policy emits by reranking are the ids a training row would hold. Every candidate ends with a stop token (one whose text contains
+newline, alone), so the ids a policy emits by reranking or constrained sampling are the ids a
+training row would hold. Every candidate ends with a stop token (one whose text contains
 ``"\\n"``) and has none before it: generation then stops exactly when a candidate is complete.
 """
 
@@ -22,11 +23,17 @@ RerankScore = Literal["logprob", "value"]
 
 @dataclasses.dataclass(frozen=True)
 class ActionSet:
-    """The legal actions of one state, tokenized."""
+    """The legal actions of one state, tokenized, with their token trie.
+
+    ``children[node]`` maps a token to the next node (node 0 is the root, the empty prefix);
+    ``allowed[node]`` holds the same tokens as a tensor, the mask of constrained decoding.
+    """
 
     actions: tuple[str, ...]  # without the trailing newline, duplicates removed
     ids: tuple[tuple[int, ...], ...]  # action + "\n", tokenized as an action turn
     index: dict[tuple[int, ...], int]  # ids -> position in ``actions``
+    children: tuple[dict[int, int], ...]
+    allowed: tuple[Tensor, ...]
     padded: Tensor  # (C, longest) the ids right-padded with 0, batched by reranking
     lengths: Tensor  # (C,) the candidates' token counts
 
@@ -35,13 +42,14 @@ def build_action_set(
     actions: Sequence[str], tokenizer: PreTrainedTokenizerBase, stops: Tensor,
     banned: frozenset[int], max_tokens: int,
 ) -> ActionSet:
-    """Tokenize ``actions``. ``stops`` is the (V,) bool table of tokens
+    """Tokenize ``actions`` and build their trie. ``stops`` is the (V,) bool table of tokens
     that end an action, ``banned`` the ids the policy never emits (special tokens), and
     ``max_tokens`` the longest a candidate may be (the policy's ``max_new_tokens``)."""
     unique = tuple(dict.fromkeys(actions))
     if not unique:
         raise ValueError("empty action set: a state with no legal action cannot be decoded")
     encoded = tokenizer([a + "\n" for a in unique], add_special_tokens=False)["input_ids"]
+    children: list[dict[int, int]] = [{}]
     for action, ids in zip(unique, encoded, strict=True):
         if "\n" in action:
             raise ValueError(f"action {action!r} holds a newline; give one-line actions without "
@@ -55,17 +63,25 @@ def build_action_set(
         if len(ids) > max_tokens:
             raise ValueError(f"action {action!r} is {len(ids)} tokens with its newline, more than "
                              f"max_new_tokens={max_tokens}")
+        node = 0
+        for token in ids:
+            if token not in children[node]:
+                children[node][token] = len(children)
+                children.append({})
+            node = children[node][token]
     ids = tuple(tuple(i) for i in encoded)
+    allowed = tuple(torch.tensor(sorted(c), dtype=torch.long) for c in children)
     lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
     padded = torch.zeros((len(ids), int(lengths.max())), dtype=torch.long)
     for k, i in enumerate(ids):
         padded[k, : len(i)] = torch.tensor(i, dtype=torch.long)
-    return ActionSet(unique, ids, {t: k for k, t in enumerate(ids)}, padded, lengths)
+    return ActionSet(unique, ids, {t: k for k, t in enumerate(ids)}, tuple(children), allowed,
+                     padded, lengths)
 
 
 class ActionSetCache:
     """``build_action_set`` memoised by the tuple of actions: Wordle's vocabulary is the same
-    every turn, and is tokenized once. Least recently used sets are dropped beyond
+    every turn, and its trie is built once. Least recently used sets are dropped beyond
     ``size`` (Chess has a new set of legal moves at almost every position)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Tensor, banned: frozenset[int],

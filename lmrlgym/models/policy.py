@@ -25,9 +25,11 @@ Over a known set of legal actions (issue 16; ``action_sets`` of :meth:`LMPolicy.
   ``"value"`` sums ``adjusted − reference`` logits, i.e. β·(Q − V) (ILQL) or β·Q (MC), the
   original's Maze reranker. The argmax is taken when greedy, else a draw from
   ``softmax(score / temperature)``; top-k/top-p do not apply.
+- ``"constrained"``: token-by-token sampling as above, with every token that cannot continue a
+  legal action masked (a token trie over the candidates), so only a legal action is spelled.
 
-The emitted ids are the candidate's ids, exactly as ``render()`` tokenizes that action turn,
-and a ``None`` action set falls back to free generation for that row.
+Either way the emitted ids are the candidate's ids, exactly as ``render()`` tokenizes that
+action turn, and a ``None`` action set falls back to free generation for that row.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ from lmrlgym.models.render import ContextFn, TokenCache, prompt_ids
 from lmrlgym.models.tokenizer import newline_id
 
 LogitsAdjust = Callable[[Tensor, Tensor], Tensor]
-Decode = Literal["sample", "rerank"]
-DECODE_MODES: tuple[str, ...] = ("sample", "rerank")
+Decode = Literal["sample", "rerank", "constrained"]
+DECODE_MODES: tuple[str, ...] = ("sample", "rerank", "constrained")
 RERANK_SCORES: tuple[str, ...] = ("logprob", "value")
 
 
@@ -126,6 +128,8 @@ class LMPolicy:
         if rerank_score not in RERANK_SCORES:
             raise ValueError(f"rerank_score must be one of {', '.join(RERANK_SCORES)}, "
                              f"got {rerank_score!r}")
+        if rerank_score == "value" and decode != "rerank":
+            raise ValueError("rerank_score='value' only applies to decode='rerank'")
         if rerank_score == "value" and logits_adjust is None:
             raise ValueError("rerank_score='value' needs a value-guided policy (MC or ILQL, "
                              "with logits_adjust); this policy has no value heads")
@@ -173,7 +177,7 @@ class LMPolicy:
         self.last: Generation | None = None
         self.n_actions = 0
         self.n_truncated = 0
-        self.n_free = 0  # rerank: actions decoded freely, with no action set given
+        self.n_free = 0  # rerank/constrained: actions decoded freely, with no action set given
 
     # --- the Policy protocol -----------------------------------------------------------------
     def act(self, observations: list[str]) -> list[str]:
@@ -189,7 +193,7 @@ class LMPolicy:
         """One action per turn history. ``window=True`` applies ``context_turns`` first (pass
         the full history); ``window=False`` takes each context as already windowed.
         ``action_sets`` (one entry per context: the legal actions without their newline, or
-        None) are used by the ``rerank`` mode."""
+        None) are used by the ``rerank`` and ``constrained`` modes."""
         prompts = []
         for turns in contexts:
             ctx = self.context_turns(turns) if (window and self.context_turns) else list(turns)
@@ -243,7 +247,8 @@ class LMPolicy:
             reranked = {i: a for i, a in enumerate(sets) if a is not None and self.decode == "rerank"}
             generated = [i for i in range(len(prompts)) if i not in reranked]
             for chunk in self._chunks_of(generated, prompts):
-                gen, trunc = self._generate_batch([list(prompts[i]) for i in chunk])
+                gen, trunc = self._generate_batch([list(prompts[i]) for i in chunk],
+                                                  [sets[i] for i in chunk])
                 for i, g, t in zip(chunk, gen, trunc, strict=True):
                     ids[i], truncated[i] = g, t
             for chunk in self._chunks_of(list(reranked), prompts):
@@ -297,10 +302,13 @@ class LMPolicy:
             mask[b, width - len(p) :] = 1
         return ids.to(self.model.device), mask.to(self.model.device)
 
-    def _generate_batch(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[bool]]:
+    def _generate_batch(self, prompts: list[list[int]], sets: list[ActionSet | None],
+                        ) -> tuple[list[list[int]], list[bool]]:
+        """Token-by-token generation; a row with an action set walks its trie (constrained)."""
         device = self.model.device
         B = len(prompts)
         seq_ids, seq_mask = self._left_pad(prompts)  # (n, t): the rows still generating
+        node = [0] * B  # each constrained row's trie node: the prefix generated so far
         new_ids = seq_ids  # what the next forward pass reads: the prompt, then one token
         rows = torch.arange(B)  # original index of each row still generating
         out_ids: list[list[int]] = [[] for _ in range(B)]
@@ -320,11 +328,20 @@ class LMPolicy:
             logits = out.logits[:, -1, : self.n_vocab].float()  # (n, V)
             if want_h:
                 logits = self.logits_adjust(out.hidden_states[-1][:, -1], logits).float()
-            nxt = self._sample(logits.cpu())  # (n,)
+            allowed = None
+            if any(sets[b] is not None for b in rows.tolist()):
+                allowed = torch.ones(logits.shape, dtype=torch.bool)
+                for k, b in enumerate(rows.tolist()):
+                    if sets[b] is not None:
+                        allowed[k] = False
+                        allowed[k, sets[b].allowed[node[b]]] = True
+            nxt = self._sample(logits.cpu(), allowed)  # (n,)
             stop = self._stops[nxt]  # (n,) bool
             for k, b in enumerate(rows.tolist()):
                 out_ids[b].append(int(nxt[k]))
                 finished[b] = bool(stop[k])
+                if sets[b] is not None:
+                    node[b] = sets[b].children[node[b]][int(nxt[k])]
             if bool(stop.all()):
                 break
             keep = (~stop).nonzero().squeeze(1)
@@ -342,10 +359,13 @@ class LMPolicy:
                 out_ids[b].append(self.newline_id)
         return out_ids, truncated
 
-    def _sample(self, logits: Tensor) -> Tensor:
-        """(N, V) float logits on CPU -> (N,) ids, with the policy's generator."""
+    def _sample(self, logits: Tensor, allowed: Tensor | None = None) -> Tensor:
+        """(N, V) float logits on CPU -> (N,) ids, with the policy's generator; ``allowed``
+        (N, V) bool masks the tokens that may not be drawn (constrained decoding)."""
         if len(self._banned):
             logits = logits.index_fill(1, self._banned, float("-inf"))
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
         if self.greedy:
             return logits.argmax(-1)
         logits = logits / self.temperature

@@ -1,5 +1,6 @@
 """Decoding over known action sets: rerank scores (hand-computed, and equal to separate full
-forwards per candidate), seeded candidate sampling and the value score."""
+forwards per candidate), seeded candidate sampling, the value score, and constrained decoding
+that only ever spells a legal action."""
 
 from collections import Counter
 
@@ -147,19 +148,74 @@ def test_value_score_needs_value_heads_and_rerank(lm):
     tok, model = lm
     with pytest.raises(ValueError, match="value-guided policy"):
         LMPolicy(model, tok, max_context_tokens=64, decode="rerank", rerank_score="value")
+    with pytest.raises(ValueError, match="only applies to decode='rerank'"):
+        LMPolicy(model, tok, max_context_tokens=64, decode="constrained", rerank_score="value",
+                 logits_adjust=value_adjust(model))
     with pytest.raises(ValueError, match="top_k/top_p"):
         LMPolicy(model, tok, max_context_tokens=64, decode="rerank", top_k=5)
     with pytest.raises(ValueError, match="decode must be one of"):
         LMPolicy(model, tok, max_context_tokens=64, decode="beam")
 
 
-def test_action_set_tokenization_and_cache(lm):
+# --- constrained decoding -------------------------------------------------------------------
+
+
+def test_constrained_sampling_only_spells_legal_actions(lm):
+    tok, model = lm
+    def run(seed):
+        pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, decode="constrained",
+                       seed=seed, temperature=2.0)
+        out = pol.act_turns(contexts(["You are at 1,2.\n", "go\n"] * 100), window=False,
+                            action_sets=[SHARED_PREFIXES] * 200)
+        return out, pol
+
+    out, pol = run(0)
+    counts = Counter(out)
+    assert set(counts) == {a + "\n" for a in SHARED_PREFIXES}  # all legal, each one reachable
+    assert not any(pol.last.truncated) and pol.n_free == 0
+    assert [tok.decode(i) for i in pol.last.action_ids] == out
+    assert out == run(0)[0] and out != run(1)[0]
+    # top-k and top-p act on the masked logits: top_k=1 is the constrained greedy choice.
+    greedy = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, decode="constrained",
+                      greedy=True).act_turns(contexts(["go\n"]), False, [SHARED_PREFIXES])
+    top1 = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, decode="constrained",
+                    top_k=1).act_turns(contexts(["go\n"]), False, [SHARED_PREFIXES])
+    assert greedy == top1 and greedy[0] in counts
+
+
+def test_constrained_greedy_follows_the_dominant_tokens(toy):
+    t, m = toy
+
+    def act(decode, sets):
+        pol = LMPolicy(m, t, max_context_tokens=16, max_new_tokens=4, greedy=True, decode=decode)
+        return pol.act_turns(contexts(["Q: x\n"] * len(sets)), window=False, action_sets=sets), pol
+
+    # Free greedy repeats " left" (the largest logit) until max_new_tokens runs out.
+    (free,), _ = act("sample", [TOY_SET])
+    assert free == " left left left left\n"
+    # Constrained: "go" beats "stop"/"right" as a first word, then " left" beats the newline;
+    # the rerank of the same set prefers "go" (whole-action log-probabilities differ).
+    out, pol = act("constrained", [TOY_SET, ("stop", "right"), None])
+    assert out[:2] == ["go left\n", "right\n"]
+    assert out[2] == free and pol.last.truncated == [False, False, True]  # None: free generation
+    assert pol.n_free == 1
+
+
+def test_action_set_tokenization_trie_and_cache(lm):
     tok, _ = lm
     stops = torch.tensor(["\n" in tok.decode([i]) for i in range(len(tok))])
     banned = frozenset(tok.all_special_ids)
     a = build_action_set(SHARED_PREFIXES + ("go",), tok, stops, banned, max_tokens=8)
     assert a.actions == SHARED_PREFIXES  # duplicates dropped, order kept
     assert a.ids == tuple(tuple(tok.encode(x + "\n", add_special_tokens=False)) for x in a.actions)
+    # Walking the trie along each candidate's ids ends at a leaf; shared prefixes share nodes.
+    for ids in a.ids:
+        node = 0
+        for i in ids:
+            assert i in a.allowed[node].tolist()
+            node = a.children[node][i]
+        assert a.children[node] == {}
+    assert len(a.children) < 1 + sum(len(i) for i in a.ids)
     cache = ActionSetCache(tok, stops, banned, max_tokens=8, size=2)
     first = cache(SHARED_PREFIXES)
     assert cache(list(SHARED_PREFIXES)) is first  # built once per distinct set
