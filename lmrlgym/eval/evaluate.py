@@ -142,6 +142,9 @@ def evaluate(
     n_truncated_before = getattr(policy, "n_truncated", 0)
     n_free_before = getattr(policy, "n_free", 0)
 
+    if isinstance(policy, LMPolicy) and policy.decode != "sample":
+        _check_action_set(make, resets[0], task_name, policy.decode)
+
     name = policy_name or getattr(policy, "name", type(policy).__name__)
     keep = None if out_dir is None else _FinishedLog(Path(out_dir), name, env_kwargs)
     try:
@@ -215,6 +218,20 @@ def legal_actions(env: TextEnv) -> tuple[str, ...] | None:
     return None if actions is None else tuple(actions)
 
 
+def _check_action_set(make: Callable[[], TextEnv], reset: tuple[int, dict[str, Any]], task: str,
+                      decode: str) -> None:
+    """Fail before any episode runs (and before any file is written) when the task's env does
+    not give its legal actions in the protocol's first start state."""
+    env = make()
+    try:
+        env.reset(seed=reset[0], options=reset[1])
+        if legal_actions(env) is None:
+            raise ValueError(f"decode={decode!r} needs the legal actions, but {task}'s env gives "
+                             "none (no action_set(), or it returns None); use decode='sample'")
+    finally:
+        env.close()
+
+
 def _run_batched(policy, task, resets, make, progress, max_concurrent, keep=None) -> list[Episode]:
     from lmrlgym.models.policy import LMPolicy
 
@@ -235,10 +252,6 @@ def _run_batched(policy, task, resets, make, progress, max_concurrent, keep=None
     try:
         for slot in slots:
             start(slot)
-        if with_sets and all(legal_actions(s.env) is None for s in slots):
-            raise ValueError(f"decode={policy.decode!r} needs the legal actions, but {task}'s env "
-                             "gives none (no action_set(), or it returns None); use "
-                             "decode='sample'")
         while True:
             live = [s for s in slots if not s.done]
             if not live:

@@ -158,5 +158,10 @@ def test_lm_policy_decodes_over_the_env_action_set(menu_lm, decode):
         assert res.summary["truncated_action_rate"] == 0.0
         assert f"{decode}{' by logprob' if decode == 'rerank' else ''} over the legal actions" \
             in format_summary_table(res.summary)
+
+def test_decoding_over_actions_needs_an_env_that_gives_them(menu_lm, tmp_path):
+    model, tok = menu_lm
     with pytest.raises(ValueError, match="needs the legal actions, but EchoEnv's env gives none"):
-        evaluate(LMPolicy(model, tok, max_context_tokens=64, decode="constrained"), EchoEnv, 2)
+        evaluate(LMPolicy(model, tok, max_context_tokens=64, decode="constrained"), EchoEnv, 2,
+                 out_dir=tmp_path / "ev")
+    assert not (tmp_path / "ev").exists()  # failed before any file was written
