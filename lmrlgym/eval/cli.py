@@ -21,6 +21,8 @@ def eval_main(
     top_p: float | None = None,
     max_new_tokens: int | None = None,
     beta: float | None = None,
+    decode: Literal["sample", "rerank", "constrained"] = "sample",
+    rerank_score: Literal["logprob", "value"] = "logprob",
     policy: str | None = None,
     env_kwargs: str = "{}",
     batch_size: int = 64,
@@ -49,6 +51,11 @@ def eval_main(
         top_p: Nucleus sampling mass.
         max_new_tokens: Per-action token cap; default: the run's.
         beta: Value-guidance strength for MC/ILQL runs; default: the run's.
+        decode: How actions are decoded: free sampling, or over the env's legal actions (tasks
+            whose env knows them: Maze, Wordle, Text-Nav, Chess, Endgames) by reranking every
+            candidate or by sampling constrained to spell one. Recorded in the summary.
+        rerank_score: With --decode rerank: the candidate's log-probability under the policy,
+            or (MC/ILQL runs) its summed beta*(Q - V), the original's Maze reranker.
         policy: Instead of a run: a scripted policy spec (e.g. maze-optimal) or a served model
             behind an OpenAI-compatible endpoint, openai:<base_url>/<model> (e.g.
             openai:http://127.0.0.1:8000/v1/maze-bc; --greedy sends temperature 0).
@@ -82,7 +89,8 @@ def eval_main(
             raise FileNotFoundError(f"run directory not found: {run}")
         task = task or load_config(run).task
         decoding: dict = {"greedy": greedy, "temperature": temperature, "top_k": top_k,
-                          "top_p": top_p, "seed": seed, "batch_size": batch_size}
+                          "top_p": top_p, "seed": seed, "batch_size": batch_size,
+                          "decode": decode, "rerank_score": rerank_score}
         if max_new_tokens is not None:
             decoding["max_new_tokens"] = max_new_tokens
         pol = load_policy(run, beta=beta, device=device, **decoding)
@@ -93,6 +101,9 @@ def eval_main(
 
         if task is None:
             raise ValueError("--task is required with --policy")
+        if decode != "sample":
+            raise ValueError(f"--decode {decode} needs a trained run (--run); scripted and served "
+                             "policies choose their actions themselves")
         if out is None:
             raise ValueError("--out is required with --policy (there is no run directory)")
         if is_openai_spec(policy):

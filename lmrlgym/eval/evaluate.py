@@ -6,12 +6,15 @@ Text policies act on the **unfinished** episodes only, all at once: an :class:`L
 each env's window as turns (``act_turns``, tokenized per turn exactly as in training), any other
 ``Policy`` gets the observation strings (``act``). Scripted behaviour policies, which read the
 env's state, run episode by episode (as ``lmrlgym.data.generate.run_episode`` does, with the
-protocol's reset options).
+protocol's reset options). An LM policy whose ``decode`` mode is ``rerank`` or ``constrained``
+also gets each live env's legal actions (``env.action_set()``); a task whose env gives none is
+an error, and the turns of states without a known set (``None``) are decoded freely.
 
 The summary follows docs/algorithms.md §4.3 and docs/tasks.md §1: mean return with standard error and a
 seeded 95 % percentile-bootstrap CI, success rate, pooled illegal-action rate, mean episode
 length, truncated-action rate, normalised scores (project and paper constants where they
-exist) and the decoding settings. ``out_dir`` receives ``episodes.jsonl`` and
+exist) and the decoding settings (with ``free_turn_rate``, the share of agent turns decoded
+freely for want of an action set, when the mode uses them). ``out_dir`` receives ``episodes.jsonl`` and
 ``eval_summary.json``, both written atomically.
 """
 
@@ -133,6 +136,10 @@ def evaluate(
         policy.reseed(seed)
     n_actions_before = getattr(policy, "n_actions", 0)
     n_truncated_before = getattr(policy, "n_truncated", 0)
+    n_free_before = getattr(policy, "n_free", 0)
+
+    if isinstance(policy, LMPolicy) and policy.decode != "sample":
+        _check_action_set(make, resets[0], task_name, policy.decode)
 
     name = policy_name or getattr(policy, "name", type(policy).__name__)
     keep = None if out_dir is None else _FinishedLog(Path(out_dir), name, env_kwargs)
@@ -154,6 +161,8 @@ def evaluate(
     decoding = dict(getattr(policy, "decoding", {}) or {})
     n_actions = getattr(policy, "n_actions", 0) - n_actions_before
     n_truncated = getattr(policy, "n_truncated", 0) - n_truncated_before
+    if decoding.get("decode", "sample") != "sample" and n_actions:
+        decoding["free_turn_rate"] = (getattr(policy, "n_free", 0) - n_free_before) / n_actions
     summary = summarize(episodes, task_name, seed=seed, decoding=decoding, policy=name,
                         truncated_actions=(n_truncated, n_actions) if n_actions else None)
     summary["env_kwargs"] = env_kwargs
@@ -197,9 +206,33 @@ class _Slot:
     done: bool = True
 
 
+def legal_actions(env: TextEnv) -> tuple[str, ...] | None:
+    """The env's legal actions in its current state (without their newline), or None when it
+    does not know them (no ``action_set`` method, or it returned None)."""
+    action_set = getattr(env, "action_set", None)
+    actions = None if action_set is None else action_set()
+    return None if actions is None else tuple(actions)
+
+
+def _check_action_set(make: Callable[[], TextEnv], reset: tuple[int, dict[str, Any]], task: str,
+                      decode: str) -> None:
+    """Fail before any episode runs (and before any file is written) when the task's env does
+    not give its legal actions in the protocol's first start state."""
+    env = make()
+    try:
+        env.reset(seed=reset[0], options=reset[1])
+        if legal_actions(env) is None:
+            raise ValueError(f"decode={decode!r} needs the legal actions, but {task}'s env gives "
+                             "none (no action_set(), or it returns None); use decode='sample'")
+    finally:
+        env.close()
+
+
 def _run_batched(policy, task, resets, make, progress, max_concurrent, keep=None) -> list[Episode]:
     from lmrlgym.models.policy import LMPolicy
 
+    is_lm = isinstance(policy, LMPolicy)
+    with_sets = is_lm and policy.decode != "sample"
     episodes: list[Episode | None] = [None] * len(resets)
     slots = [_Slot(make()) for _ in range(min(max_concurrent, len(resets)))]
     next_index = 0
@@ -219,9 +252,10 @@ def _run_batched(policy, task, resets, make, progress, max_concurrent, keep=None
             live = [s for s in slots if not s.done]
             if not live:
                 break
-            if isinstance(policy, LMPolicy):
+            if is_lm:
                 actions = policy.act_turns(
-                    [s.env.context_turns(s.info["turns"]) for s in live], window=False)
+                    [s.env.context_turns(s.info["turns"]) for s in live], window=False,
+                    action_sets=[legal_actions(s.env) for s in live] if with_sets else None)
             else:
                 actions = policy.act([s.obs for s in live])
             if len(actions) != len(live):
@@ -396,6 +430,9 @@ def format_summary_table(summary: dict[str, Any]) -> str:
         extra = [f"{k} {dec[k]}" for k in ("top_k", "top_p") if dec.get(k) is not None]
         if dec.get("value_guided"):
             extra.append("value-guided")
+        if dec.get("decode", "sample") != "sample":
+            score = f" by {dec['rerank_score']}" if "rerank_score" in dec else ""
+            extra.append(f"{dec['decode']}{score} over the legal actions")
         rows.append(("decoding", ", ".join([mode, *extra])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

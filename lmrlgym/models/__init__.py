@@ -5,6 +5,7 @@
 - ``heads``: zero-initialised MLP/linear value and Q heads.
 - ``render``: episodes -> training rows (``render``, ``Segment``) -> padded ``Batch``.
 - ``policy``: ``LMPolicy``, batched KV-cached generation that stops at the newline.
+- ``action_sets``: decoding over known legal actions (rerank scores, constrained-decoding trie).
 
 Submodules are imported explicitly (``from lmrlgym.models.render import render``) so that
 ``import lmrlgym`` does not pull in torch and transformers.

@@ -13,23 +13,52 @@ which never occur in an action during training, are never sampled. ``logits_adju
 is the hook for value-guided decoding (§3.5): it receives the LM head's input ``h`` (N, d) and
 the reference logits (N, V) of the rows still generating and returns the logits to sample from
 (before temperature). Sampling uses the policy's own seeded ``torch.Generator``.
+
+Over a known set of legal actions (issue 16; ``action_sets`` of :meth:`LMPolicy.act_turns`),
+``decode`` picks how an action is chosen:
+
+- ``"sample"``: free generation as above; action sets are ignored.
+- ``"rerank"``: every candidate (its tokens and the newline token) is scored after the prompt in
+  batched forwards that share the prompt's KV cache: the prompt is prefilled once, its cache
+  expanded over the candidates, whose tokens are fed right-padded. ``rerank_score="logprob"``
+  sums the candidate's log-probabilities under the policy's (possibly value-guided) logits;
+  ``"value"`` sums ``adjusted − reference`` logits, i.e. β·(Q − V) (ILQL) or β·Q (MC), the
+  original's Maze reranker. The argmax is taken when greedy, else a draw from
+  ``softmax(score / temperature)``; top-k/top-p do not apply.
+- ``"constrained"``: token-by-token sampling as above, with every token that cannot continue a
+  legal action masked (a token trie over the candidates), so only a legal action is spelled.
+
+Either way the emitted ids are the candidate's ids, exactly as ``render()`` tokenizes that
+action turn, and a ``None`` action set falls back to free generation for that row.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmrlgym.core import Turn
+from lmrlgym.models.action_sets import (
+    ActionSet,
+    ActionSetCache,
+    RerankScore,
+    choose,
+    token_scores,
+)
 from lmrlgym.models.render import ContextFn, TokenCache, prompt_ids
 from lmrlgym.models.tokenizer import newline_id
 
 LogitsAdjust = Callable[[Tensor, Tensor], Tensor]
+Decode = Literal["sample", "rerank", "constrained"]
+DECODE_MODES: tuple[str, ...] = ("sample", "rerank", "constrained")
+RERANK_SCORES: tuple[str, ...] = ("logprob", "value")
 
 
 @dataclasses.dataclass
@@ -40,6 +69,7 @@ class Generation:
     action_ids: list[list[int]]  # the generated ids (a forced newline included)
     truncated: list[bool]  # max_new_tokens ran out and a newline was appended
     prompt_ids: list[list[int]]  # the prompts as fed to the model (BOS included, unpadded)
+    scores: list[list[float] | None]  # reranked rows: each candidate's score; else None
 
 
 class LMPolicy:
@@ -52,6 +82,10 @@ class LMPolicy:
     (``float("inf")``: any lengths share a batch). ``use_cache=False`` recomputes the whole
     sequence at every token and ``batch_size=1`` generates row by row: both only exist to
     measure their cost.
+
+    ``decode`` chooses how actions are decoded when the legal actions are known (module
+    docstring); ``candidate_batch`` bounds the (prompt, candidate) rows of one rerank forward
+    (Wordle's vocabulary is scored in chunks). Rerank always shares the prompt's cache.
     """
 
     def __init__(
@@ -71,6 +105,9 @@ class LMPolicy:
         batch_size: int = 64,
         pad_budget: float = 0.25,
         name: str = "lm",
+        decode: Decode = "sample",
+        rerank_score: RerankScore = "logprob",
+        candidate_batch: int = 256,
     ):
         if max_context_tokens < 2:
             raise ValueError(f"max_context_tokens must be at least 2, got {max_context_tokens}")
@@ -86,6 +123,21 @@ class LMPolicy:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if pad_budget < 0:
             raise ValueError(f"pad_budget must be >= 0, got {pad_budget}")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+        if rerank_score not in RERANK_SCORES:
+            raise ValueError(f"rerank_score must be one of {', '.join(RERANK_SCORES)}, "
+                             f"got {rerank_score!r}")
+        if rerank_score == "value" and decode != "rerank":
+            raise ValueError("rerank_score='value' only applies to decode='rerank'")
+        if rerank_score == "value" and logits_adjust is None:
+            raise ValueError("rerank_score='value' needs a value-guided policy (MC or ILQL, "
+                             "with logits_adjust); this policy has no value heads")
+        if decode == "rerank" and (top_k is not None or top_p is not None):
+            raise ValueError("top_k/top_p do not apply to decode='rerank' (it draws whole "
+                             "actions from softmax(score / temperature))")
+        if candidate_batch < 1:
+            raise ValueError(f"candidate_batch must be positive, got {candidate_batch}")
         n_pos = getattr(model.config, "n_positions", None) or getattr(
             model.config, "max_position_embeddings", None)
         if n_pos is not None and max_context_tokens + max_new_tokens > n_pos:
@@ -108,6 +160,9 @@ class LMPolicy:
         self.batch_size = batch_size
         self.pad_budget = pad_budget
         self.name = name
+        self.decode = decode
+        self.rerank_score = rerank_score
+        self.candidate_batch = candidate_batch
         self.n_vocab = len(tokenizer)
         self.newline_id = newline_id(tokenizer)
         self.bos_id = tokenizer.bos_token_id
@@ -116,10 +171,13 @@ class LMPolicy:
         self._stops = self._stop_table()
         self._banned = torch.tensor(sorted(set(tokenizer.all_special_ids) & set(range(self.n_vocab))),
                                     dtype=torch.long)
+        self._action_sets = ActionSetCache(tokenizer, self._stops, frozenset(self._banned.tolist()),
+                                           max_new_tokens)
         self.generator = torch.Generator().manual_seed(seed)
         self.last: Generation | None = None
         self.n_actions = 0
         self.n_truncated = 0
+        self.n_free = 0  # rerank/constrained: actions decoded freely, with no action set given
 
     # --- the Policy protocol -----------------------------------------------------------------
     def act(self, observations: list[str]) -> list[str]:
@@ -130,14 +188,17 @@ class LMPolicy:
         """
         return self.act_turns([[Turn(obs, False)] for obs in observations], window=False)
 
-    def act_turns(self, contexts: Sequence[Sequence[Turn]], window: bool = True) -> list[str]:
+    def act_turns(self, contexts: Sequence[Sequence[Turn]], window: bool = True,
+                  action_sets: Sequence[Sequence[str] | None] | None = None) -> list[str]:
         """One action per turn history. ``window=True`` applies ``context_turns`` first (pass
-        the full history); ``window=False`` takes each context as already windowed."""
+        the full history); ``window=False`` takes each context as already windowed.
+        ``action_sets`` (one entry per context: the legal actions without their newline, or
+        None) are used by the ``rerank`` and ``constrained`` modes."""
         prompts = []
         for turns in contexts:
             ctx = self.context_turns(turns) if (window and self.context_turns) else list(turns)
             prompts.append(self.prompt(ctx))
-        return self.generate(prompts).texts
+        return self.generate(prompts, action_sets).texts
 
     def prompt(self, context: Sequence[Turn]) -> list[int]:
         """The prompt ids of a windowed context: exactly what ``render()`` puts before an action."""
@@ -160,7 +221,9 @@ class LMPolicy:
                 "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
                 "max_context_tokens": self.max_context_tokens, "seed": self.seed,
                 "value_guided": self.logits_adjust is not None, "batch_size": self.batch_size,
-                "pad_budget": None if math.isinf(self.pad_budget) else self.pad_budget}
+                "pad_budget": None if math.isinf(self.pad_budget) else self.pad_budget,
+                "decode": self.decode,
+                **({"rerank_score": self.rerank_score} if self.decode == "rerank" else {})}
 
     def reseed(self, seed: int) -> None:
         self.seed = seed
@@ -168,27 +231,50 @@ class LMPolicy:
 
     # --- generation --------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]]) -> Generation:
-        """Generate one action for each prompt (token ids, BOS first, at most ``P`` long)."""
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 action_sets: Sequence[Sequence[str] | None] | None = None) -> Generation:
+        """Generate one action for each prompt (token ids, BOS first, at most ``P`` long);
+        ``action_sets`` as in :meth:`act_turns`."""
+        for p in prompts:
+            if not p or len(p) > self.max_context_tokens:
+                raise ValueError(f"prompt of {len(p)} tokens; must be 1..{self.max_context_tokens}")
+        if action_sets is not None and len(action_sets) != len(prompts):
+            raise ValueError(f"{len(action_sets)} action sets for {len(prompts)} prompts")
+        sets: list[ActionSet | None] = [None] * len(prompts)
+        if action_sets is not None and self.decode != "sample":
+            sets = [None if a is None else self._action_sets(a) for a in action_sets]
         was_training = self.model.training
         self.model.eval()  # dropout off in every rollout (docs/algorithms.md §2.4)
         try:
             ids: list[list[int]] = [[] for _ in prompts]
             truncated = [False] * len(prompts)
-            for p in prompts:
-                if not p or len(p) > self.max_context_tokens:
-                    raise ValueError(f"prompt of {len(p)} tokens; must be 1..{self.max_context_tokens}")
-            for chunk in self._chunks([len(p) for p in prompts]):
-                gen, trunc = self._generate_batch([list(prompts[i]) for i in chunk])
+            scores: list[list[float] | None] = [None] * len(prompts)
+            reranked = {i: a for i, a in enumerate(sets) if a is not None and self.decode == "rerank"}
+            generated = [i for i in range(len(prompts)) if i not in reranked]
+            for chunk in self._chunks_of(generated, prompts):
+                gen, trunc = self._generate_batch([list(prompts[i]) for i in chunk],
+                                                  [sets[i] for i in chunk])
                 for i, g, t in zip(chunk, gen, trunc, strict=True):
                     ids[i], truncated[i] = g, t
-            texts = [self.tokenizer.decode(g, skip_special_tokens=False) for g in ids]
+            for chunk in self._chunks_of(list(reranked), prompts):
+                picks, chunk_scores = self._rerank_batch([list(prompts[i]) for i in chunk],
+                                                         [reranked[i] for i in chunk])
+                for i, pick, sc in zip(chunk, picks, chunk_scores, strict=True):
+                    ids[i], scores[i] = list(reranked[i].ids[pick]), sc
+            texts = [self.tokenizer.decode(g, skip_special_tokens=False) if a is None
+                     else a.actions[a.index[tuple(g)]] + "\n" for g, a in zip(ids, sets, strict=True)]
         finally:
             self.model.train(was_training)
         self.n_actions += len(ids)
         self.n_truncated += sum(truncated)
-        self.last = Generation(texts, ids, truncated, [list(p) for p in prompts])
+        if self.decode != "sample":
+            self.n_free += sum(a is None for a in sets)
+        self.last = Generation(texts, ids, truncated, [list(p) for p in prompts], scores)
         return self.last
+
+    def _chunks_of(self, rows: list[int], prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+        """:meth:`_chunks` of the prompts ``rows``, as indices into ``prompts``."""
+        return [[rows[j] for j in c] for c in self._chunks([len(prompts[i]) for i in rows])]
 
     def _chunks(self, lengths: list[int]) -> list[list[int]]:
         """Prompt indices grouped by length into batches of at most ``batch_size``.
@@ -211,16 +297,23 @@ class LMPolicy:
             chunks.append(cur)
         return chunks
 
-    def _generate_batch(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[bool]]:
-        device = self.model.device
-        B = len(prompts)
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """(B, width) ids and attention mask of left-padded prompts, on the model's device."""
         width = max(len(p) for p in prompts)
-        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, width), dtype=torch.long)
-        for b, p in enumerate(prompts):  # left padding
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, p in enumerate(prompts):
             ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[b, width - len(p) :] = 1
-        seq_ids, seq_mask = ids.to(device), mask.to(device)  # (n, t): the rows still generating
+        return ids.to(self.model.device), mask.to(self.model.device)
+
+    def _generate_batch(self, prompts: list[list[int]], sets: list[ActionSet | None],
+                        ) -> tuple[list[list[int]], list[bool]]:
+        """Token-by-token generation; a row with an action set walks its trie (constrained)."""
+        device = self.model.device
+        B = len(prompts)
+        seq_ids, seq_mask = self._left_pad(prompts)  # (n, t): the rows still generating
+        node = [0] * B  # each constrained row's trie node: the prefix generated so far
         new_ids = seq_ids  # what the next forward pass reads: the prompt, then one token
         rows = torch.arange(B)  # original index of each row still generating
         out_ids: list[list[int]] = [[] for _ in range(B)]
@@ -240,11 +333,20 @@ class LMPolicy:
             logits = out.logits[:, -1, : self.n_vocab].float()  # (n, V)
             if want_h:
                 logits = self.logits_adjust(out.hidden_states[-1][:, -1], logits).float()
-            nxt = self._sample(logits.cpu())  # (n,)
+            allowed = None
+            if any(sets[b] is not None for b in rows.tolist()):
+                allowed = torch.ones(logits.shape, dtype=torch.bool)
+                for k, b in enumerate(rows.tolist()):
+                    if sets[b] is not None:
+                        allowed[k] = False
+                        allowed[k, sets[b].allowed[node[b]]] = True
+            nxt = self._sample(logits.cpu(), allowed)  # (n,)
             stop = self._stops[nxt]  # (n,) bool
             for k, b in enumerate(rows.tolist()):
                 out_ids[b].append(int(nxt[k]))
                 finished[b] = bool(stop[k])
+                if sets[b] is not None:
+                    node[b] = sets[b].children[node[b]][int(nxt[k])]
             if bool(stop.all()):
                 break
             keep = (~stop).nonzero().squeeze(1)
@@ -262,10 +364,13 @@ class LMPolicy:
                 out_ids[b].append(self.newline_id)
         return out_ids, truncated
 
-    def _sample(self, logits: Tensor) -> Tensor:
-        """(N, V) float logits on CPU -> (N,) ids, with the policy's generator."""
+    def _sample(self, logits: Tensor, allowed: Tensor | None = None) -> Tensor:
+        """(N, V) float logits on CPU -> (N,) ids, with the policy's generator; ``allowed``
+        (N, V) bool masks the tokens that may not be drawn (constrained decoding)."""
         if len(self._banned):
             logits = logits.index_fill(1, self._banned, float("-inf"))
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
         if self.greedy:
             return logits.argmax(-1)
         logits = logits / self.temperature
@@ -282,8 +387,89 @@ class LMPolicy:
         probs = logits.softmax(-1)
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
 
+    def _rerank_batch(self, prompts: list[list[int]], sets: list[ActionSet],
+                      ) -> tuple[list[int], list[list[float]]]:
+        """The chosen candidate of each prompt, and every candidate's score.
+
+        The prompts are prefilled once; their (prompt, candidate) rows are then scored
+        ``candidate_batch`` at a time on a copy of the prompts' cache indexed by row, each
+        candidate's tokens fed right-padded after its prompt."""
+        device = self.model.device
+        want_h = self.logits_adjust is not None
+        ids, mask = self._left_pad(prompts)
+        out = self.model(ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                         use_cache=True, logits_to_keep=1, output_hidden_states=want_h)
+        cache = out.cache
+        first_logits = out.logits[:, -1:, : self.n_vocab].float()  # (B, 1, V): each first token
+        first_h = out.hidden_states[-1][:, -1:] if want_h else None  # (B, 1, d)
+        scores = [torch.zeros(len(a.ids), dtype=torch.float64) for a in sets]
+        for chunk in _candidate_chunks([len(a.ids) for a in sets], self.candidate_batch):
+            L = max(int(sets[b].lengths[c0:c1].max()) for b, c0, c1 in chunk)
+            targets = torch.cat([_pad_to(sets[b].padded[c0:c1, :L], L) for b, c0, c1 in chunk])
+            lengths = torch.cat([sets[b].lengths[c0:c1] for b, c0, c1 in chunk])
+            real = torch.arange(L)[None, :] < lengths[:, None]  # (n, L): right padding
+            rows = torch.cat([torch.full((c1 - c0,), b) for b, c0, c1 in chunk]).to(device)
+            targets, real, n = targets.to(device), real.to(device), len(lengths)
+            logits, h = first_logits[rows], first_h[rows] if want_h else None
+            if L > 1:  # the logits after each candidate token but the last
+                rows_cache = _select_rows(cache, rows)
+                step_mask = torch.cat([mask[rows], real[:, :-1].long()], 1)
+                position = (step_mask.cumsum(1) - 1).clamp(min=0)[:, -(L - 1) :]
+                step = self.model(targets[:, :-1], attention_mask=step_mask, cache=rows_cache,
+                                  position_ids=position, use_cache=True,
+                                  output_hidden_states=want_h)
+                logits = torch.cat([logits, step.logits[..., : self.n_vocab].float()], 1)
+                if want_h:
+                    h = torch.cat([h, step.hidden_states[-1]], 1)
+            ref = logits[real]  # (K, V): the real (prompt, candidate, token) positions
+            policy_logits = self.logits_adjust(h[real], ref).float() if want_h else ref
+            per_token = token_scores(ref, policy_logits, targets[real], self.rerank_score,
+                                     self._banned.to(device))
+            per_row = torch.zeros(n, dtype=torch.float64, device=device).index_add_(
+                0, real.nonzero()[:, 0], per_token.double())
+            for (b, c0, c1), part in zip(chunk, per_row.cpu().split([c1 - c0 for _, c0, c1 in chunk]),
+                                         strict=True):
+                scores[b][c0:c1] = part
+        picks = [choose(s, self.greedy, self.temperature, self.generator) for s in scores]
+        return picks, [s.tolist() for s in scores]
+
     def _stop_table(self) -> Tensor:
         """(V,) bool: the tokens whose decoded text contains a newline."""
         pieces = self.tokenizer.batch_decode([[i] for i in range(self.n_vocab)],
                                              skip_special_tokens=False)
         return torch.tensor(["\n" in p for p in pieces], dtype=torch.bool)
+
+
+def _candidate_chunks(sizes: list[int], limit: int) -> list[list[tuple[int, int, int]]]:
+    """The (prompt, candidate) rows of prompts with ``sizes`` candidates each, in order, cut
+    into chunks of at most ``limit`` rows; a chunk is a list of ``(prompt, first, end)``."""
+    chunks: list[list[tuple[int, int, int]]] = [[]]
+    room = limit
+    for b, size in enumerate(sizes):
+        start = 0
+        while start < size:
+            if room == 0:
+                chunks.append([])
+                room = limit
+            end = min(size, start + room)
+            chunks[-1].append((b, start, end))
+            room -= end - start
+            start = end
+    return chunks
+
+
+def _select_rows(cache: Any, rows: Tensor) -> Any:
+    """A copy of a KV cache holding its batch entries ``rows`` (repeats allowed), the original
+    left intact. Per-layer ``index_select`` is several times faster on CPU than the advanced
+    indexing of ``Cache.batch_select_indices``."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in out.layers:
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+    return out
+
+
+def _pad_to(ids: Tensor, width: int) -> Tensor:
+    """(n, w) ids right-padded with 0 to (n, width)."""
+    return torch.nn.functional.pad(ids, (0, width - ids.shape[1]))

@@ -4,7 +4,13 @@ import json
 
 import pytest
 
+from lmrlgym.data.io import read_episodes
 from lmrlgym.eval.cli import eval_main
+from lmrlgym.registry import register, registry
+
+MENU_TASK = "Toy-Menu-v0"
+if MENU_TASK not in registry:
+    register(MENU_TASK, "tests.models.toy:MenuEnv", max_turns=4)
 
 
 def test_scripted_policy_writes_summary_and_prints_table(tmp_path, capsys):
@@ -31,6 +37,8 @@ def test_json_output(tmp_path, capsys):
     ({"policy": "maze-optimall", "task": "Maze-FO-v0", "out": "o"}, "Did you mean 'maze-optimal'"),
     ({"policy": "openai:not-a-url", "task": "Maze-FO-v0", "out": "o"}, "openai:"),
     ({"policy": "maze-optimal", "task": "Maze-FO-v0", "out": "o", "threads": 0}, "--threads"),
+    ({"policy": "maze-optimal", "task": "Maze-FO-v0", "out": "o", "decode": "rerank"},
+     "--decode rerank needs a trained run"),
 ])
 def test_bad_input(kwargs, match, tmp_path):
     if "out" in kwargs:
@@ -61,3 +69,13 @@ def test_trained_run_default_out_dir(tmp_path, capsys):
     assert summary["decoding"]["greedy"] is True and summary["decoding"]["max_new_tokens"] == 4
     assert [json.loads(line)["seed"] for line in (out / "episodes.jsonl").read_text().splitlines()] == [3, 35]
     assert "Maze-FO-v0" in capsys.readouterr().out
+    # Reranking over a task's legal actions (a toy env that lists them), recorded in the summary.
+    eval_main(run=run, task=MENU_TASK, episodes=2, decode="rerank", out=tmp_path / "menu",
+              max_new_tokens=16)  # room for "hello there" in a Maze-trained tokenizer
+    summary = json.loads((tmp_path / "menu" / "eval_summary.json").read_text())
+    assert summary["decoding"]["decode"] == "rerank" and summary["decoding"]["rerank_score"] == "logprob"
+    episodes, _ = read_episodes(tmp_path / "menu" / "episodes.jsonl")
+    actions = {t.text for ep in episodes for t in ep.turns if t.is_action}
+    assert actions <= {"hello there\n", "go left\n", "stop\n"}
+    with pytest.raises(ValueError, match="value-guided policy"):  # a BC run has no value heads
+        eval_main(run=run, task=MENU_TASK, episodes=2, decode="rerank", rerank_score="value")

@@ -18,7 +18,7 @@ from lmrlgym.eval.evaluate import (
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.tokenizer import train_tokenizer
-from tests.models.toy import EchoEnv, ScriptedEcho
+from tests.models.toy import EchoEnv, MenuEnv, ScriptedEcho
 
 
 def test_scripted_text_policy_known_return(tmp_path):
@@ -132,3 +132,36 @@ def test_lm_policy_on_maze_fo_sees_env_windows():
     obs_ids = [tok.encode(t.text, add_special_tokens=False) for t in res.episodes[-1].turns[-3:-2]]
     assert policy.last.prompt_ids[0][1:] in obs_ids or len(policy.last.prompt_ids[0]) == 64
     assert sum(ep.n_actions for ep in res.episodes) == policy.n_actions
+
+
+@pytest.fixture(scope="module")
+def menu_lm():
+    texts = ["hello there\n", "go left\n", "stop\n", "Say something 1.\n", "You said go left.\n"] * 20
+    tok = train_tokenizer(texts, vocab_size=280)
+    torch.manual_seed(2)
+    return build_model("gpt2-tiny", tok, dropout=0.0, n_positions=128), tok
+
+
+@pytest.mark.parametrize("decode", ["sample", "rerank", "constrained"])
+def test_lm_policy_decodes_over_the_env_action_set(menu_lm, decode):
+    model, tok = menu_lm
+    policy = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=12, decode=decode)
+    res = evaluate(policy, MenuEnv, 6, max_concurrent=4)
+    said = {t.text for ep in res.episodes for t in ep.turns if t.is_action}
+    menu = {a + "\n" for a in MenuEnv.MENU}
+    dec = res.summary["decoding"]
+    assert dec["decode"] == decode
+    if decode == "sample":  # an untrained model rarely says a menu item by itself
+        assert not said <= menu and "free_turn_rate" not in dec
+    else:
+        assert said <= menu and dec["free_turn_rate"] == 0.0
+        assert res.summary["truncated_action_rate"] == 0.0
+        assert f"{decode}{' by logprob' if decode == 'rerank' else ''} over the legal actions" \
+            in format_summary_table(res.summary)
+
+def test_decoding_over_actions_needs_an_env_that_gives_them(menu_lm, tmp_path):
+    model, tok = menu_lm
+    with pytest.raises(ValueError, match="needs the legal actions, but EchoEnv's env gives none"):
+        evaluate(LMPolicy(model, tok, max_context_tokens=64, decode="constrained"), EchoEnv, 2,
+                 out_dir=tmp_path / "ev")
+    assert not (tmp_path / "ev").exists()  # failed before any file was written

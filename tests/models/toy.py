@@ -65,3 +65,12 @@ class ScriptedEcho:
 
     def act(self, observations: list[str]) -> list[str]:
         return [self.script[min(obs.count("You said"), len(self.script) - 1)] for obs in observations]
+
+
+class MenuEnv(EchoEnv):
+    """``EchoEnv`` that knows its legal actions (``action_set``, for rerank/constrained decoding)."""
+
+    MENU = ("hello there", "go left", "stop")
+
+    def action_set(self) -> tuple[str, ...]:
+        return self.MENU
