@@ -61,6 +61,7 @@ def lm_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: TrainCo
     settings = dict(context_turns=context_fn(config.task),
                     max_context_tokens=config.max_context_tokens,
                     max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                    greedy=config.greedy, name=config_algo(config))
+                    greedy=config.greedy, decode=config.decode,
+                    rerank_score=config.rerank_score, name=config_algo(config))
     return LMPolicy(lm, tokenizer, logits_adjust=logits_adjust, **{**settings, **decoding})
 

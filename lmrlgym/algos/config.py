@@ -63,6 +63,12 @@ class TrainConfig:
     """Sampling temperature at evaluation (§4.1: ancestral sampling at 1.0)."""
     greedy: bool = False
     """Greedy decoding at evaluation (results are labelled; §4.1)."""
+    decode: Literal["sample", "rerank", "constrained"] = "sample"
+    """How evaluation picks actions: free sampling, or over the env's legal actions (Maze,
+    Wordle, Text-Nav, Chess): rerank scores each one, constrained spells only legal ones (§4.1)."""
+    rerank_score: Literal["logprob", "value"] = "logprob"
+    """With rerank: the action's log-probability, or (MC/ILQL) its summed β·(Q − V), the
+    original's Maze reranker (§3.5)."""
     save_every: int = 200
     """Optimizer steps between checkpoints (one is always written at the end)."""
     keep_checkpoints: int = 2

@@ -94,7 +94,8 @@ CONFIG = ILQLConfig
 # Paper Table 3 per task (docs/algorithms.md §3.4); head biases from the original (§2.2).
 PAPER_PRESETS = presets.expand_tasks({
     presets.DIALOGUE: dict(beta=4.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
-    presets.MAZE: dict(beta=16.0, tau=0.99, cql_weight=0.5),
+    # Maze: the original evaluated value methods with its reranker over the four moves (§3.5).
+    presets.MAZE: dict(beta=16.0, tau=0.99, cql_weight=0.5, **presets.MAZE_RERANK),
     presets.TEXTNAV: dict(beta=1.0, tau=0.7, cql_weight=0.001, head_bias=-4.1),
     "Chess-v0": dict(beta=8.0, tau=0.7, cql_weight=1e-4),
     "Endgames-v0": dict(beta=8.0, tau=0.7, cql_weight=1.0),

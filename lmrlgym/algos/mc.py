@@ -73,7 +73,8 @@ CONFIG = MCConfig
 # Paper Table 3 per task (docs/algorithms.md §3.3); head types and biases from the original (§2.2).
 PAPER_PRESETS = presets.expand_tasks({
     presets.DIALOGUE: dict(beta=16.0, cql_weight=0.001, head="linear", head_bias=-4.1),
-    presets.MAZE: dict(beta=16.0, cql_weight=0.5),
+    # Maze: the original evaluated value methods with its reranker over the four moves (§3.5).
+    presets.MAZE: dict(beta=16.0, cql_weight=0.5, **presets.MAZE_RERANK),
     presets.TEXTNAV: dict(beta=4.0, cql_weight=0.001, head="linear", head_bias=-4.1),
     "Chess-v0": dict(batch_size=64, beta=8.0, cql_weight=1e-4),
     "Endgames-v0": dict(batch_size=64, beta=8.0, cql_weight=1.0),  # paper "1, 1e-4": ours 1

@@ -21,6 +21,10 @@ TEXTNAV = task_group("textnav")
 MAZE = task_group("maze")
 CHESS = task_group("chess")
 
+# The value methods' Maze decoding: each of the four moves scored by its summed β·(Q − V) and
+# drawn from their softmax (argmax with greedy), as the original's Maze reranker (§3.5).
+MAZE_RERANK: dict[str, Any] = {"decode": "rerank", "rerank_score": "value"}
+
 # (P = max_context_tokens, M = max_new_tokens) per task: the original's lengths (§3.1, §4.1).
 TASK_LENGTHS: dict[str, dict[str, int]] = task_lengths()
 

@@ -21,8 +21,8 @@ def eval_main(
     top_p: float | None = None,
     max_new_tokens: int | None = None,
     beta: float | None = None,
-    decode: Literal["sample", "rerank", "constrained"] = "sample",
-    rerank_score: Literal["logprob", "value"] = "logprob",
+    decode: Literal["sample", "rerank", "constrained"] | None = None,
+    rerank_score: Literal["logprob", "value"] | None = None,
     policy: str | None = None,
     env_kwargs: str = "{}",
     batch_size: int = 64,
@@ -53,9 +53,11 @@ def eval_main(
         beta: Value-guidance strength for MC/ILQL runs; default: the run's.
         decode: How actions are decoded: free sampling, or over the env's legal actions (tasks
             whose env knows them: Maze, Wordle, Text-Nav, Chess, Endgames) by reranking every
-            candidate or by sampling constrained to spell one. Recorded in the summary.
+            candidate or by sampling constrained to spell one; default: the run's (MC and ILQL
+            rerank on Maze). Recorded in the summary.
         rerank_score: With --decode rerank: the candidate's log-probability under the policy,
-            or (MC/ILQL runs) its summed beta*(Q - V), the original's Maze reranker.
+            or (MC/ILQL runs) its summed beta*(Q - V), the original's Maze reranker; default:
+            the run's.
         policy: Instead of a run: a scripted policy spec (e.g. maze-optimal) or a served model
             behind an OpenAI-compatible endpoint, openai:<base_url>/<model> (e.g.
             openai:http://127.0.0.1:8000/v1/maze-bc; --greedy sends temperature 0).
@@ -89,8 +91,10 @@ def eval_main(
             raise FileNotFoundError(f"run directory not found: {run}")
         task = task or load_config(run).task
         decoding: dict = {"greedy": greedy, "temperature": temperature, "top_k": top_k,
-                          "top_p": top_p, "seed": seed, "batch_size": batch_size,
-                          "decode": decode, "rerank_score": rerank_score}
+                          "top_p": top_p, "seed": seed, "batch_size": batch_size}
+        # Unset: the run's own decoding (e.g. the value methods' Maze reranker).
+        decoding.update({k: v for k, v in (("decode", decode), ("rerank_score", rerank_score))
+                         if v is not None})
         if max_new_tokens is not None:
             decoding["max_new_tokens"] = max_new_tokens
         pol = load_policy(run, beta=beta, device=device, **decoding)
@@ -101,7 +105,7 @@ def eval_main(
 
         if task is None:
             raise ValueError("--task is required with --policy")
-        if decode != "sample":
+        if decode not in (None, "sample"):
             raise ValueError(f"--decode {decode} needs a trained run (--run); scripted and served "
                              "policies choose their actions themselves")
         if out is None:
