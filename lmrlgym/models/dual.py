@@ -57,6 +57,9 @@ class DualLM(nn.Module):
         super().__init__()
         self.policy = policy
         self.value = value
+        # In training mode only if both parts are: LMPolicy restores this mode after sampling,
+        # and a frozen policy must stay in eval mode.
+        self.training = policy.training and value.training
 
     @property
     def config(self) -> Any:
