@@ -73,7 +73,6 @@ def lm_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: TrainCo
     by ``logits_adjust`` for MC/ILQL (§3.5). With a separate value trunk ``value_lm`` the
     heads read its hidden states (:class:`~lmrlgym.models.dual.DualLM`) while ``lm`` gives the
     logits. ``decoding`` overrides the run's settings."""
-
     settings = dict(context_turns=context_fn(config.task),
                     max_context_tokens=config.max_context_tokens,
                     max_new_tokens=config.max_new_tokens, temperature=config.temperature,

@@ -134,7 +134,7 @@ class ValueGuidedConfig(TrainConfig):
         if self.value_model == "separate" and self.bc_weight:
             raise ValueError(f"--bc-weight {self.bc_weight} with --value-model separate: the "
                              "policy is a frozen copy of the initial model, so there is no LM "
-                             "head to train; use --bc-weight 0 (the default there)")
+                             "head to train; leave --bc-weight unset (0 there) or pass 0")
 
     @property
     def bc_term(self) -> float:
