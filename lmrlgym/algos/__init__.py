@@ -43,6 +43,7 @@ from lmrlgym.algos.rundir import (
     HEADS_FILE,
     MODEL_DIR,
     TOKENIZER_DIR,
+    VALUE_MODEL_DIR,
     latest_checkpoint,
     read_config,
 )
@@ -52,7 +53,8 @@ if TYPE_CHECKING:  # type-only: importing these needs torch
     from lmrlgym.models.render import Segment
 
 __all__ = ["ALGORITHMS", "CONFIG_FILE", "HEADS_FILE", "MODEL_DIR", "TOKENIZER_DIR", "TrainConfig",
-           "algorithm", "latest_checkpoint", "load_config", "load_policy", "training_rows"]
+           "VALUE_MODEL_DIR", "algorithm", "latest_checkpoint", "load_config", "load_policy",
+           "training_rows"]
 
 # name -> module holding CONFIG, preset(task) and train(config, progress)
 ALGORITHMS: dict[str, str] = {
@@ -86,7 +88,8 @@ def load_config(run_dir: str | os.PathLike) -> TrainConfig:
 def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: str = "cpu",
                 **decoding: Any) -> LMPolicy:
     """An ``LMPolicy`` from a finished run (``lmrlgym eval --run``): the exported ``model/``
-    and ``tokenizer/``, value-guided with the run's heads and β for MC and ILQL (§3.5).
+    and ``tokenizer/``, value-guided with the run's heads and β for MC and ILQL (§3.5); a
+    ``value_model="separate"`` run's heads read the value trunk in ``value_model/``.
 
     ``beta`` overrides the run's β; ``decoding`` overrides ``LMPolicy`` settings
     (``temperature``, ``greedy``, ``top_k``, ``max_new_tokens``, ``seed``, ...).
@@ -106,13 +109,19 @@ def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: s
     module = algorithm(config.ALGO)
     if not hasattr(module, "logits_adjust"):
         return lm_policy(lm, tokenizer, config, **decoding)
+    value_lm = None
+    if config.value_model == "separate":
+        value_lm = build_model(str(run_dir / VALUE_MODEL_DIR), tokenizer).to(device).eval()
     d = lm.get_output_embeddings().in_features
     heads = load_heads(run_dir, module.make_heads(config, d, len(tokenizer))).to(device).eval()
     beta = config.beta if beta is None else float(beta)
     decoding.setdefault("name", f"{config.ALGO}(beta={beta:g})")
-    policy = lm_policy(lm, tokenizer, config, module.logits_adjust(heads, beta), **decoding)
+    policy = lm_policy(lm, tokenizer, config, module.logits_adjust(heads, beta), value_lm,
+                       **decoding)
     policy.beta = beta
-    policy.value_readout = module.value_readout(heads)  # for `lmrlgym diagnose values`
+    # For `lmrlgym diagnose values`: the trunk the heads read and how to read Q and V.
+    policy.value_trunk = lm if value_lm is None else value_lm
+    policy.value_readout = module.value_readout(heads)
     return policy
 
 

@@ -1,9 +1,10 @@
 """The trained causal LM: building it (from a preset, a path or an ``init_from`` run, with
-LoRA), dropout off, its hidden states, and the evaluation policy of a run (docs/algorithms.md
-§2.1, §3.5)."""
+LoRA), dropout off, the separate layout's value trunk, its hidden states, and the evaluation
+policy of a run (docs/algorithms.md §2.1, §2.3, §3.5)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from lmrlgym.algos.config import TrainConfig, config_algo
+from lmrlgym.algos.config import TrainConfig, ValueGuidedConfig, config_algo
 from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.rundir import MODEL_DIR
+from lmrlgym.models.dual import DualLM
 from lmrlgym.models.policy import LMPolicy, LogitsAdjust
 
 
@@ -41,6 +43,16 @@ def disable_dropout(module: nn.Module) -> None:
             setattr(config, name, 0.0)
 
 
+def value_trunk(lm: nn.Module, config: ValueGuidedConfig) -> nn.Module:
+    """The trunk the value heads read (§2.3): ``lm`` itself in shared mode; in separate mode a
+    trainable copy of it, and ``lm`` becomes the frozen policy (no gradients, eval mode)."""
+    if config.value_model == "shared":
+        return lm
+    trunk = copy.deepcopy(lm)
+    lm.requires_grad_(False).eval()
+    return trunk
+
+
 def hidden_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Final hidden states ``h`` (B, T, d), after the final norm: the LM head's input (§2.1).
     ``base_model`` is the trunk of every Hugging Face causal LM (GPT-2's ``transformer``)."""
@@ -55,13 +67,17 @@ def last_token_states(lm: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
 
 
 def lm_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: TrainConfig,
-              logits_adjust: LogitsAdjust | None = None, **decoding: Any) -> LMPolicy:
+              logits_adjust: LogitsAdjust | None = None, value_lm: nn.Module | None = None,
+              **decoding: Any) -> LMPolicy:
     """The evaluation policy of a run: ancestral sampling (or greedy) from the LM, value-guided
-    by ``logits_adjust`` for MC/ILQL (§3.5). ``decoding`` overrides the run's settings."""
+    by ``logits_adjust`` for MC/ILQL (§3.5). With a separate value trunk ``value_lm`` the
+    heads read its hidden states (:class:`~lmrlgym.models.dual.DualLM`) while ``lm`` gives the
+    logits. ``decoding`` overrides the run's settings."""
     settings = dict(context_turns=context_fn(config.task),
                     max_context_tokens=config.max_context_tokens,
                     max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                     greedy=config.greedy, decode=config.decode,
                     rerank_score=config.rerank_score, name=config_algo(config))
-    return LMPolicy(lm, tokenizer, logits_adjust=logits_adjust, **{**settings, **decoding})
+    model = lm if value_lm is None else DualLM(lm, value_lm)
+    return LMPolicy(model, tokenizer, logits_adjust=logits_adjust, **{**settings, **decoding})
 

@@ -3,7 +3,8 @@ rename), so a kill at any moment leaves the previous one intact.
 
 ``checkpoints/step_<N>/``: every trained module's weights (safetensors), the optimizer and
 RNG states and the loop's own counters (``meta.json``), for an exact ``--resume``. The export
-(``model/``, ``tokenizer/``, ``heads.safetensors``) is what ``load_policy`` reads.
+(``model/``, ``tokenizer/``, ``heads.safetensors``; ``value_model/`` for a separate value
+trunk) is what ``load_policy`` reads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lmrlgym.algos import distributed
-from lmrlgym.algos.rundir import CKPT_DIR, HEADS_FILE, LATEST, MODEL_DIR
+from lmrlgym.algos.rundir import CKPT_DIR, HEADS_FILE, LATEST, MODEL_DIR, VALUE_MODEL_DIR
 from lmrlgym.data.io import write_json
 
 
@@ -107,30 +108,23 @@ def load_checkpoint(
     return json.loads((path / "meta.json").read_text())
 
 
-def export_lm(lm: nn.Module, tokenizer: Any, run_dir: Path, heads: dict[str, nn.Module] | None = None) -> None:
-    """Write ``model/`` (Hugging Face ``save_pretrained``), and the heads' weights, atomically.
-    A LoRA model writes its frozen base there and the adapter in ``model/adapter/`` (PEFT
-    format). Rank 0 only under torchrun/accelerate."""
+def export_lm(lm: nn.Module, tokenizer: Any, run_dir: Path, heads: dict[str, nn.Module] | None = None,
+              value_lm: nn.Module | None = None) -> None:
+    """Write ``model/`` (Hugging Face ``save_pretrained``), the heads' weights and, for a
+    separate value trunk, ``value_model/`` (laid out as ``model/``), each atomically. A LoRA
+    model writes its frozen base there and the adapter in ``model/adapter/`` (PEFT format).
+    Rank 0 only under torchrun/accelerate."""
     from safetensors.torch import save_file
-    from transformers.utils import logging as hf_logging
-
-    from lmrlgym.models import lora
 
     # Under FSDP every rank gathers the full weights (collectives); rank 0 writes them.
-    state = distributed.full_state_dict(lm)
+    # model/ last: load_policy takes it as the sign of a finished export.
+    models = {**({VALUE_MODEL_DIR: value_lm} if value_lm is not None else {}), MODEL_DIR: lm}
+    states = {name: distributed.full_state_dict(model) for name, model in models.items()}
     head_states = {name: distributed.full_state_dict(head) for name, head in (heads or {}).items()}
     if not distributed.is_main():
         return
-    hf_logging.disable_progress_bar()  # progress bars belong to the CLI layer
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model."))
-    if lora.is_lora(lm):
-        lora.save_pretrained(lm, tmp)
-    else:
-        lm.save_pretrained(str(tmp), state_dict=state)
-    tokenizer.save_pretrained(str(tmp))
-    if (run_dir / MODEL_DIR).exists():
-        shutil.rmtree(run_dir / MODEL_DIR)
-    os.replace(tmp, run_dir / MODEL_DIR)
+    for name, model in models.items():
+        save_model_dir(model, states[name], tokenizer, run_dir / name)
     if heads:
         state = {f"{name}.{k}": v.detach().contiguous() for name, head_state in head_states.items()
                  for k, v in head_state.items()}
@@ -138,6 +132,25 @@ def export_lm(lm: nn.Module, tokenizer: Any, run_dir: Path, heads: dict[str, nn.
         os.close(fd)
         save_file(state, tmp_file)
         os.replace(tmp_file, run_dir / HEADS_FILE)
+
+
+def save_model_dir(model: nn.Module, state: dict[str, Tensor], tokenizer: Any, path: Path) -> None:
+    """``model`` with ``state`` as its weights, and ``tokenizer``, in the directory ``path``
+    (replaced atomically: written beside it, then renamed)."""
+    from transformers.utils import logging as hf_logging
+
+    from lmrlgym.models import lora
+
+    hf_logging.disable_progress_bar()  # progress bars belong to the CLI layer
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    if lora.is_lora(model):
+        lora.save_pretrained(model, tmp)
+    else:
+        model.save_pretrained(str(tmp), state_dict=state)
+    tokenizer.save_pretrained(str(tmp))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def load_heads(run_dir: Path, heads: nn.ModuleDict) -> nn.ModuleDict:

@@ -119,6 +119,37 @@ class TrainConfig:
                              "has no gradients or optimizer state to shard); use ddp")
 
 
+@dataclasses.dataclass(frozen=True)
+class ValueGuidedConfig(TrainConfig):
+    """Settings of the value-guided methods (MC Returns, ILQL): where the value heads read
+    their hidden states, and the BC term that the shared layout needs (docs/algorithms.md §2.3)."""
+
+    value_model: Literal["shared", "separate"] = "shared"
+    """``shared``: one trunk carries the LM head and the value heads (default; half the memory,
+    one forward pass per decoded token). ``separate``: the original's layout: the value heads
+    read their own trunk, a copy of the initial (``init_from``) model that only the value
+    losses train, and the policy's logits come from a frozen copy of that model."""
+    bc_weight: float | None = None
+    """Weight of the BC term that keeps the shared LM head ≈ π_β (ours, §2.3). Default (None):
+    1.0 in shared mode, 0 in separate mode, where π_β is frozen (a positive weight is an error)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bc_weight is not None and self.bc_weight < 0:
+            raise ValueError(f"--bc-weight must be non-negative, got {self.bc_weight}")
+        if self.value_model == "separate" and self.bc_weight:
+            raise ValueError(f"--bc-weight {self.bc_weight} with --value-model separate: the "
+                             "policy is a frozen copy of the initial model, so there is no LM "
+                             "head to train; leave --bc-weight unset (0 there) or pass 0")
+
+    @property
+    def bc_term(self) -> float:
+        """The BC term's weight in effect: ``bc_weight``, or its layout's default."""
+        if self.bc_weight is not None:
+            return self.bc_weight
+        return 1.0 if self.value_model == "shared" else 0.0
+
+
 def config_algo(config: TrainConfig) -> str:
     """The method name of a config (its class's ``ALGO``), e.g. ``"ilql"``."""
     return type(config).ALGO

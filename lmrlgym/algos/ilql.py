@@ -7,10 +7,11 @@ Learning"; settings from Abdulhai et al. 2023, LMRL-Gym, Table 3. Mirrors the or
 (docs/algorithms.md §3.4, decoding §3.5).
 
 Deviations from the original (docs/deviations.md):
-1. Shared layout: one trunk with LM, Q1, Q2 and V heads, an EMA target of the trunk and the
-   Q heads, and a BC term (``bc_weight``) that keeps the LM head ≈ π_β, instead of separate
-   value and target trunks plus a frozen BC copy (the original's "separate" layout of §2.3 is
-   not offered yet).
+1. Shared layout by default: one trunk with LM, Q1, Q2 and V heads, an EMA target of the
+   trunk and the Q heads, and a BC term (``bc_weight``) that keeps the LM head ≈ π_β.
+   ``value_model="separate"`` gives the original's layout (§2.3): Q1, Q2 and V on their own
+   trunk (a copy of the ``init_from`` model, the only trunk trained), a Polyak target of that
+   trunk and of the Q heads, and π_β from a frozen copy of the model, with no BC term.
 2. No duplicated final step: the last real transition of a terminated episode bootstraps from 0
    (the original bootstrapped it from V(s_T), §1.8); next states are found by gathers, not
    O(N²) one-hot pairings; no dialogue is truncated on the right (§1.4).
@@ -41,10 +42,11 @@ from lmrlgym.algos.backbone import (
     hidden_states,
     last_token_states,
     lm_policy,
+    value_trunk,
 )
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.checkpoint import export_lm
-from lmrlgym.algos.config import TrainConfig
+from lmrlgym.algos.config import ValueGuidedConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.rl import next_state_value, polyak_update, step_discount, step_mean, step_view
@@ -55,8 +57,10 @@ from lmrlgym.models.render import Batch
 
 
 @dataclasses.dataclass(frozen=True)
-class ILQLConfig(TrainConfig):
-    """ILQL (docs/algorithms.md §3.4). Defaults: paper Table 3, Maze column."""
+class ILQLConfig(ValueGuidedConfig):
+    """ILQL (docs/algorithms.md §3.4). Defaults: paper Table 3, Maze column; the model layout
+    (``value_model``, shared or the original's separate value trunk) and ``bc_weight`` as in
+    ``ValueGuidedConfig`` (§2.3)."""
 
     ALGO: ClassVar[str] = "ilql"
 
@@ -74,13 +78,11 @@ class ILQLConfig(TrainConfig):
     """Expectile of the V regression (paper Table 3, Maze: 0.99; else 0.7)."""
     cql_weight: float = 0.5
     """Weight of the conservative CE term on both Qs (paper Table 3, Maze: 0.5)."""
-    bc_weight: float = 1.0
-    """Weight of the BC term that keeps the shared LM head ≈ π_β (ours, §2.3: the shared layout has no frozen π_β copy)."""
     polyak_alpha: float = 0.005
     """Target update ``θ̄ ← (1 − α) θ̄ + α θ`` after each optimizer step (paper and original)."""
     target_trunk: bool = True
-    """Keep an EMA copy of the trunk for the target Qs; False: target heads read the online
-    hidden states under no_grad (§2.3)."""
+    """Keep an EMA copy of the trunk (the value trunk in separate mode) for the target Qs;
+    False: target heads read the online hidden states under no_grad (§2.3)."""
     head: Literal["mlp", "linear"] = "mlp"
     """Q/V head type (original: MLP for ILQL; §2.2)."""
     head_bias: float = 0.0
@@ -113,7 +115,7 @@ def ilql_loss(
     q1: Tensor, q2: Tensor, tq1: Tensor, tq2: Tensor, v: Tensor, v_boot: Tensor,
     lm_logits: Tensor | None, batch: Batch, cfg: ILQLConfig,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``L = L_Q + L_V + cql_weight · L_CQL + bc_weight · L_BC`` (§3.4).
+    """``L = L_Q + L_V + cql_weight · L_CQL + bc_weight · L_BC`` (§3.4; ``cfg.bc_term``).
 
     ``q1, q2``: (n, V) online Q heads at the action steps; ``tq1, tq2``: (n, V) target heads
     there (no grad); ``v``: (B, T) V head on the online hidden states; ``v_boot``: (B,) V after
@@ -144,9 +146,9 @@ def ilql_loss(
         "train/reward_mean": step_mean(r[act].float()),
         "train/advantage_mean": step_mean(tq_a - v_a),
     }
-    if cfg.bc_weight > 0:
+    if cfg.bc_term > 0:
         bc, _ = bc_loss(lm_logits, batch)
-        loss = loss + cfg.bc_weight * bc
+        loss = loss + cfg.bc_term * bc
         metrics["train/bc_loss"] = bc
     return loss, {"train/loss": loss, **metrics}
 
@@ -158,24 +160,27 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with next-state links (§1.3).
     data = prepare_data(config, run_dir, config.gamma, config.discount_mode,
                                config.truncation_is_terminal)
-    # Model: one trunk with LM, Q1, Q2 and V heads, plus EMA targets; dropout off (§2.3, §2.4).
+    # Model: Q1, Q2 and V heads on a trunk, plus EMA targets; dropout off (§2.3, §2.4). Shared:
+    # the trunk is the LM's. Separate: the heads' own trunk; the LM is the frozen π_β.
     lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
     disable_dropout(lm)
+    trunk = value_trunk(lm, config)
     lm_head = lm.get_output_embeddings()
     d = lm_head.in_features
     heads = make_heads(config, d, data.n_vocab).to(config.device)
     # Targets start as exact copies; the V head has no target (§2.4).
     target = nn.ModuleDict({"q1": copy.deepcopy(heads["q1"]), "q2": copy.deepcopy(heads["q2"])})
     if config.target_trunk:
-        target["trunk"] = copy.deepcopy(lm)
+        target["trunk"] = copy.deepcopy(trunk)
     target.requires_grad_(False)
-    modules = {"lm": lm, "heads": heads, "target": target}
-    optimizer = make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
+    value_lm = None if trunk is lm else trunk  # the separate layout's own trunk (None: shared)
+    modules = {"lm" if value_lm is None else "value_lm": trunk, "heads": heads, "target": target}
+    optimizer = make_optimizer([*trunk.parameters(), *heads.parameters()], config.lr,
                                       config.weight_decay)
 
     def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h_all = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h_all = hidden_states(trunk, batch.input_ids, batch.attention_mask)  # (B, T, d)
         h = h_all[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
         v = heads["v"](h_all)  # (B, T)
         with torch.no_grad():
@@ -185,20 +190,20 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
             else:
                 th = h  # target heads read the online hidden states (§2.3)
             tq1, tq2 = target["q1"](th), target["q2"](th)  # (n, V) each
-            v_boot = bootstrap_values(lm, heads["v"], batch, v)  # (B,)
-        lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_weight > 0 else None  # (n, V)
+            v_boot = bootstrap_values(trunk, heads["v"], batch, v)  # (B,)
+        lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_term > 0 else None  # (n, V)
         return ilql_loss(heads["q1"](h), heads["q2"](h), tq1, tq2, v, v_boot, lm_logits, batch,
                          config)
 
     def make_policy() -> LMPolicy:
-        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta))
+        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta), value_lm)
 
     def export(run_dir: Path) -> None:
-        export_lm(lm, data.tokenizer, run_dir, dict(heads))
+        export_lm(lm, data.tokenizer, run_dir, dict(heads), value_lm)
 
     loop = Loop(config, run_dir, data, modules, optimizer, checkpoint,
                 validate=lambda batch: forward(batch)[1], make_policy=make_policy,
-                value_readout=lambda: (lm, value_readout(heads)),
+                value_readout=lambda: (trunk, value_readout(heads)),
                 export=export, progress=progress)
     for step in loop.steps():  # resumes after the last checkpoint
         for batch in loop.microbatches(step):  # grad_accum microbatches of this step
@@ -209,9 +214,9 @@ def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None 
         for name in ("q1", "q2"):
             polyak_update(target[name], heads[name], config.polyak_alpha)
         if config.target_trunk:
-            polyak_update(target["trunk"], lm, config.polyak_alpha)
+            polyak_update(target["trunk"], trunk, config.polyak_alpha)
         loop.end_step(step)  # log, validate/evaluate, checkpoint
-    return loop.finish()  # export model/ + tokenizer/ + heads for load_policy
+    return loop.finish()  # export model/ (+ value_model/) + tokenizer/ + heads for load_policy
 
 
 @torch.no_grad()

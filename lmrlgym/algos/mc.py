@@ -6,9 +6,10 @@ improvement over the behaviour policy. Mirrors the original's ``llm_rl_scripts/*
 (docs/algorithms.md §3.3, decoding §3.5).
 
 Deviations from the original (docs/deviations.md):
-1. Shared layout: one trunk with the LM head and the Q head; a BC term (``bc_weight``) keeps
-   the LM head ≈ π_β, instead of a Q trunk and a frozen BC copy (the original's "separate"
-   layout of §2.3 is not offered yet).
+1. Shared layout by default: one trunk with the LM head and the Q head; a BC term
+   (``bc_weight``) keeps the LM head ≈ π_β. ``value_model="separate"`` gives the original's
+   layout (§2.3): the Q head on its own trunk (a copy of the ``init_from`` model, the only
+   trunk trained) and π_β from a frozen copy of the model, with no BC term.
 2. Returns are computed once per episode over all its action turns, with no duplicated final
    step (the original counted the terminal reward twice on Maze/Chess, §1.8), and no dialogue
    is truncated on the right (§1.4).
@@ -29,10 +30,10 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from lmrlgym.algos import presets
-from lmrlgym.algos.backbone import build_lm, disable_dropout, hidden_states, lm_policy
+from lmrlgym.algos.backbone import build_lm, disable_dropout, hidden_states, lm_policy, value_trunk
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.checkpoint import export_lm
-from lmrlgym.algos.config import TrainConfig
+from lmrlgym.algos.config import ValueGuidedConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.rl import step_mean, step_view
@@ -43,8 +44,10 @@ from lmrlgym.models.render import Batch
 
 
 @dataclasses.dataclass(frozen=True)
-class MCConfig(TrainConfig):
-    """MC Returns (docs/algorithms.md §3.3). Defaults: paper Table 3, Maze column."""
+class MCConfig(ValueGuidedConfig):
+    """MC Returns (docs/algorithms.md §3.3). Defaults: paper Table 3, Maze column; the model layout
+    (``value_model``, shared or the original's separate value trunk) and ``bc_weight`` as in
+    ``ValueGuidedConfig`` (§2.3)."""
 
     ALGO: ClassVar[str] = "mc"
 
@@ -60,8 +63,6 @@ class MCConfig(TrainConfig):
     """Decoding weight of Q in ``π_β · exp(β Q)`` (paper Table 3, Maze: 16)."""
     cql_weight: float = 0.5
     """Weight of the conservative CE term (paper Table 3, Maze: 0.5)."""
-    bc_weight: float = 1.0
-    """Weight of the BC term that keeps the shared LM head ≈ π_β (ours, §2.3: the shared layout has no frozen π_β copy)."""
     head: Literal["mlp", "linear"] = "mlp"
     """Q head type (original: MLP on Maze/Chess/Endgames, linear elsewhere; §2.2)."""
     head_bias: float = 0.0
@@ -89,10 +90,10 @@ def preset(task: str, **overrides: Any) -> MCConfig:
 
 
 def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Batch, cfg: MCConfig) -> tuple[Tensor, dict[str, Tensor]]:
-    """``L = L_Q + cql_weight · L_CQL + bc_weight · L_BC`` (§3.3).
+    """``L = L_Q + cql_weight · L_CQL + bc_weight · L_BC`` (§3.3; ``cfg.bc_term``).
 
     ``q``: (n, V) Q head at the action steps; ``lm_logits``: (n, V) LM logits there (used when
-    ``bc_weight > 0``). ``batch.returns`` holds each action token's return-to-go ``G_i``.
+    ``cfg.bc_term > 0``). ``batch.returns`` holds each action token's return-to-go ``G_i``.
     """
     act, a, _, _ = step_view(batch)  # (B, S)
     a = a[act]  # (n,) the taken tokens
@@ -105,9 +106,9 @@ def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Batch, cfg: MCConfig) ->
     loss = q_loss + cfg.cql_weight * cql
     metrics = {"train/q_loss": q_loss, "train/cql_loss": cql, "train/q_mean": step_mean(q_a),
                "train/return_mean": step_mean(g), "train/q_abs_err": step_mean((q_a - g).abs())}
-    if cfg.bc_weight > 0:
+    if cfg.bc_term > 0:
         bc, _ = bc_loss(lm_logits, batch)
-        loss = loss + cfg.bc_weight * bc
+        loss = loss + cfg.bc_term * bc
         metrics["train/bc_loss"] = bc
     return loss, {"train/loss": loss, **metrics}
 
@@ -118,32 +119,35 @@ def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = 
     set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with returns-to-go (§1.3).
     data = prepare_data(config, run_dir, config.gamma, config.discount_mode)
-    # Model: one trunk with the LM head and a Q head; dropout off (§2.3, §2.4).
+    # Model: a Q head on a trunk; dropout off (§2.3, §2.4). Shared: the trunk is the LM's.
+    # Separate: the head's own trunk; the LM is the frozen π_β.
     lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
     disable_dropout(lm)
+    trunk = value_trunk(lm, config)
     lm_head = lm.get_output_embeddings()
     heads = make_heads(config, lm_head.in_features, data.n_vocab).to(config.device)
     q_head = heads["q"]
-    modules = {"lm": lm, "q": q_head}
-    optimizer = make_optimizer([*lm.parameters(), *heads.parameters()], config.lr,
+    value_lm = None if trunk is lm else trunk  # the separate layout's own trunk (None: shared)
+    modules = {"lm" if value_lm is None else "value_lm": trunk, "q": q_head}
+    optimizer = make_optimizer([*trunk.parameters(), *heads.parameters()], config.lr,
                                       config.weight_decay)
 
     def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h = hidden_states(trunk, batch.input_ids, batch.attention_mask)  # (B, T, d)
         h = h[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
-        lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_weight > 0 else None  # (n, V)
+        lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_term > 0 else None  # (n, V)
         return mc_loss(q_head(h), lm_logits, batch, config)
 
     def make_policy() -> LMPolicy:
-        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta))
+        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta), value_lm)
 
     def export(run_dir: Path) -> None:
-        export_lm(lm, data.tokenizer, run_dir, dict(heads))
+        export_lm(lm, data.tokenizer, run_dir, dict(heads), value_lm)
 
     loop = Loop(config, run_dir, data, modules, optimizer, checkpoint,
                 validate=lambda batch: forward(batch)[1], make_policy=make_policy,
-                value_readout=lambda: (lm, value_readout(heads)),
+                value_readout=lambda: (trunk, value_readout(heads)),
                 export=export, progress=progress)
     for step in loop.steps():  # resumes after the last checkpoint
         for batch in loop.microbatches(step):  # grad_accum microbatches of this step
@@ -151,7 +155,7 @@ def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = 
             loop.backward(loss, metrics, batch)
         loop.optimizer_step(step)  # learning rate, gradient clipping, AdamW step
         loop.end_step(step)  # log, validate/evaluate, checkpoint
-    return loop.finish()  # export model/ + tokenizer/ + heads for load_policy
+    return loop.finish()  # export model/ (+ value_model/) + tokenizer/ + heads for load_policy
 
 
 def make_heads(config: MCConfig, d: int, n_vocab: int) -> nn.ModuleDict:

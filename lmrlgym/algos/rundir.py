@@ -1,5 +1,5 @@
 """The run directory's layout (DESIGN "Run directory"): where a run keeps its config, exported
-model, tokenizer, heads and checkpoints, and how a new one is named. Reading it needs no
+model (and separate value trunk), tokenizer, heads and checkpoints, and how a new one is named. Reading it needs no
 torch, so ``lmrlgym.algos`` exposes it cheaply."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from lmrlgym.algos.config import TrainConfig, config_algo
 
 CONFIG_FILE = "config.json"  # the resolved config, with its "algo"
 MODEL_DIR = "model"  # the exported LM (Hugging Face save_pretrained; LoRA: + adapter/)
+VALUE_MODEL_DIR = "value_model"  # value_model="separate": the value trunk, laid out as model/
 TOKENIZER_DIR = "tokenizer"
 HEADS_FILE = "heads.safetensors"  # the exported value heads, keys "<head>.<param>"
 CKPT_DIR = "checkpoints"  # step_<N>/ directories

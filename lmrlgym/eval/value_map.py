@@ -195,7 +195,7 @@ def diagnose_values_main(run: Path, task: str | None = None, out: Path | None = 
         raise ValueError(f"{run}: a {config.ALGO} run has no value heads; the value map needs "
                          "an MC or ILQL run")
     task = task or config.task
-    vm = maze_value_map(policy.model, policy.tokenizer, readout, task)
+    vm = maze_value_map(policy.value_trunk, policy.tokenizer, readout, task)
     path = plot_value_map(vm, out or Path(run) / "value_map.png",
                           f"{task}: {config.ALGO} run {Path(run).name}")
     print(f"{task} {config.ALGO}: Spearman ρ(V, optimal value) = {vm.rank_corr:.3f} over "

@@ -52,6 +52,7 @@ from lmrlgym.models.action_sets import (
     choose,
     token_scores,
 )
+from lmrlgym.models.dual import DualCache
 from lmrlgym.models.render import ContextFn, TokenCache, prompt_ids
 from lmrlgym.models.tokenizer import newline_id
 
@@ -461,7 +462,10 @@ def _candidate_chunks(sizes: list[int], limit: int) -> list[list[tuple[int, int,
 def _select_rows(cache: Any, rows: Tensor) -> Any:
     """A copy of a KV cache holding its batch entries ``rows`` (repeats allowed), the original
     left intact. Per-layer ``index_select`` is several times faster on CPU than the advanced
-    indexing of ``Cache.batch_select_indices``."""
+    indexing of ``Cache.batch_select_indices``. A separate-layout model's two caches
+    (:class:`~lmrlgym.models.dual.DualCache`) are selected together."""
+    if isinstance(cache, DualCache):
+        return DualCache(_select_rows(cache.policy, rows), _select_rows(cache.value, rows))
     out = copy.copy(cache)
     out.layers = [copy.copy(layer) for layer in cache.layers]
     for layer in out.layers:
