@@ -507,7 +507,7 @@ class PPOMethod(online.OnlineMethod):
         bc = bc_step_loss(self.lm, bc_batch, self.model.n_vocab)
         bc, bc_metrics, _ = self.bc_batches.parallel.weigh(bc, {"train/bc_loss": bc},
                                                            bc_batch.n_action_tokens, 0)
-        return self.config.bc_weight * bc / n_parts, bc_metrics
+        return self.config.bc_weight * bc / n_parts, {"train/bc_loss": bc_metrics["train/bc_loss"]}
 
     def end_round(self, prepared: online.Round, rollouts: list[online.Rollout]) -> None:
         """The KL controller, stepping with the round's episode count (§3.6)."""

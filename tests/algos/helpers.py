@@ -28,12 +28,13 @@ def maze_dataset(path: Path, n: int, policy: str, seed: int = 1_000_000) -> str:
     return str(path)
 
 
-def spy_on(original, spy, set_attr=setattr) -> None:
-    """Replace the function ``original`` by ``spy`` in every loaded ``lmrlgym.algos`` module
-    that holds it (the methods import their plumbing by name); ``set_attr``: e.g.
-    ``monkeypatch.setattr``, to undo it after the test."""
+def spy_on(home, name: str, spy, set_attr=setattr) -> None:
+    """Replace function ``name`` of module ``home`` by ``spy`` there and in every loaded
+    ``lmrlgym.algos`` module that imported it (the methods import their plumbing by name);
+    ``set_attr``: e.g. ``monkeypatch.setattr``, to undo it after the test."""
     import sys
 
-    for name, module in list(sys.modules.items()):
-        if name.startswith("lmrlgym.algos") and getattr(module, original.__name__, None) is original:
-            set_attr(module, original.__name__, spy)
+    current = getattr(home, name)
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("lmrlgym.algos") and getattr(module, name, None) is current:
+            set_attr(module, name, spy)

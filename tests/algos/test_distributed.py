@@ -65,7 +65,7 @@ DRIVER = textwrap.dedent('''
 
     for name in ALGORITHMS:
         algorithm(name)  # imported before the spy replaces make_optimizer in each
-    spy_on(make_optimizer, spy)
+    spy_on(loop, "make_optimizer", spy)
     if mode != "ok":  # rank 1 dies (or hangs) in its third optimizer step, after two checkpoints
         optimizer_step = loop.Loop.optimizer_step
 
@@ -190,7 +190,7 @@ def single_process(module, kwargs, monkeypatch, task="Maze-FO-v0"):
         captured["params"] = list(params)
         return make_optimizer(captured["params"], *args, **kw)
 
-    spy_on(make_optimizer, spy, monkeypatch.setattr)
+    spy_on(loop, "make_optimizer", spy, monkeypatch.setattr)
     run_dir = module.train(module.preset(task, **kwargs))
     return run_dir, [p.detach() for p in captured["params"]]
 

@@ -45,7 +45,7 @@ def test_three_steps_change_every_trainable_parameter(algo, assets, tmp_path, mo
         captured["before"] = [p.detach().clone() for p in captured["params"]]
         return make_optimizer(captured["params"], *args, **kw)
 
-    spy_on(make_optimizer, spy, monkeypatch.setattr)
+    spy_on(loop, "make_optimizer", spy, monkeypatch.setattr)
     run_dir = MODULES[algo].train(config(MODULES[algo], assets, tmp_path / "run", max_steps=3))
     unchanged = [i for i, (p, b) in enumerate(zip(captured["params"], captured["before"], strict=True))
                  if torch.equal(p.detach(), b)]

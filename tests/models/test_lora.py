@@ -79,8 +79,8 @@ def train_capturing_lm(module, assets, out, monkeypatch, **kw):
         seen["params_before"] = [p.detach().clone() for p in seen["params"]]
         return make_optimizer(seen["params"], *args, **kwargs)
 
-    spy_on(build_lm, spy_build, monkeypatch.setattr)
-    spy_on(make_optimizer, spy_optimizer, monkeypatch.setattr)
+    spy_on(backbone, "build_lm", spy_build, monkeypatch.setattr)
+    spy_on(loop, "make_optimizer", spy_optimizer, monkeypatch.setattr)
     config = module.preset("Maze-FO-v0", data=assets["data"], out=str(out), model=assets["model"],
                            vocab_size=300, batch_size=8, max_steps=3, log_every=1,
                            tensorboard=False, lr=1e-2, lora="r=4,alpha=8,targets=c_attn|c_proj", **kw)
