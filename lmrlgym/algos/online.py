@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import torch
 import tyro
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
@@ -57,6 +59,7 @@ from lmrlgym.algos.loop import (
 from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
 from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
 from lmrlgym.core import Episode, TextEnv, Turn
+from lmrlgym.data.io import episode_from_json
 from lmrlgym.eval.evaluate import evaluate
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import (
@@ -187,15 +190,24 @@ def collect_rollouts(
     return out
 
 
+def group_seeds(seed: int, rnd: int, n: int, group_size: int = 1) -> list[int]:
+    """The env seeds of round ``rnd``: ``n / group_size`` start states, each repeated
+    ``group_size`` times in a row (a group: the same seed, so the same reset)."""
+    if n % group_size:
+        raise ValueError(f"{n} rollouts do not split into groups of {group_size}")
+    return [s for s in rollout_seeds(seed, rnd, n // group_size) for _ in range(group_size)]
+
+
 def collect_round(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: OnlineConfig,
-                  rnd: int) -> list[Rollout]:
-    """The ``rollouts_per_round`` episodes of round ``rnd``, in seed order, on every rank.
+                  rnd: int, group_size: int = 1) -> list[Rollout]:
+    """The ``rollouts_per_round`` episodes of round ``rnd``, in seed order, on every rank;
+    with ``group_size`` K, rollouts ``gK .. gK + K − 1`` share a start state (group ``g``).
 
     Under torchrun/accelerate rank ``r`` plays batches ``r, r + W, ...`` of the round and the
     ranks all-gather the results, so the list equals a single process's (the sampled ids and
     episodes exactly; the other ranks' rollouts arrive without ``prompts``, which training
     does not read)."""
-    seeds = rollout_seeds(config.seed, rnd, config.rollouts_per_round)
+    seeds = group_seeds(config.seed, rnd, config.rollouts_per_round, group_size)
     size = config.rollout_batch_size
     n_batches = math.ceil(len(seeds) / size)
     world = distributed.world()
@@ -279,6 +291,39 @@ def render_rollouts(
     return segments
 
 
+REPLAY_FILE = "replay.jsonl"
+
+
+def append_replay(run_dir: Path, rnd: int, rollouts: Sequence[Rollout]) -> None:
+    """Append round ``rnd``'s episodes (with their sampled ids) to the run's replay file, so
+    ``--resume`` rebuilds a replay buffer exactly (online filtered BC's kept episodes,
+    ArCHer's transitions)."""
+    if not distributed.is_main():  # under torchrun every rank holds the round's episodes
+        return
+    with open(run_dir / REPLAY_FILE, "a", encoding="utf-8") as f:
+        for r in rollouts:
+            f.write(json.dumps({"round": rnd, "episode": r.episode.to_json(),
+                                "action_ids": r.action_ids}) + "\n")
+
+
+def load_replay(run_dir: Path, start: int) -> list[Rollout]:
+    """The replay buffer of the rounds before ``start`` (later lines came after the last
+    checkpoint and are dropped from the file, as they will be collected again)."""
+    path = run_dir / REPLAY_FILE
+    if not path.exists():
+        return []
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+             if json.loads(ln)["round"] < start]
+    if distributed.is_main():
+        path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    out = []
+    for k, ln in enumerate(lines):
+        rec = json.loads(ln)
+        ep = episode_from_json(rec["episode"], f"{path}:{k + 1}")
+        out.append(Rollout(ep, rec["action_ids"], [], [], []))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # The online loop: rounds of collect -> prepare -> token-weighted updates -> log/eval/checkpoint
 # --------------------------------------------------------------------------------------------
@@ -299,7 +344,8 @@ class OnlineMethod(abc.ABC):
     (rounds, the optimizer and its steps, logging, evaluation, checkpoints, exact resume).
 
     A method sets ``modules`` (the trained modules, by checkpoint file name) and may set
-    ``export_heads`` (heads exported beside ``model/``). It turns a round's episodes into rows
+    ``export_heads`` (heads exported beside ``model/``) and ``optimizers`` (optimizers it
+    steps itself, e.g. in ``prepare``, checkpointed with the loop's). It turns a round's episodes into rows
     with per-token targets (``prepare``) and gives the loss of a microbatch (``loss``); it may
     collect differently (``collect``, e.g. K rollouts per start state), add a term to every
     microbatch (``extra_loss``), update state after the round (``end_round``) and keep
@@ -308,6 +354,7 @@ class OnlineMethod(abc.ABC):
 
     modules: dict[str, nn.Module]
     export_heads: dict[str, nn.Module] = {}
+    optimizers: dict[str, torch.optim.Optimizer] = {}
 
     @abc.abstractmethod
     def parameters(self) -> Iterable[nn.Parameter]:
@@ -315,7 +362,8 @@ class OnlineMethod(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, loop: OnlineLoop, rnd: int, rollouts: list[Rollout]) -> Round:
-        """Rows, per-row targets and ``train/*`` metrics of round ``rnd`` (no gradients)."""
+        """Rows, per-row targets and ``train/*`` metrics of round ``rnd`` (no gradients of
+        the loop's parameters; a method may step its own ``optimizers`` here)."""
 
     @abc.abstractmethod
     def loss(self, batch: Batch, rows: Sequence[int], prepared: Round) -> tuple[Tensor, dict[str, Tensor]]:
@@ -429,7 +477,7 @@ class OnlineLoop:
         self.start, self.n_steps = 0, 0
         meta = None
         if checkpoint is not None:
-            meta = load_checkpoint(checkpoint, method.modules, self.optimizer)
+            meta = load_checkpoint(checkpoint, method.modules, self.optimizer, method.optimizers)
             self.start, self.n_steps = meta["step"], meta["optimizer_steps"]
             self.logger.truncate_after(self.start)
         # Identity in one process; under torchrun: rank 0's weights, row shards, global metrics.
@@ -484,7 +532,7 @@ class OnlineLoop:
         if done % config.save_every == 0 or last:
             save_checkpoint(self.run_dir, done, method.modules, self.optimizer,
                             {**method.state(), "optimizer_steps": self.n_steps},
-                            config.keep_checkpoints)
+                            config.keep_checkpoints, method.optimizers)
         if self.progress is not None:
             self.progress(done, config.n_rounds, metrics)
 
