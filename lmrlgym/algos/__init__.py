@@ -63,6 +63,7 @@ ALGORITHMS: dict[str, str] = {
     "ppo": "lmrlgym.algos.ppo",
     "online_filtered_bc": "lmrlgym.algos.online_filtered_bc",
     "grpo": "lmrlgym.algos.grpo",
+    "rloo": "lmrlgym.algos.rloo",
 }
 
 
