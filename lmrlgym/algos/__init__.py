@@ -64,6 +64,7 @@ ALGORITHMS: dict[str, str] = {
     "online_filtered_bc": "lmrlgym.algos.online_filtered_bc",
     "grpo": "lmrlgym.algos.grpo",
     "rloo": "lmrlgym.algos.rloo",
+    "gigpo": "lmrlgym.algos.gigpo",
 }
 
 
