@@ -65,6 +65,7 @@ ALGORITHMS: dict[str, str] = {
     "grpo": "lmrlgym.algos.grpo",
     "rloo": "lmrlgym.algos.rloo",
     "gigpo": "lmrlgym.algos.gigpo",
+    "archer": "lmrlgym.algos.archer",
 }
 
 
