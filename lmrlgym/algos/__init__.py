@@ -10,8 +10,9 @@ One module per concern; an arrow is "imports":
 
 - ``bc``, ``filtered_bc``, ``mc``, ``ilql``: the offline methods, each a frozen config, its
   paper presets, a pure loss and a ``train()`` around :class:`.loop.Loop`.
-- ``ppo``, ``online_filtered_bc``: the online methods, each a config and a round method run by
-  :func:`.online.run` (rollouts in rounds, §3.6-3.7).
+- ``ppo``, ``online_filtered_bc``, ``grpo``, ``rloo``, ``gigpo``, ``archer``: the online
+  methods, each a config and a round method run by :func:`.online.run` (rollouts in rounds,
+  §3.6-3.8); ``grpo`` also holds the clipped policy-gradient method the last four share.
 - ``rl``: pure tensor math (decision slots, discounting, returns-to-go, GAE, pooled means).
 - ``config`` (``TrainConfig``), ``presets`` (per-task tables), ``rundir`` (file layout),
   ``checkpoint`` (atomic save/load/export), ``metrics`` (logging), ``dataset`` (episodes ->
@@ -64,6 +65,10 @@ ALGORITHMS: dict[str, str] = {
     "ilql": "lmrlgym.algos.ilql",
     "ppo": "lmrlgym.algos.ppo",
     "online_filtered_bc": "lmrlgym.algos.online_filtered_bc",
+    "grpo": "lmrlgym.algos.grpo",
+    "rloo": "lmrlgym.algos.rloo",
+    "gigpo": "lmrlgym.algos.gigpo",
+    "archer": "lmrlgym.algos.archer",
 }
 
 

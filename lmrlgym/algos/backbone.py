@@ -5,6 +5,7 @@ policy of a run (docs/algorithms.md §2.1, §2.3, §3.5)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,21 @@ def hidden_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> T
     """Final hidden states ``h`` (B, T, d), after the final norm: the LM head's input (§2.1).
     ``base_model`` is the trunk of every Hugging Face causal LM (GPT-2's ``transformer``)."""
     return lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def action_logp(lm: nn.Module, h_act: Tensor, a: Tensor, n_vocab: int, banned: Tensor) -> Tensor:
+    """(n, d), (n,) -> (n,): ``log π(a_i | s_i)`` under ``lm``'s head, float32, over the first
+    ``n_vocab`` logits (extra embedding rows sliced off, §1.3) with the ``banned`` ids the
+    sampler never emits masked out, so it is the sampling distribution's log-probability."""
+    logits = lm.get_output_embeddings()(h_act)[:, :n_vocab].float()  # (n, V)
+    if len(banned):
+        logits = logits.index_fill(1, banned, float("-inf"))
+    return logits.log_softmax(-1).gather(-1, a[:, None]).squeeze(-1)
+
+
+def banned_ids(special_ids: Sequence[int], n_vocab: int) -> Tensor:
+    """The special ids below ``n_vocab`` as a sorted long tensor (for :func:`action_logp`)."""
+    return torch.tensor(sorted(i for i in set(special_ids) if i < n_vocab), dtype=torch.long)
 
 
 def last_token_states(lm: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:

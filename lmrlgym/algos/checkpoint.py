@@ -39,11 +39,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(
     run_dir: Path, step: int, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-    extra: dict[str, Any], keep: int,
+    extra: dict[str, Any], keep: int, optimizers: dict[str, torch.optim.Optimizer] | None = None,
 ) -> Path:
     """Write ``checkpoints/step_<N>/`` atomically: build it in a temp dir, rename it, then
     point ``checkpoints/latest`` at it. A kill at any moment leaves the previous one intact.
-    Under torchrun only rank 0 writes (the ranks hold the same weights)."""
+    Under torchrun only rank 0 writes (the ranks hold the same weights). ``optimizers``: a
+    method's own optimizers besides the loop's (ArCHer's critic), by name."""
 
     root = run_dir / CKPT_DIR
     final = root / f"step_{step:08d}"
@@ -57,7 +58,9 @@ def save_checkpoint(
     try:
         for name, state in states.items():
             save_state(state, tmp / f"{name}.safetensors")
-        torch.save({"optimizer": optimizer_state, "rng": rng_state()}, tmp / "state.pt")
+        torch.save({"optimizer": optimizer_state, "rng": rng_state(),
+                    "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()}},
+                   tmp / "state.pt")
         write_json(tmp / "meta.json", {"step": step, **extra})
         if final.exists():
             shutil.rmtree(final)
@@ -94,9 +97,11 @@ def save_state(state: dict[str, Tensor], path: Path) -> None:
 
 
 def load_checkpoint(
-    path: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None
+    path: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
 ) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG states; returns the checkpoint's meta (step, ...)."""
+    """Restore weights, optimizer (and ``optimizers``) and RNG states; returns the
+    checkpoint's meta (step, ...)."""
     from safetensors.torch import load_model
 
     for name, module in modules.items():
@@ -104,6 +109,8 @@ def load_checkpoint(
     state = torch.load(path / "state.pt", weights_only=False)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
+    for name, opt in (optimizers or {}).items():
+        opt.load_state_dict(state["optimizers"][name])
     set_rng_state(state["rng"])
     return json.loads((path / "meta.json").read_text())
 

@@ -31,7 +31,6 @@ step 0, for the initial policy). ``train/return_threshold`` is absent when nothi
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -48,7 +47,6 @@ from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.filtered_bc import select_episodes, selection_metrics
 from lmrlgym.algos.loop import Progress
 from lmrlgym.algos.rl import step_view
-from lmrlgym.data.io import episode_from_json
 from lmrlgym.models.render import Batch, Segment
 
 
@@ -119,38 +117,6 @@ def bc_forward(lm: nn.Module, batch: Batch, n_vocab: int) -> tuple[Tensor, dict[
     return bc_loss(logits, batch)
 
 
-REPLAY_FILE = "replay.jsonl"
-
-
-def append_replay(run_dir: Path, rnd: int, kept: Sequence[online.Rollout]) -> None:
-    """Persist a round's kept episodes with their sampled ids, so ``--resume`` rebuilds the
-    replay buffer exactly."""
-    if not distributed.is_main():  # under torchrun every rank holds the round's episodes
-        return
-    with open(run_dir / REPLAY_FILE, "a", encoding="utf-8") as f:
-        for r in kept:
-            f.write(json.dumps({"round": rnd, "episode": r.episode.to_json(),
-                                "action_ids": r.action_ids}) + "\n")
-
-
-def load_replay(run_dir: Path, start: int) -> list[online.Rollout]:
-    """The replay buffer of the rounds before ``start`` (later lines came after the last
-    checkpoint and are dropped from the file, as they will be collected again)."""
-    path = run_dir / REPLAY_FILE
-    if not path.exists():
-        return []
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-             if json.loads(ln)["round"] < start]
-    if distributed.is_main():
-        path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-    out = []
-    for k, ln in enumerate(lines):
-        rec = json.loads(ln)
-        ep = episode_from_json(rec["episode"], f"{path}:{k + 1}")
-        out.append(online.Rollout(ep, rec["action_ids"], [], [], []))
-    return out
-
-
 class FilteredBCMethod(online.OnlineMethod):
     """Online filtered BC's part of the online loop (:class:`online.OnlineMethod`): keep the
     round's successful (or best) episodes, optionally with every earlier round's, and
@@ -172,7 +138,7 @@ class FilteredBCMethod(online.OnlineMethod):
         self.run_dir = loop.run_dir
         if self.config.replay:
             with distributed.main_first():  # rank 0 trims the file before the others read it
-                self.replay = load_replay(loop.run_dir, loop.start)
+                self.replay = online.load_replay(loop.run_dir, loop.start)
 
     def prepare(self, loop: online.OnlineLoop, rnd: int,
                 rollouts: list[online.Rollout]) -> online.Round:
@@ -185,7 +151,7 @@ class FilteredBCMethod(online.OnlineMethod):
         metrics = {k: v for k, v in selection_metrics([r.episode for r in rollouts], kept_eps).items()
                    if math.isfinite(v)}  # no threshold when nothing was kept
         if config.replay:
-            append_replay(self.run_dir, rnd, kept)
+            online.append_replay(self.run_dir, rnd, kept)
             self.replay += kept
             kept = list(self.replay)
         # Whole episodes as rows (chains for replacing envs), with the sampled ids.

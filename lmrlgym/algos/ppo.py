@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from lmrlgym.algos import distributed, online, presets
-from lmrlgym.algos.backbone import hidden_states
+from lmrlgym.algos.backbone import action_logp, banned_ids, hidden_states
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.dataset import BatchSchedule, context_fn, prepare_data
 from lmrlgym.algos.loop import Progress
@@ -173,20 +173,28 @@ def ppo_loss(logp: Tensor, v: Tensor, tg: StepTargets, cfg: PPOConfig) -> tuple[
     ``logp``: (n,) current ``log π_θ(a_i | s_i)``; ``v``: (n,) current ``V_θ(s_i)``. The BC term
     of ``bc_weight`` is added by the loop on a separate offline minibatch.
     """
-    log_ratio = logp - tg.old_logp  # (n,)
-    ratio = log_ratio.exp()
-    # Clipped surrogate: the pessimistic (larger) of the two losses; once ρ leaves
-    # [1 − ε, 1 + ε] in the direction the advantage favours, the gradient is zero.
-    pg = torch.max(-tg.adv * ratio, -tg.adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
+    pg, ratio_metrics = clipped_surrogate(logp, tg.old_logp, tg.adv, cfg.clip_range)
     pg_loss = step_mean(pg)
     v_clip = tg.old_v + (v - tg.old_v).clamp(-cfg.value_clip_range, cfg.value_clip_range)
     v_loss = 0.5 * step_mean(torch.max((v - tg.ret) ** 2, (v_clip - tg.ret) ** 2))
     loss = pg_loss + cfg.vf_coef * v_loss
+    return loss, {"train/loss": loss, "train/pg_loss": pg_loss, "train/value_loss": v_loss,
+                  **ratio_metrics}
+
+
+def clipped_surrogate(logp: Tensor, old_logp: Tensor, adv: Tensor,
+                      clip_range: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-step ``max(−A ρ, −A clip(ρ, 1 − ε, 1 + ε))``, (n,), and the ratio's
+    ``train/{approx_kl, clip_frac}`` (§3.6; every policy-gradient method uses it)."""
+    log_ratio = logp - old_logp  # (n,)
+    ratio = log_ratio.exp()
+    # The pessimistic (larger) of the two losses; once ρ leaves [1 − ε, 1 + ε] in the
+    # direction the advantage favours, the gradient is zero.
+    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
     with torch.no_grad():
         approx_kl = step_mean((ratio - 1) - log_ratio)  # k3 estimate of KL(old || new)
-        clip_frac = step_mean(((ratio - 1).abs() > cfg.clip_range).float())
-    return loss, {"train/loss": loss, "train/pg_loss": pg_loss, "train/value_loss": v_loss,
-                  "train/approx_kl": approx_kl, "train/clip_frac": clip_frac}
+        clip_frac = step_mean(((ratio - 1).abs() > clip_range).float())
+    return pg, {"train/approx_kl": approx_kl, "train/clip_frac": clip_frac}
 
 
 def kl_coef_update(coef: float, kl_seq: float, n_episodes: int, cfg: PPOConfig) -> float:
@@ -316,15 +324,11 @@ class PPOModel(nn.Module):
         self.value_head = value_head
         self.value_trunk = value_trunk
         self.n_vocab = n_vocab
-        banned_ids = sorted(i for i in set(banned) if i < n_vocab)
-        self.register_buffer("banned", torch.tensor(banned_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("banned", banned_ids(banned, n_vocab), persistent=False)
 
     def action_logp(self, lm: nn.Module, h_act: Tensor, a: Tensor) -> Tensor:
         """(n, d), (n,) -> (n,): ``log π(a_i | s_i)`` of ``lm``'s head (policy or reference)."""
-        logits = lm.get_output_embeddings()(h_act)[:, : self.n_vocab].float()  # (n, V)
-        if len(self.banned):
-            logits = logits.index_fill(1, self.banned, float("-inf"))
-        return logits.log_softmax(-1).gather(-1, a[:, None]).squeeze(-1)
+        return action_logp(lm, h_act, a, self.n_vocab, self.banned)
 
     def step_outputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """``log π(a_i | s_i)`` and ``V(s_i)`` at the batch's ``n`` action steps, both (n,)."""

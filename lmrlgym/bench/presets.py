@@ -4,7 +4,7 @@
   dataset sizes of paper Table 1; evaluation episodes of §4.2). For GPU machines.
 - ``cpu``: tiny GPT-2, fewer rows and steps, higher learning rates and CPU-scale γ/β for the
   tiny model (documented deviations, see ``SMALL_VALUE``), 3 seeds. The README's results table comes from it.
-- ``smoke``: ``make bench``: all six methods, 2 seeds, on Maze-FO and Wordle, plus the behaviour
+- ``smoke``: ``make bench``: the paper's six methods, 2 seeds, on Maze-FO and Wordle, plus the behaviour
   and scripted-optimum references on every other task; minutes on a 2-core CPU.
 
 Per-task hyperparameters come from each algorithm's ``preset(task)`` (paper Table 3: β, γ, τ,
@@ -19,8 +19,11 @@ from typing import Any
 from lmrlgym.envs import TASK_IDS
 from lmrlgym.registry import spec
 
-ALL_METHODS = ("bc", "filtered_bc", "mc", "ilql", "ppo", "online_filtered_bc")
-ONLINE = ("ppo", "online_filtered_bc")
+PAPER_METHODS = ("bc", "filtered_bc", "mc", "ilql", "ppo", "online_filtered_bc")
+# Beyond the paper (docs/algorithms.md §3.8-3.9); every online method starts from BC.
+NEW_ONLINE = ("grpo", "rloo", "gigpo", "archer")
+ALL_METHODS = PAPER_METHODS + NEW_ONLINE
+ONLINE = ("ppo", "online_filtered_bc", *NEW_ONLINE)
 TASKS = TASK_IDS
 
 # The `full` profile's sizes, from each task's registry spec: dataset sizes (paper Table 1),
@@ -64,7 +67,7 @@ class Profile:
     lr_scale: float
     """Multiplies the paper's learning rates (tiny models train with larger steps)."""
     online: dict[str, Any]
-    """PPO / online filtered BC sizes (rounds, rollouts per round)."""
+    """Online methods' sizes (rounds, rollouts per round, group size, critic updates)."""
     extra: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Per-method fields set for every task (e.g. vocabulary size)."""
     task_extra: dict[tuple[str, str], dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -73,13 +76,15 @@ class Profile:
     """Per-task prompt/generation budgets replacing the paper's (small profiles only)."""
     eval_env_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     data_workers: int = 1
+    method_names: tuple[str, ...] = ALL_METHODS
+    """The methods trained on each of ``method_tasks``."""
 
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.method_tasks + self.reference_tasks
 
     def methods(self, task: str) -> tuple[str, ...]:
-        return ALL_METHODS if task in self.method_tasks else ()
+        return self.method_names if task in self.method_tasks else ()
 
     def data_episodes(self, task: str) -> int:
         return self.data[task]
@@ -115,9 +120,33 @@ class Profile:
 # fastest; more epochs or larger steps drift into illegal moves within a few rounds (the
 # paper's Maze collapse). At 3 rounds of 32 rollouts one smoke seed still collapsed; at these
 # sizes both online methods improved on their BC start on 10 of 10 seeds (docs/cpu-scale.md).
-SMALL_ONLINE = {"ppo": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 3e-4,
-                        "epochs_per_round": 1, "batch_size": 64},
-                "online_filtered_bc": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 1e-3}}
+# The methods beyond the paper get the same 4 rounds × 48 episodes (192 env episodes per cell):
+# the group methods as 6 start states × K = 8, and PPO's step size, epochs and batch; ArCHer
+# trains only its critic in round 1 (20 updates of 32 transitions per round, critic lr as the
+# tiny-model learning test, tests/algos/test_pg_methods.py).
+_SMALL_PG = {"n_rounds": 4, "rollouts_per_round": 48, "lr": 3e-4, "epochs_per_round": 1,
+             "batch_size": 64}
+SMALL_ONLINE = {"ppo": dict(_SMALL_PG),
+                "online_filtered_bc": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 1e-3},
+                **{m: {**_SMALL_PG, "group_size": 8} for m in ("grpo", "rloo", "gigpo")},
+                "archer": {**_SMALL_PG, "warmup_rounds": 1, "critic_steps": 20,
+                           "critic_batch_size": 32, "critic_lr": 1e-3}}
+
+
+def online_budget(profile: Profile) -> str:
+    """The caption line stating the environment episodes each online cell trains on, or ""
+    when the profile keeps the methods' own sizes (``full``)."""
+    sizes = {m: v["n_rounds"] * v["rollouts_per_round"] for m, v in profile.online.items()
+             if m in profile.method_names}
+    if not sizes:
+        return ""
+    per = ", ".join(f"{m} {n}" for m, n in sizes.items())
+    same = len(set(sizes.values())) == 1
+    head = (f"Online budget: {next(iter(sizes.values()))} environment episodes per cell for every "
+            "online method" if same else f"Online budget (environment episodes per cell): {per}")
+    groups = {profile.online[m].get("group_size") for m in ("grpo", "rloo", "gigpo") if m in sizes}
+    tail = f" (GRPO, RLOO and GiGPO: groups of K = {groups.pop()} episodes per start state)" if len(groups) == 1 else ""
+    return head + tail + "."
 
 # Evaluation episodes of the smoke profile: Maze covers every start cell, 20Q and Guess every
 # item; engine- and TextWorld-backed tasks get a handful (their references are scripted).
@@ -157,6 +186,8 @@ PROFILES: dict[str, Profile] = {
         # Wordle gets 100: a tiny model needs ~2,000 steps just to spell valid guesses
         # (docs/cpu-scale.md), beyond a smoke budget.
         offline_steps={"*": 100, "Maze-FO-v0": 300},
+        # The paper's six only: the four newer online methods do not fit its 15 minutes.
+        method_names=PAPER_METHODS,
     ),
     "cpu": _CPU,
     "full": Profile(

@@ -41,7 +41,7 @@ from lmrlgym.data.io import DatasetError, read_manifest, write_json
 from lmrlgym.registry import registry
 
 # RL methods start from the same seed's BC run (docs/algorithms.md §2.1).
-NEEDS_BC_INIT = {"mc", "ilql", "ppo", "online_filtered_bc"}
+NEEDS_BC_INIT = {"mc", "ilql", *presets.ONLINE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +343,7 @@ def write_report(
     agg = aggregate(results)
     flags = ordering_flags(agg)
     paired = paired_vs_bc(agg)
+    vs_ppo = paired_vs_bc(agg, base="ppo")
     data = {
         "format": "lmrlgym.results/1",
         "profile": profile.name,
@@ -351,16 +352,24 @@ def write_report(
         "cells": results,
         "summary": agg,
         "paired_vs_bc": paired,
+        "paired_vs_ppo": vs_ppo,
         "ordering_differences_vs_paper": flags,
         "failed_cells": failed,
     }
     write_json(out / "results.json", data)
     md = markdown_table(agg, title=f"lmrlgym `{profile.name}` profile")
+    budget = presets.online_budget(profile)
+    if budget:
+        md += f"\n{budget}\n"
     if paired:
         md += ("\n### Difference from BC, paired by seed\n\n" + paired_table(paired)
                + "\nCells: mean over seeds of (method − BC at the same seed) ± 95 % t-interval "
                "(seeds above BC / seeds). MC Returns, ILQL and the online methods start from "
                "that seed's BC run, so this removes BC's seed-to-seed spread.\n")
+    if vs_ppo:
+        md += ("\n### Difference from online PPO, paired by seed\n\n" + paired_table(vs_ppo, "ppo")
+               + "\nCells: mean over seeds of (method − online PPO at the same seed) ± 95 % "
+               "t-interval (seeds above PPO / seeds); both start from that seed's BC run.\n")
     md += "\n### Compared with the paper (Table 2)\n\n" + comparison_table(agg)
     if flags:
         md += "\nOrderings that differ from the paper:\n\n" + "".join(f"- {f}\n" for f in flags)

@@ -73,7 +73,12 @@ def test_paired_difference_from_bc_hand_computed():
     d = paired["Maze-FO-v0"]["ppo"]
     assert d["diffs"] == [3.0, 5.0] and d["mean"] == 4.0 and d["above"] == 2
     assert d["ci95"] == pytest.approx(12.706)
-    assert "| Maze-FO-v0 | — | — | — | +4.0 ± 12.7 (2/2) | — |" in paired_table(paired)
+    # Columns: the methods other than BC (the paper's five, then GRPO, RLOO, GiGPO, ArCHer).
+    assert "| Maze-FO-v0 | — | — | — | +4.0 ± 12.7 (2/2) | — | — | — | — | — |" in paired_table(paired)
+    # Paired with PPO instead: ILQL on Wordle has no PPO to pair with; Maze-FO's BC is −4.
+    vs_ppo = paired_vs_bc(aggregate(cells), base="ppo")
+    assert list(vs_ppo) == ["Maze-FO-v0"] and vs_ppo["Maze-FO-v0"]["bc"]["diffs"] == [-3.0, -5.0]
+    assert "| Maze-FO-v0 | -4.0 ± 12.7 (0/2) | — | — | — | — | — | — | — | — |" in paired_table(vs_ppo, "ppo")
 
 
 def test_comparison_and_plot(tmp_path):

@@ -1,0 +1,126 @@
+"""GRPO, RLOO, GiGPO and ArCHer as online runs (docs/algorithms.md §3.8-3.9): finite logs on
+Maze-FO and Wordle, exact resume, config errors, and learning on Maze-FO (slow)."""
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmrlgym.algos import algorithm, archer, grpo, rloo
+from lmrlgym.algos.rundir import MODEL_DIR
+from tests.algos.online_runs import (
+    MAX_NEW_TOKENS,
+    TINY,
+    assert_all_finite,
+    logged,
+    maze_bc_init,
+    random_init,
+)
+
+METHODS = ["grpo", "rloo", "gigpo", "archer"]
+# Mean-return gain that counts as learning, as PPO's test (Maze-FO returns run from about −101
+# to 0; the standard error of a 50-episode mean is ~5).
+LEARNING_MARGIN = 10.0
+
+
+def tiny(base, algo, task, init, **kw):
+    sizes = dict(rollouts_per_round=4, rollout_batch_size=4, batch_size=16, epochs_per_round=1,
+                 lr=1e-3, max_new_tokens=MAX_NEW_TOKENS[task])
+    if algo == "archer":  # round 1 trains only the critic, round 2 also the actor
+        sizes.update(critic_steps=2, critic_batch_size=8, warmup_rounds=1)
+    else:
+        sizes["group_size"] = 2
+    return algorithm(algo).preset(task, init_from=str(init), out=str(base / f"{algo}_{task}_{sorted(kw)}"),
+                                  **{**sizes, **TINY, **kw})
+
+
+@pytest.mark.parametrize("task", ["Maze-FO-v0", "Wordle-v0"])
+@pytest.mark.parametrize("algo", METHODS)
+def test_two_rounds_log_finite_values_and_train_the_policy(algo, task, tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    init = maze_bc_init(base) if task == "Maze-FO-v0" else random_init(base, task)
+    run = algorithm(algo).train(tiny(base, algo, task, init, n_rounds=2))
+    assert_all_finite(run)
+    lines = logged(run)
+    assert [ln["step"] for ln in lines] == [1, 2]
+    keys = ["rollout/return", "train/advantage_std", "train/pg_loss", "train/clip_frac"]
+    keys += ["train/critic_loss", "train/q_mean"] if algo == "archer" else ["train/kl_loss", "train/flat_groups"]
+    assert all(k in lines[-1] for k in keys), sorted(lines[-1])
+    assert lines[-1]["train/optimizer_steps"] > 0
+    before = load_file(str(init / MODEL_DIR / "model.safetensors"))
+    after = load_file(str(run / MODEL_DIR / "model.safetensors"))
+    # The policy moves exactly when some advantage is non-zero: groups of equal returns (an
+    # untrained Wordle policy loses every game) give no gradient, not even through the KL
+    # term, whose gradient is 0 while the policy equals the reference.
+    signal = any(ln.get("train/advantage_std", 0.0) > 0 for ln in lines)
+    assert any(not torch.equal(before[k], after[k]) for k in before) == signal
+    if task == "Maze-FO-v0" or algo == "archer":
+        assert signal
+
+
+@pytest.mark.parametrize("algo", ["gigpo", "archer"])
+def test_resume_replays_the_interrupted_run_exactly(algo, tmp_path_factory):
+    # ArCHer's replay buffer, critic, target and critic optimizer all come back from the
+    # checkpoint and replay.jsonl.
+    base = tmp_path_factory.getbasetemp()
+    init = random_init(base, "Wordle-v0")
+    extra = dict(warmup_rounds=0) if algo == "archer" else {}
+    full = algorithm(algo).train(tiny(base / "full", algo, "Wordle-v0", init, n_rounds=3, save_every=1, **extra))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second(done, n, metrics):
+        if done == 2:
+            raise Stop
+
+    config = tiny(base / "cut", algo, "Wordle-v0", init, n_rounds=3, save_every=1, **extra)
+    with pytest.raises(Stop):
+        algorithm(algo).train(config, progress=stop_after_second)
+    resumed = algorithm(algo).train(dataclasses.replace(config, resume=config.out))
+    strip = lambda lines: [{k: v for k, v in ln.items() if not k.startswith("time/")} for ln in lines]  # noqa: E731
+    assert strip(logged(resumed)) == strip(logged(full))
+    a = load_file(str(full / MODEL_DIR / "model.safetensors"))
+    b = load_file(str(resumed / MODEL_DIR / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_settings_name_the_flag():
+    with pytest.raises(ValueError, match="--rollouts-per-round 10 is not a multiple of --group-size 4"):
+        rloo.RLOOConfig(rollouts_per_round=10, group_size=4)
+    with pytest.raises(ValueError, match="--group-size must be at least 2"):
+        grpo.GRPOConfig(group_size=1, rollouts_per_round=8)
+    with pytest.raises(ValueError, match="--critic-steps must be positive"):
+        archer.ArcherConfig(critic_steps=0)
+    with pytest.raises(ValueError, match="--kl-coef must be non-negative"):
+        grpo.GRPOConfig(kl_coef=-1.0)
+
+
+# --- learning (docs/algorithms.md §5.2) ------------------------------------------------------------
+
+LEARN = {
+    "grpo": dict(group_size=8, lr=5e-4),
+    "rloo": dict(group_size=8, lr=5e-4),
+    "gigpo": dict(group_size=8, lr=5e-4),
+    "archer": dict(lr=5e-4, warmup_rounds=1, critic_steps=20, critic_batch_size=32, critic_lr=1e-3),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", METHODS)
+def test_each_method_improves_its_bc_init_on_maze_fo(algo, tmp_path_factory):
+    # As PPO's test: the same BC init (about half of its episodes succeed), evaluated on the
+    # same 50 protocol episodes at step 0 and after each round; the best round is compared.
+    base = tmp_path_factory.getbasetemp()
+    init = maze_bc_init(base)
+    n_rounds = 4 if algo == "archer" else 3  # ArCHer's first round trains only the critic
+    config = algorithm(algo).preset("Maze-FO-v0", init_from=str(init), out=str(base / f"{algo}_learn"),
+                                    n_rounds=n_rounds, rollouts_per_round=32, batch_size=64,
+                                    epochs_per_round=1, eval_every=1, eval_episodes=50,
+                                    max_new_tokens=8, **{**LEARN[algo], **TINY})
+    returns = [(ln["step"], ln["eval/return"]) for ln in logged(algorithm(algo).train(config))
+               if "eval/return" in ln]
+    assert [s for s, _ in returns] == list(range(n_rounds + 1))
+    init_return, best = returns[0][1], max(r for _, r in returns[1:])
+    assert best >= init_return + LEARNING_MARGIN, returns
