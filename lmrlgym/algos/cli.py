@@ -28,20 +28,68 @@ def _peek(argv: list[str], flag: str) -> str | None:
     return value
 
 
-def parse_config(algo: str, argv: list[str], prog: str | None = None) -> TrainConfig:
-    """The config of ``lmrlgym train <algo> ARGV``: the ``--task`` preset (or the run's saved
-    config with ``--resume``) overridden by the flags."""
+def _pop(argv: list[str], flag: str) -> tuple[list[str], str | None]:
+    """``argv`` without ``--flag V`` / ``--flag=V``, and V (the last one wins)."""
+    rest, value, skip = [], None, False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == flag and i + 1 < len(argv):
+            value, skip = argv[i + 1], True
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest, value
+
+
+PRESET_HELP = ("--preset {auto,cpu,paper}: the sizes the defaults below come from (default: auto). "
+               "cpu: the benchmark's `cpu` profile (tiny GPT-2, few steps and rollouts, larger "
+               "learning rates: minutes on a laptop); paper: the paper's settings (its models and "
+               "Table 3 values); auto: cpu where no GPU is found (no --device and no CUDA, or "
+               "--device cpu), else paper. Flags given explicitly always win; --resume uses the "
+               "run's saved config.")
+
+
+def parse_train(algo: str, argv: list[str],
+                prog: str | None = None) -> tuple[TrainConfig, str | None]:
+    """The config of ``lmrlgym train <algo> ARGV`` and the line announcing the CPU preset (or
+    None): the ``--preset`` sizes for ``--task`` (or the run's saved config with ``--resume``)
+    overridden by the flags."""
     import tyro
 
+    from lmrlgym.bench.presets import choose_preset, sized_config
+
     module = algorithm(algo)
+    argv, preset = _pop(argv, "--preset")
     resume = _peek(argv, "--resume")
+    choice = None
     if resume:
         default = load_config(resume)
         if default.ALGO != algo:
             raise ValueError(f"--resume {resume}: the run is {default.ALGO!r}, not {algo!r}")
     else:
-        default = module.preset(_peek(argv, "--task") or module.CONFIG.task)
-    return tyro.cli(module.CONFIG, args=argv, default=default, prog=prog or f"lmrlgym train {algo}")
+        choice = choose_preset(preset or "auto", _peek(argv, "--device"))
+        task = _peek(argv, "--task") or module.CONFIG.task
+        default = sized_config(choice.profile, algo, task, device=choice.device)
+    description = f"{(module.CONFIG.__doc__ or '').strip()}\n\n{PRESET_HELP}"
+    config = tyro.cli(module.CONFIG, args=argv, default=default, description=description,
+                      prog=prog or f"lmrlgym train {algo}")
+    return config, choice and choice.announcement(_sizes(config))
+
+
+def parse_config(algo: str, argv: list[str], prog: str | None = None) -> TrainConfig:
+    """The config of ``lmrlgym train <algo> ARGV`` (see :func:`parse_train`)."""
+    return parse_train(algo, argv, prog)[0]
+
+
+def _sizes(config: TrainConfig) -> str:
+    """The sizes the CPU preset announcement names: model, steps (rounds) and batch."""
+    if hasattr(config, "n_rounds"):  # online: the model comes from --init
+        return (f"{config.n_rounds} rounds of {config.rollouts_per_round} rollouts, "
+                f"batch {config.batch_size}")
+    steps = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs} epochs"
+    return f"model {config.model}, {steps}, batch {config.batch_size}"
 
 
 def train_main(argv: list[str], prog: str = "lmrlgym train") -> Path | None:
@@ -56,8 +104,10 @@ def train_main(argv: list[str], prog: str = "lmrlgym train") -> Path | None:
         return None
     algo, argv = argv[0], argv[1:]
     module = algorithm(algo)
-    config = parse_config(algo, argv, f"{prog} {algo}")
+    config, announcement = parse_train(algo, argv, f"{prog} {algo}")
     main = world_from_env().is_main  # under torchrun/accelerate only rank 0 reports
+    if announcement and main:
+        print(announcement, file=sys.stderr)
     bar = tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not main)
 
     def progress(step: int, n_steps: int, metrics: dict[str, float]) -> None:

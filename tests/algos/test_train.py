@@ -117,7 +117,7 @@ def test_cli_trains_and_the_run_loads_as_a_value_guided_policy(assets, tmp_path)
 
 def test_cli_help_comes_from_the_config_docstrings(capsys):
     with pytest.raises(SystemExit):
-        parse_config("mc", ["--task", "Wordle-v0", "--help"])
+        parse_config("mc", ["--task", "Wordle-v0", "--preset", "paper", "--help"])
     text = capsys.readouterr().out
     assert "Decoding weight of Q" in text and "(default: 64.0)" in text  # Wordle's paper β
 
