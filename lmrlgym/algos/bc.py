@@ -84,10 +84,10 @@ def train(
 ) -> Path:
     """Train BC and return the run directory. ``select`` (filtered BC) picks the training
     episodes and returns them with its metrics."""
-    config, run_dir, checkpoint = start_run(config)
+    config, run_dir, checkpoint, dataset = start_run(config)
     set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows (§1.3).
-    data = prepare_data(config, run_dir, select=select)
+    data = prepare_data(config, run_dir, select=select, dataset=dataset)
     # Model: BC keeps the model's dropout (§2.4).
     lm = build_lm(config, data.tokenizer).to(config.device)
     lm_head = lm.get_output_embeddings()

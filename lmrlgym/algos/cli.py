@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmrlgym.algos import ALGORITHMS, algorithm, load_config
+from lmrlgym.algos.rundir import is_restartable
 
 if TYPE_CHECKING:
     from lmrlgym.algos.config import TrainConfig
@@ -108,6 +109,10 @@ def train_main(argv: list[str], prog: str = "lmrlgym train") -> Path | None:
     main = world_from_env().is_main  # under torchrun/accelerate only rank 0 reports
     if announcement and main:
         print(announcement, file=sys.stderr)
+    again = config.resume or config.out
+    if main and again and is_restartable(again):
+        print(f"{again} never reached a checkpoint (its start failed or was stopped): "
+              "starting it again", file=sys.stderr)
     bar = tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not main)
 
     def progress(step: int, n_steps: int, metrics: dict[str, float]) -> None:

@@ -7,7 +7,6 @@ import dataclasses
 import math
 import os
 import random
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -66,22 +65,29 @@ def context_fn(task: str, env_kwargs: dict[str, Any] | None = None) -> ContextFn
         env.close()
 
 
-def prepare_data(
-    config: TrainConfig, run_dir: Path, gamma: float = 1.0, discount_mode: str = "turn",
-    truncation_is_terminal: bool = False, select: Select | None = None,
-) -> Data:
-    """Episodes -> seeded split by episode -> (optional ``select`` on the training split) ->
-    tokenizer (trained on the training text, or the run's/``init_from``'s) -> rendered rows."""
+def read_dataset(config: TrainConfig) -> tuple[list[Episode], int]:
+    """``config.data``'s episodes (all of ``config.task``) and how many malformed lines
+    ``--skip-bad`` skipped; a clear error for an unreadable, empty or other-task dataset."""
     from lmrlgym.data.io import read_episodes
 
     episodes, skipped = read_episodes(config.data, skip_bad=config.skip_bad)
-    if skipped:
-        print(f"{config.data}: skipped {skipped} malformed lines (--skip-bad)", file=sys.stderr)
     if not episodes:
         raise ValueError(f"{config.data}: the dataset has no episodes")
     other = sorted({e.task for e in episodes} - {config.task})
     if other:
         raise ValueError(f"{config.data}: episodes of {', '.join(other)}, but --task is {config.task}")
+    return episodes, skipped
+
+
+def prepare_data(
+    config: TrainConfig, run_dir: Path, gamma: float = 1.0, discount_mode: str = "turn",
+    truncation_is_terminal: bool = False, select: Select | None = None,
+    dataset: tuple[list[Episode], int] | None = None,
+) -> Data:
+    """Episodes (``dataset``, else :func:`read_dataset`) -> seeded split by episode ->
+    (optional ``select`` on the training split) -> tokenizer (trained on the training text, or
+    the run's/``init_from``'s) -> rendered rows."""
+    episodes, skipped = dataset or read_dataset(config)
     train_eps, val_eps = split_episodes(episodes, config.val_fraction, config.seed)
     metrics: dict[str, float] = {"data/episodes": len(episodes), "data/skipped_lines": skipped,
                                  "data/train_episodes": len(train_eps), "data/val_episodes": len(val_eps)}

@@ -151,11 +151,11 @@ def ilql_loss(
 
 def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
     """Train ILQL and return the run directory."""
-    config, run_dir, checkpoint = start_run(config)
+    config, run_dir, checkpoint, dataset = start_run(config)
     set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with next-state links (§1.3).
     data = prepare_data(config, run_dir, config.gamma, config.discount_mode,
-                               config.truncation_is_terminal)
+                        config.truncation_is_terminal, dataset=dataset)
     # Model: one trunk with LM, Q1, Q2 and V heads, plus EMA targets; dropout off (§2.3, §2.4).
     lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
     disable_dropout(lm)

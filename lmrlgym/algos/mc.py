@@ -112,10 +112,10 @@ def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Batch, cfg: MCConfig) ->
 
 def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
     """Train MC Returns and return the run directory."""
-    config, run_dir, checkpoint = start_run(config)
+    config, run_dir, checkpoint, dataset = start_run(config)
     set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with returns-to-go (§1.3).
-    data = prepare_data(config, run_dir, config.gamma, config.discount_mode)
+    data = prepare_data(config, run_dir, config.gamma, config.discount_mode, dataset=dataset)
     # Model: one trunk with the LM head and a Q head; dropout off (§2.3, §2.4).
     lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
     disable_dropout(lm)

@@ -47,6 +47,7 @@ from lmrlgym.algos.config import TrainConfig, config_algo
 from lmrlgym.algos.dataset import context_fn, epoch_batches, load_or_train_tokenizer
 from lmrlgym.algos.loop import (
     Progress,
+    check_run,
     create_run_dir,
     eval_metrics,
     lr_at,
@@ -55,7 +56,6 @@ from lmrlgym.algos.loop import (
     start_run,
 )
 from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
-from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.eval.evaluate import evaluate
 from lmrlgym.models.policy import LMPolicy
@@ -353,14 +353,11 @@ def start_online_run(config: OnlineConfig) -> tuple[OnlineConfig, Path, Path | N
                          "sampling runs outside FSDP's forward), so every rank holds full weights "
                          "anyway; use ddp (FSDP is offered for the offline methods)")
     if config.resume:
-        return start_run(config)
+        return start_run(config)[:3]
     if not config.init_from:
         raise ValueError(f"{config_algo(config)} starts from a BC run: pass --init RUN_DIR "
                          "(a finished `lmrlgym train bc` run directory)")
-    init = Path(config.init_from)
-    if not (init / MODEL_DIR).is_dir() or not (init / TOKENIZER_DIR).is_dir():
-        raise FileNotFoundError(f"--init {init}: no {MODEL_DIR}/ and {TOKENIZER_DIR}/ "
-                                "(not a finished training run)")
+    check_run(config)
     # Under torchrun the ranks share each round's rollouts and each update's rows; rank 0
     # alone creates the run directory, logs and checkpoints (algos/distributed.py).
     if distributed.init_distributed(config.device, config.dist_timeout).enabled:

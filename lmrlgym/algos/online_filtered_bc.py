@@ -48,6 +48,7 @@ from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.filtered_bc import select_episodes, selection_metrics
 from lmrlgym.algos.loop import Progress
 from lmrlgym.algos.rl import step_view
+from lmrlgym.algos.rundir import REPLAY_FILE
 from lmrlgym.data.io import episode_from_json
 from lmrlgym.models.render import Batch, Segment
 
@@ -117,9 +118,6 @@ def bc_forward(lm: nn.Module, batch: Batch, n_vocab: int) -> tuple[Tensor, dict[
     h = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
     logits = lm.get_output_embeddings()(h[:, :-1][act])[:, :n_vocab]  # (n, V)
     return bc_loss(logits, batch)
-
-
-REPLAY_FILE = "replay.jsonl"
 
 
 def append_replay(run_dir: Path, rnd: int, kept: Sequence[online.Rollout]) -> None:
