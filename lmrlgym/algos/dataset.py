@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lmrlgym.algos import distributed
 from lmrlgym.algos.config import TrainConfig
+from lmrlgym.algos.progress import Progress, report
 from lmrlgym.algos.rl import EmptyActionBatch
 from lmrlgym.algos.rundir import TOKENIZER_DIR
 from lmrlgym.core import Episode
@@ -82,7 +83,7 @@ def read_dataset(config: TrainConfig) -> tuple[list[Episode], int]:
 def prepare_data(
     config: TrainConfig, run_dir: Path, gamma: float = 1.0, discount_mode: str = "turn",
     truncation_is_terminal: bool = False, select: Select | None = None,
-    dataset: tuple[list[Episode], int] | None = None,
+    dataset: tuple[list[Episode], int] | None = None, progress: Progress | None = None,
 ) -> Data:
     """Episodes (``dataset``, else :func:`read_dataset`) -> seeded split by episode ->
     (optional ``select`` on the training split) -> tokenizer (trained on the training text, or
@@ -94,13 +95,18 @@ def prepare_data(
     if select is not None:
         train_eps, select_metrics = select(train_eps)
         metrics.update(select_metrics)
+    report(progress, "tokenizer")
     tokenizer = load_or_train_tokenizer(config, run_dir, train_eps)
     window = context_fn(config.task)
     cache = TokenCache(tokenizer)
+    n_render, rendered = len(train_eps) + len(val_eps), 0
 
     def rows(eps: list[Episode]) -> list[Segment]:
+        nonlocal rendered
         out = []
         for k, ep in enumerate(eps):
+            report(progress, "render", rendered, n_render)
+            rendered += 1
             segs = render(ep, tokenizer, window, config.max_context_tokens, gamma, discount_mode,
                           truncation_is_terminal=truncation_is_terminal, episode_id=k,
                           token_cache=cache)
@@ -108,6 +114,7 @@ def prepare_data(
         return out
 
     data = Data(tokenizer, rows(train_eps), rows(val_eps), metrics)
+    report(progress, "render", n_render, n_render)
     metrics.update({"data/train_rows": len(data.train_rows), "data/val_rows": len(data.val_rows)})
     return data
 

@@ -24,6 +24,7 @@ from lmrlgym.algos.checkpoint import load_checkpoint, save_checkpoint
 from lmrlgym.algos.config import TrainConfig, config_algo, config_to_json
 from lmrlgym.algos.dataset import BatchSchedule, Data, read_dataset
 from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
+from lmrlgym.algos.progress import Progress, counter, report
 from lmrlgym.algos.rundir import (
     CONFIG_FILE,
     MODEL_DIR,
@@ -40,8 +41,6 @@ from lmrlgym.eval.evaluate import EvalResult, evaluate
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import Batch, collate
 
-# progress(step, n_steps, metrics): the CLI's progress bar, called after each logged step.
-Progress = Callable[[int, int, dict[str, float]], None]
 # A dataset's episodes and how many malformed lines --skip-bad skipped.
 Dataset = tuple[list[Episode], int]
 
@@ -71,7 +70,8 @@ def lr_at(step: int, lr: float, warmup_steps: int) -> float:
     return lr
 
 
-def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None, Dataset]:
+def start_run(config: TrainConfig,
+              progress: Progress | None = None) -> tuple[TrainConfig, Path, Path | None, Dataset]:
     """Check the run (:func:`check_run`), then resolve its directory and config; returns
     ``(config, run_dir, checkpoint or None, (episodes, skipped lines))``.
 
@@ -92,17 +92,17 @@ def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None, Data
         config = type(config)(**{**fields, "resume": str(run_dir)})
         config = dataclasses.replace(config, device=distributed.device_for(config.device))
         ckpt = latest_checkpoint(run_dir)
-        dataset = check_run(config)
+        dataset = check_run(config, progress)
         if ckpt is None:  # it never got to a checkpoint: start it again
             with distributed.main_first():
                 if distributed.is_main():
                     clear_outputs(run_dir)
         return config, run_dir, ckpt, dataset
-    dataset = check_run(config)
+    dataset = check_run(config, progress)
     return config, create_run_dir(config), None, dataset
 
 
-def check_run(config: TrainConfig) -> Dataset:
+def check_run(config: TrainConfig, progress: Progress | None = None) -> Dataset:
     """Everything a run needs, checked before its directory is created, so a run that cannot
     start leaves nothing behind: the task (known, its dependencies installed), the model,
     ``init_from`` and the dataset, read here once (the lengths are checked by the config).
@@ -130,6 +130,7 @@ def check_run(config: TrainConfig) -> Dataset:
         return [], 0
     if not config.data:
         raise ValueError("--data is required (a dataset directory or JSONL file)")
+    report(progress, "read data")
     return read_dataset(config)
 
 
@@ -260,6 +261,8 @@ class Loop:
                 self.best = metrics["eval/loss"]
                 self.export(self.run_dir)  # the best model so far is the exported one
         if done % self.config.save_every == 0 or last:
+            if last:
+                report(self.progress, "export")  # the last checkpoint, then finish()'s export
             save_checkpoint(self.run_dir, done, self.modules, self.optimizer,
                             {"n_steps": self.n_steps, "best_eval_loss": self.best},
                             self.config.keep_checkpoints)
@@ -283,7 +286,9 @@ class Loop:
                 out.update(self.validation_loss())
             if self.config.eval_episodes > 0 and self.make_policy is not None:
                 # seed 0: the task's fixed protocol, shared by every method (paired comparisons).
-                result = evaluate(self.make_policy(), self.config.task, self.config.eval_episodes)
+                n = self.config.eval_episodes
+                result = evaluate(self.make_policy(), self.config.task, n,
+                                  progress=counter(self.progress, "evaluate", n))
                 out.update(eval_metrics(result, self.config))
         finally:
             for name, m in self.modules.items():
@@ -296,11 +301,13 @@ class Loop:
         weight = 0
         rows = self.data.val_rows
         for i in range(0, len(rows), self.micro):
+            report(self.progress, "validate", i, len(rows))
             batch = collate(rows[i : i + self.micro], self.pad_id).to(self.config.device)
             n = batch.n_action_tokens
             for k, v in self.validate(batch).items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             weight += n
+        report(self.progress, "validate", len(rows), len(rows))
         return {k.replace("train/", "eval/"): v / weight for k, v in sums.items()}
 
     def finish(self) -> Path:

@@ -22,7 +22,6 @@ grad_norm, action_tokens, epoch}``, ``time/tokens_per_s`` and the ``eval/*`` key
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -35,6 +34,7 @@ from lmrlgym.algos.checkpoint import export_lm
 from lmrlgym.algos.config import TrainConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
+from lmrlgym.algos.progress import Progress
 from lmrlgym.algos.rl import step_mean, step_view
 from lmrlgym.models.heads import make_head
 from lmrlgym.models.policy import LMPolicy, LogitsAdjust
@@ -110,12 +110,13 @@ def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Batch, cfg: MCConfig) ->
     return loss, {"train/loss": loss, **metrics}
 
 
-def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
+def train(config: MCConfig, progress: Progress | None = None) -> Path:
     """Train MC Returns and return the run directory."""
-    config, run_dir, checkpoint, dataset = start_run(config)
+    config, run_dir, checkpoint, dataset = start_run(config, progress)
     set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with returns-to-go (§1.3).
-    data = prepare_data(config, run_dir, config.gamma, config.discount_mode, dataset=dataset)
+    data = prepare_data(config, run_dir, config.gamma, config.discount_mode, dataset=dataset,
+                        progress=progress)
     # Model: one trunk with the LM head and a Q head; dropout off (§2.3, §2.4).
     lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)
     disable_dropout(lm)

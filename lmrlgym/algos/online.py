@@ -56,6 +56,7 @@ from lmrlgym.algos.loop import (
     start_run,
 )
 from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
+from lmrlgym.algos.progress import counter, report
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.eval.evaluate import evaluate
 from lmrlgym.models.policy import LMPolicy
@@ -386,8 +387,8 @@ def rollout_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: On
                     batch_size=config.rollout_batch_size, name=config_algo(config))
 
 
-def evaluate_lm(lm: nn.Module, tokenizer: PreTrainedTokenizerBase,
-                config: OnlineConfig) -> dict[str, float]:
+def evaluate_lm(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: OnlineConfig,
+                progress: Progress | None = None) -> dict[str, float]:
     """``eval/*`` of the current policy under the task's protocol (``eval_episodes``). Under
     torchrun rank 0 evaluates while the others wait, and every rank returns its metrics."""
     if not distributed.is_main():
@@ -395,8 +396,8 @@ def evaluate_lm(lm: nn.Module, tokenizer: PreTrainedTokenizerBase,
     was_training = lm.training
     lm.eval()
     try:
-        result = evaluate(lm_policy(lm, tokenizer, config), config.task,
-                          config.eval_episodes, config.seed)
+        result = evaluate(lm_policy(lm, tokenizer, config), config.task, config.eval_episodes,
+                          config.seed, progress=counter(progress, "evaluate", config.eval_episodes))
     finally:
         lm.train(was_training)
     return distributed.broadcast_object(eval_metrics(result, config))
@@ -438,10 +439,12 @@ class OnlineLoop:
         """Train the remaining rounds, export the policy (and the method's heads)."""
         config = self.config
         if self.start == 0 and config.eval_every and config.eval_episodes > 0:
-            self.logger.log(0, evaluate_lm(self.lm, self.tokenizer, config))  # the initial policy
+            # the initial policy
+            self.logger.log(0, evaluate_lm(self.lm, self.tokenizer, config, self.progress))
         for rnd in range(self.start, config.n_rounds):
             self.round(rnd)
         self.logger.close()
+        report(self.progress, "export")
         export_lm(self.lm, self.tokenizer, self.run_dir, self.method.export_heads or None)
         distributed.cleanup()  # every rank waits for rank 0's export
         return self.run_dir
@@ -476,7 +479,7 @@ class OnlineLoop:
                    "time/tokens_per_s": tokens / max(t2 - t1, 1e-9)}
         last = done == config.n_rounds
         if config.eval_episodes > 0 and ((config.eval_every and done % config.eval_every == 0) or last):
-            metrics.update(evaluate_lm(self.lm, self.tokenizer, config))
+            metrics.update(evaluate_lm(self.lm, self.tokenizer, config, self.progress))
         self.logger.log(done, metrics)
         if done % config.save_every == 0 or last:
             save_checkpoint(self.run_dir, done, method.modules, self.optimizer,

@@ -68,7 +68,7 @@ def eval_main(
     from tqdm import tqdm
 
     from lmrlgym.bench.presets import choose_preset
-    from lmrlgym.eval.evaluate import evaluate, format_summary_table
+    from lmrlgym.eval.evaluate import evaluate, explain_normalization, format_summary_table
     from lmrlgym.registry import parse_env_kwargs
 
     if threads is not None:
@@ -116,7 +116,8 @@ def eval_main(
         raise ValueError(f"--episodes must be positive, got {episodes}")
 
     try:
-        with tqdm(total=episodes, desc=f"eval {task}", unit="ep", delay=0.5) as bar:
+        # smoothing 0: the ETA is the mean rate so far (episodes finish in bursts).
+        with tqdm(total=episodes, desc=f"eval {task}", unit="ep", delay=0.5, smoothing=0) as bar:
             result = evaluate(pol, task, episodes, seed=seed, env_kwargs=kwargs, out_dir=out,
                               progress=bar.update)
     finally:
@@ -126,4 +127,5 @@ def eval_main(
         print(json.dumps({k: v for k, v in result.summary.items() if k != "metrics"}, indent=2))
     else:
         print(format_summary_table(result.summary))
+        print(explain_normalization(result.summary))
         print(f"wrote {out}/episodes.jsonl and {out}/eval_summary.json")

@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,7 @@ def build_model(
         kwargs["n_positions"] = n_positions
     if dropout is not None:
         kwargs.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    hf_logging.disable_progress_bar()  # progress display belongs to the CLI layer
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as e:
