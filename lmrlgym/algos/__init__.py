@@ -15,7 +15,8 @@ One module per concern; an arrow is "imports":
   §3.6-3.8); ``grpo`` also holds the clipped policy-gradient method the last four share.
 - ``rl``: pure tensor math (decision slots, discounting, returns-to-go, GAE, pooled means).
 - ``config`` (``TrainConfig``), ``presets`` (per-task tables), ``rundir`` (file layout),
-  ``checkpoint`` (atomic save/load/export), ``metrics`` (logging), ``dataset`` (episodes ->
+  ``checkpoint`` (atomic save/load/export), ``metrics`` (logging), ``progress`` (the
+  phases reported to the CLI), ``dataset`` (episodes ->
   rows -> minibatches), ``lm`` (model building, hidden states, the evaluation policy),
   ``loop`` (run start and the offline loop), ``online`` (rollouts and the online loop),
   ``distributed`` (torchrun/accelerate), ``cli`` (``lmrlgym train``).

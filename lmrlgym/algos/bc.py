@@ -33,6 +33,7 @@ from lmrlgym.algos.checkpoint import export_lm
 from lmrlgym.algos.config import TrainConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
+from lmrlgym.algos.progress import Progress
 from lmrlgym.algos.rl import step_mean, step_view
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import Batch
@@ -80,14 +81,14 @@ def bc_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
 
 def train(
     config: BCConfig, select: Callable[[list], tuple[list, dict]] | None = None,
-    progress: Callable[[int, int, dict], None] | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Train BC and return the run directory. ``select`` (filtered BC) picks the training
     episodes and returns them with its metrics."""
-    config, run_dir, checkpoint = start_run(config)
+    config, run_dir, checkpoint, dataset = start_run(config, progress)
     set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows (§1.3).
-    data = prepare_data(config, run_dir, select=select)
+    data = prepare_data(config, run_dir, select=select, dataset=dataset, progress=progress)
     # Model: BC keeps the model's dropout (§2.4).
     lm = build_lm(config, data.tokenizer).to(config.device)
     lm_head = lm.get_output_embeddings()

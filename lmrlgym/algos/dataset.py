@@ -7,7 +7,6 @@ import dataclasses
 import math
 import os
 import random
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lmrlgym.algos import distributed
 from lmrlgym.algos.config import TrainConfig
+from lmrlgym.algos.progress import Progress, report
 from lmrlgym.algos.rl import EmptyActionBatch
 from lmrlgym.algos.rundir import TOKENIZER_DIR
 from lmrlgym.core import Episode
@@ -66,35 +66,47 @@ def context_fn(task: str, env_kwargs: dict[str, Any] | None = None) -> ContextFn
         env.close()
 
 
-def prepare_data(
-    config: TrainConfig, run_dir: Path, gamma: float = 1.0, discount_mode: str = "turn",
-    truncation_is_terminal: bool = False, select: Select | None = None,
-) -> Data:
-    """Episodes -> seeded split by episode -> (optional ``select`` on the training split) ->
-    tokenizer (trained on the training text, or the run's/``init_from``'s) -> rendered rows."""
+def read_dataset(config: TrainConfig) -> tuple[list[Episode], int]:
+    """``config.data``'s episodes (all of ``config.task``) and how many malformed lines
+    ``--skip-bad`` skipped; a clear error for an unreadable, empty or other-task dataset."""
     from lmrlgym.data.io import read_episodes
 
     episodes, skipped = read_episodes(config.data, skip_bad=config.skip_bad)
-    if skipped:
-        print(f"{config.data}: skipped {skipped} malformed lines (--skip-bad)", file=sys.stderr)
     if not episodes:
         raise ValueError(f"{config.data}: the dataset has no episodes")
     other = sorted({e.task for e in episodes} - {config.task})
     if other:
         raise ValueError(f"{config.data}: episodes of {', '.join(other)}, but --task is {config.task}")
+    return episodes, skipped
+
+
+def prepare_data(
+    config: TrainConfig, run_dir: Path, gamma: float = 1.0, discount_mode: str = "turn",
+    truncation_is_terminal: bool = False, select: Select | None = None,
+    dataset: tuple[list[Episode], int] | None = None, progress: Progress | None = None,
+) -> Data:
+    """Episodes (``dataset``, else :func:`read_dataset`) -> seeded split by episode ->
+    (optional ``select`` on the training split) -> tokenizer (trained on the training text, or
+    the run's/``init_from``'s) -> rendered rows."""
+    episodes, skipped = dataset or read_dataset(config)
     train_eps, val_eps = split_episodes(episodes, config.val_fraction, config.seed)
     metrics: dict[str, float] = {"data/episodes": len(episodes), "data/skipped_lines": skipped,
                                  "data/train_episodes": len(train_eps), "data/val_episodes": len(val_eps)}
     if select is not None:
         train_eps, select_metrics = select(train_eps)
         metrics.update(select_metrics)
+    report(progress, "tokenizer")
     tokenizer = load_or_train_tokenizer(config, run_dir, train_eps)
     window = context_fn(config.task)
     cache = TokenCache(tokenizer)
+    n_render, rendered = len(train_eps) + len(val_eps), 0
 
     def rows(eps: list[Episode]) -> list[Segment]:
+        nonlocal rendered
         out = []
         for k, ep in enumerate(eps):
+            report(progress, "render", rendered, n_render)
+            rendered += 1
             segs = render(ep, tokenizer, window, config.max_context_tokens, gamma, discount_mode,
                           truncation_is_terminal=truncation_is_terminal, episode_id=k,
                           token_cache=cache)
@@ -102,6 +114,7 @@ def prepare_data(
         return out
 
     data = Data(tokenizer, rows(train_eps), rows(val_eps), metrics)
+    report(progress, "render", n_render, n_render)
     metrics.update({"data/train_rows": len(data.train_rows), "data/val_rows": len(data.val_rows)})
     return data
 

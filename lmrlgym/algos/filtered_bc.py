@@ -20,11 +20,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from lmrlgym.algos import bc, presets
+from lmrlgym.algos.progress import Progress
 from lmrlgym.core import Episode
 
 
@@ -82,7 +82,7 @@ def selection_metrics(episodes: list[Episode], kept: list[Episode]) -> dict[str,
     }
 
 
-def train(config: FilteredBCConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
+def train(config: FilteredBCConfig, progress: Progress | None = None) -> Path:
     """BC (``bc.train``) on the selected training episodes; returns the run directory."""
 
     def select(episodes: list[Episode]) -> tuple[list[Episode], dict[str, float]]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -49,6 +48,7 @@ from lmrlgym.algos.checkpoint import export_lm
 from lmrlgym.algos.config import ValueGuidedConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
+from lmrlgym.algos.progress import Progress
 from lmrlgym.algos.rl import next_state_value, polyak_update, step_discount, step_mean, step_view
 from lmrlgym.eval.value_map import ValueReadout
 from lmrlgym.models.heads import make_head
@@ -153,13 +153,13 @@ def ilql_loss(
     return loss, {"train/loss": loss, **metrics}
 
 
-def train(config: ILQLConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
+def train(config: ILQLConfig, progress: Progress | None = None) -> Path:
     """Train ILQL and return the run directory."""
-    config, run_dir, checkpoint = start_run(config)
+    config, run_dir, checkpoint, dataset = start_run(config, progress)
     set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with next-state links (§1.3).
     data = prepare_data(config, run_dir, config.gamma, config.discount_mode,
-                               config.truncation_is_terminal)
+                        config.truncation_is_terminal, dataset=dataset, progress=progress)
     # Model: Q1, Q2 and V heads on a trunk, plus EMA targets; dropout off (§2.3, §2.4). Shared:
     # the trunk is the LM's. Separate: the heads' own trunk; the LM is the frozen π_β.
     lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)

@@ -22,17 +22,28 @@ from torch import Tensor, nn
 from lmrlgym.algos import distributed
 from lmrlgym.algos.checkpoint import load_checkpoint, save_checkpoint
 from lmrlgym.algos.config import TrainConfig, config_algo, config_to_json
-from lmrlgym.algos.dataset import BatchSchedule, Data
+from lmrlgym.algos.dataset import BatchSchedule, Data, read_dataset
 from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
-from lmrlgym.algos.rundir import CONFIG_FILE, latest_checkpoint, read_config, run_dir_for
+from lmrlgym.algos.progress import Progress, counter, report
+from lmrlgym.algos.rundir import (
+    CONFIG_FILE,
+    MODEL_DIR,
+    TOKENIZER_DIR,
+    clear_outputs,
+    is_restartable,
+    latest_checkpoint,
+    read_config,
+    run_dir_for,
+)
+from lmrlgym.core import Episode
 from lmrlgym.data.io import write_json
 from lmrlgym.eval.evaluate import EvalResult, evaluate
 from lmrlgym.eval.value_map import MAZE_TASKS, ValueReadout, maze_value_map
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import Batch, collate
 
-# progress(step, n_steps, metrics): the CLI's progress bar, called after each logged step.
-Progress = Callable[[int, int, dict[str, float]], None]
+# A dataset's episodes and how many malformed lines --skip-bad skipped.
+Dataset = tuple[list[Episode], int]
 
 
 def set_seed(seed: int) -> None:
@@ -60,13 +71,15 @@ def lr_at(step: int, lr: float, warmup_steps: int) -> float:
     return lr
 
 
-def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
-    """Resolve the run directory and config; returns ``(config, run_dir, checkpoint or None)``.
+def start_run(config: TrainConfig,
+              progress: Progress | None = None) -> tuple[TrainConfig, Path, Path | None, Dataset]:
+    """Check the run (:func:`check_run`), then resolve its directory and config; returns
+    ``(config, run_dir, checkpoint or None, (episodes, skipped lines))``.
 
     ``--resume DIR`` reloads DIR's saved config (flags other than ``--resume`` are ignored, so
-    the resumed run is the same run) and its last checkpoint. A new run refuses a directory
-    that already holds a run. Under torchrun/accelerate, rank 0 creates the directory and
-    every rank uses it (``algos/distributed.py``).
+    the resumed run is the same run) and its last checkpoint; a run without one starts again.
+    A new run refuses a directory that holds a checkpointed run. Under torchrun/accelerate,
+    rank 0 creates the directory and every rank uses it (``algos/distributed.py``).
     """
     world = distributed.init_distributed(config.device, config.dist_timeout)
     config = dataclasses.replace(config, device=distributed.device_for(config.device))
@@ -80,22 +93,60 @@ def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
         config = type(config)(**{**fields, "resume": str(run_dir)})
         config = dataclasses.replace(config, device=distributed.device_for(config.device))
         ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume {run_dir}: no checkpoint yet; start it again")
-        return config, run_dir, ckpt
+        dataset = check_run(config, progress)
+        if ckpt is None:  # it never got to a checkpoint: start it again
+            with distributed.main_first():
+                if distributed.is_main():
+                    clear_outputs(run_dir)
+        return config, run_dir, ckpt, dataset
+    dataset = check_run(config, progress)
+    return config, create_run_dir(config), None, dataset
+
+
+def check_run(config: TrainConfig, progress: Progress | None = None) -> Dataset:
+    """Everything a run needs, checked before its directory is created, so a run that cannot
+    start leaves nothing behind: the task (known, its dependencies installed), the model,
+    ``init_from`` and the dataset, read here once (the lengths are checked by the config).
+    Returns the dataset's ``(episodes, skipped lines)`` (empty for an online method)."""
+    from lmrlgym.models.factory import check_model_source
+    from lmrlgym.registry import spec
+
+    task = spec(config.task)
+    missing = task.missing()
+    if missing:
+        raise ImportError(f"--task {config.task} needs " + "; ".join(
+            f"{r.name} ({r.install})" for r in missing))
+    online = hasattr(config, "n_rounds")
+    if config.init_from:
+        init = Path(config.init_from)
+        if not (init / MODEL_DIR).is_dir() or not (init / TOKENIZER_DIR).is_dir():
+            flag = "--init" if online else "--init-from"
+            raise FileNotFoundError(f"{flag} {init}: no {MODEL_DIR}/ and {TOKENIZER_DIR}/ "
+                                    "(not a finished training run)")
+    else:
+        check_model_source(config.model)
+    if online:  # its optional dataset (PPO's BC term) is read when it is used
+        if config.data and not Path(config.data).exists():
+            raise FileNotFoundError(f"--data {config.data}: no such file or directory")
+        return [], 0
     if not config.data:
         raise ValueError("--data is required (a dataset directory or JSONL file)")
-    return config, create_run_dir(config), None
+    report(progress, "read data")
+    return read_dataset(config)
 
 
 def create_run_dir(config: TrainConfig) -> Path:
     """A new run's directory with its ``config.json``, the same on every rank: rank 0 names
-    and creates it. Refuses a directory that already holds a run."""
+    and creates it. Refuses a directory that holds a checkpointed run; a run that never got to
+    a checkpoint (:func:`~.rundir.is_restartable`) is started again in place."""
     run_dir = Path(distributed.broadcast_object(str(run_dir_for(config))))
     with distributed.main_first():
         if distributed.is_main():
             if (run_dir / CONFIG_FILE).exists():
-                raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or a new --out")
+                if not is_restartable(run_dir):
+                    raise FileExistsError(f"{run_dir} already holds a run (or another config.json); "
+                                          f"pass --resume {run_dir} or a new --out")
+                clear_outputs(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / CONFIG_FILE, config_to_json(config))
     return run_dir
@@ -214,6 +265,8 @@ class Loop:
                 self.best = metrics["eval/loss"]
                 self.export(self.run_dir)  # the best model so far is the exported one
         if done % self.config.save_every == 0 or last:
+            if last:
+                report(self.progress, "export")  # the last checkpoint, then finish()'s export
             save_checkpoint(self.run_dir, done, self.modules, self.optimizer,
                             {"n_steps": self.n_steps, "best_eval_loss": self.best},
                             self.config.keep_checkpoints)
@@ -237,7 +290,9 @@ class Loop:
                 out.update(self.validation_loss())
             if self.config.eval_episodes > 0 and self.make_policy is not None:
                 # seed 0: the task's fixed protocol, shared by every method (paired comparisons).
-                result = evaluate(self.make_policy(), self.config.task, self.config.eval_episodes)
+                n = self.config.eval_episodes
+                result = evaluate(self.make_policy(), self.config.task, n,
+                                  progress=counter(self.progress, "evaluate", n))
                 out.update(eval_metrics(result, self.config))
             if self.value_readout is not None:
                 trunk, readout = self.value_readout()
@@ -254,11 +309,13 @@ class Loop:
         weight = 0
         rows = self.data.val_rows
         for i in range(0, len(rows), self.micro):
+            report(self.progress, "validate", i, len(rows))
             batch = collate(rows[i : i + self.micro], self.pad_id).to(self.config.device)
             n = batch.n_action_tokens
             for k, v in self.validate(batch).items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             weight += n
+        report(self.progress, "validate", len(rows), len(rows))
         return {k.replace("train/", "eval/"): v / weight for k, v in sums.items()}
 
     def finish(self) -> Path:

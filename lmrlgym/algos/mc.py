@@ -23,7 +23,6 @@ grad_norm, action_tokens, epoch}``, ``time/tokens_per_s`` and the ``eval/*`` key
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -36,6 +35,7 @@ from lmrlgym.algos.checkpoint import export_lm
 from lmrlgym.algos.config import ValueGuidedConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
+from lmrlgym.algos.progress import Progress
 from lmrlgym.algos.rl import step_mean, step_view
 from lmrlgym.eval.value_map import ValueReadout
 from lmrlgym.models.heads import make_head
@@ -113,12 +113,13 @@ def mc_loss(q: Tensor, lm_logits: Tensor | None, batch: Batch, cfg: MCConfig) ->
     return loss, {"train/loss": loss, **metrics}
 
 
-def train(config: MCConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
+def train(config: MCConfig, progress: Progress | None = None) -> Path:
     """Train MC Returns and return the run directory."""
-    config, run_dir, checkpoint = start_run(config)
+    config, run_dir, checkpoint, dataset = start_run(config, progress)
     set_seed(config.seed)
     # Data: episodes -> seeded split -> tokenizer -> rendered rows with returns-to-go (§1.3).
-    data = prepare_data(config, run_dir, config.gamma, config.discount_mode)
+    data = prepare_data(config, run_dir, config.gamma, config.discount_mode, dataset=dataset,
+                        progress=progress)
     # Model: a Q head on a trunk; dropout off (§2.3, §2.4). Shared: the trunk is the LM's.
     # Separate: the head's own trunk; the LM is the frozen π_β.
     lm = build_lm(config, data.tokenizer, dropout=0.0).to(config.device)

@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import Tensor
 
 from lmrlgym.algos import distributed
+from lmrlgym.algos.rundir import METRICS_FILE, TB_DIR
 
 
 class MetricsLogger:
@@ -16,7 +17,7 @@ class MetricsLogger:
     TensorBoard when available, imported lazily). Under torchrun only rank 0 writes."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.writes = distributed.is_main()
         self._tb = None
         if tensorboard and self.writes:
@@ -25,7 +26,7 @@ class MetricsLogger:
             except ImportError:  # optional extra: `pip install "lmrlgym[tensorboard]"`
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+                self._tb = SummaryWriter(log_dir=str(run_dir / TB_DIR))
 
     def log(self, step: int, metrics: dict[str, float | Tensor]) -> dict[str, float]:
         flat = {k: float(v.detach().item() if isinstance(v, Tensor) else v) for k, v in metrics.items()}

@@ -49,6 +49,7 @@ from lmrlgym.algos.config import TrainConfig, config_algo
 from lmrlgym.algos.dataset import context_fn, epoch_batches, load_or_train_tokenizer
 from lmrlgym.algos.loop import (
     Progress,
+    check_run,
     create_run_dir,
     eval_metrics,
     lr_at,
@@ -57,7 +58,7 @@ from lmrlgym.algos.loop import (
     start_run,
 )
 from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
-from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
+from lmrlgym.algos.progress import counter, report
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.data.io import episode_from_json
 from lmrlgym.eval.evaluate import evaluate
@@ -401,14 +402,11 @@ def start_online_run(config: OnlineConfig) -> tuple[OnlineConfig, Path, Path | N
                          "sampling runs outside FSDP's forward), so every rank holds full weights "
                          "anyway; use ddp (FSDP is offered for the offline methods)")
     if config.resume:
-        return start_run(config)
+        return start_run(config)[:3]
     if not config.init_from:
         raise ValueError(f"{config_algo(config)} starts from a BC run: pass --init RUN_DIR "
                          "(a finished `lmrlgym train bc` run directory)")
-    init = Path(config.init_from)
-    if not (init / MODEL_DIR).is_dir() or not (init / TOKENIZER_DIR).is_dir():
-        raise FileNotFoundError(f"--init {init}: no {MODEL_DIR}/ and {TOKENIZER_DIR}/ "
-                                "(not a finished training run)")
+    check_run(config)
     # Under torchrun the ranks share each round's rollouts and each update's rows; rank 0
     # alone creates the run directory, logs and checkpoints (algos/distributed.py).
     if distributed.init_distributed(config.device, config.dist_timeout).enabled:
@@ -437,8 +435,8 @@ def rollout_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: On
                     batch_size=config.rollout_batch_size, name=config_algo(config))
 
 
-def evaluate_lm(lm: nn.Module, tokenizer: PreTrainedTokenizerBase,
-                config: OnlineConfig) -> dict[str, float]:
+def evaluate_lm(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: OnlineConfig,
+                progress: Progress | None = None) -> dict[str, float]:
     """``eval/*`` of the current policy under the task's protocol (``eval_episodes``). Under
     torchrun rank 0 evaluates while the others wait, and every rank returns its metrics."""
     if not distributed.is_main():
@@ -446,8 +444,8 @@ def evaluate_lm(lm: nn.Module, tokenizer: PreTrainedTokenizerBase,
     was_training = lm.training
     lm.eval()
     try:
-        result = evaluate(lm_policy(lm, tokenizer, config), config.task,
-                          config.eval_episodes, config.seed)
+        result = evaluate(lm_policy(lm, tokenizer, config), config.task, config.eval_episodes,
+                          config.seed, progress=counter(progress, "evaluate", config.eval_episodes))
     finally:
         lm.train(was_training)
     return distributed.broadcast_object(eval_metrics(result, config))
@@ -489,10 +487,12 @@ class OnlineLoop:
         """Train the remaining rounds, export the policy (and the method's heads)."""
         config = self.config
         if self.start == 0 and config.eval_every and config.eval_episodes > 0:
-            self.logger.log(0, evaluate_lm(self.lm, self.tokenizer, config))  # the initial policy
+            # the initial policy
+            self.logger.log(0, evaluate_lm(self.lm, self.tokenizer, config, self.progress))
         for rnd in range(self.start, config.n_rounds):
             self.round(rnd)
         self.logger.close()
+        report(self.progress, "export")
         export_lm(self.lm, self.tokenizer, self.run_dir, self.method.export_heads or None)
         distributed.cleanup()  # every rank waits for rank 0's export
         return self.run_dir
@@ -527,7 +527,7 @@ class OnlineLoop:
                    "time/tokens_per_s": tokens / max(t2 - t1, 1e-9)}
         last = done == config.n_rounds
         if config.eval_episodes > 0 and ((config.eval_every and done % config.eval_every == 0) or last):
-            metrics.update(evaluate_lm(self.lm, self.tokenizer, config))
+            metrics.update(evaluate_lm(self.lm, self.tokenizer, config, self.progress))
         self.logger.log(done, metrics)
         if done % config.save_every == 0 or last:
             save_checkpoint(self.run_dir, done, method.modules, self.optimizer,

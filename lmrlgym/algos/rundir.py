@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ TOKENIZER_DIR = "tokenizer"
 HEADS_FILE = "heads.safetensors"  # the exported value heads, keys "<head>.<param>"
 CKPT_DIR = "checkpoints"  # step_<N>/ directories
 LATEST = "latest"  # checkpoints/latest: the name of the newest complete step_<N>/
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"  # TensorBoard events
+REPLAY_FILE = "replay.jsonl"  # online filtered BC's kept episodes
+# What a run writes besides its config; temporary entries are named ".<stem>.<random>".
+OUTPUTS = (MODEL_DIR, TOKENIZER_DIR, HEADS_FILE, CKPT_DIR, METRICS_FILE, TB_DIR, REPLAY_FILE)
 
 
 def run_dir_for(config: TrainConfig) -> Path:
@@ -36,6 +42,25 @@ def read_config(run_dir: str | os.PathLike, flag: str = "") -> tuple[str | None,
         raise FileNotFoundError(f"{flag}{run_dir}: no {CONFIG_FILE} (not a run directory)")
     fields = json.loads(path.read_text())
     return fields.pop("algo", None), fields
+
+
+def is_restartable(run_dir: str | os.PathLike) -> bool:
+    """A run that was started (its ``config.json`` is a run's) but never checkpointed: it
+    failed or was stopped before its first checkpoint, so nothing in it is worth keeping."""
+    try:
+        algo, _ = read_config(run_dir)
+    except (OSError, ValueError):
+        return False
+    return algo is not None and latest_checkpoint(run_dir) is None
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Remove what a run wrote besides its config (before starting a restartable run again);
+    other files are left alone."""
+    stems = tuple(f".{name.split('.')[0]}." for name in OUTPUTS)
+    for path in run_dir.iterdir():
+        if path.name in OUTPUTS or path.name.startswith(stems):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:

@@ -3,7 +3,9 @@
 - ``full``: the paper's settings (docs/algorithms.md §3 tables = paper Table 3; models of §2.1;
   dataset sizes of paper Table 1; evaluation episodes of §4.2). For GPU machines.
 - ``cpu``: tiny GPT-2, fewer rows and steps, higher learning rates and CPU-scale γ/β for the
-  tiny model (documented deviations, see ``SMALL_VALUE``), 3 seeds. The README's results table comes from it.
+  tiny model (documented deviations, see ``SMALL_VALUE``), 3 seeds. The README's results table
+  comes from it, and ``lmrlgym train`` / ``eval`` use its sizes where no GPU is found
+  (``--preset``, :func:`choose_preset`).
 - ``smoke``: ``make bench``: the paper's six methods, 2 seeds, on Maze-FO and Wordle, plus the behaviour
   and scripted-optimum references on every other task; minutes on a 2-core CPU.
 
@@ -14,10 +16,13 @@ CQL weight, learning rates, prompt lengths); a profile only rescales sizes and l
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmrlgym.envs import TASK_IDS
 from lmrlgym.registry import spec
+
+if TYPE_CHECKING:
+    from lmrlgym.algos.config import TrainConfig
 
 PAPER_METHODS = ("bc", "filtered_bc", "mc", "ilql", "ppo", "online_filtered_bc")
 # Beyond the paper (docs/algorithms.md §3.8-3.9); every online method starts from BC.
@@ -212,3 +217,66 @@ def get_profile(name: str) -> Profile:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}") from None
+
+
+def sized_config(profile: Profile, method: str, task: str, **values: Any) -> TrainConfig:
+    """``method``'s paper preset for ``task``, rescaled by ``profile``, then ``values``: every
+    bench cell's config, and the defaults of ``lmrlgym train --preset``."""
+    from lmrlgym.algos import algorithm
+
+    base = algorithm(method).preset(task)
+    values = {**profile.overrides(task, method, base), **values}
+    unknown = set(values) - {f.name for f in dataclasses.fields(base)}
+    if unknown:
+        raise ValueError(f"preset {profile.name}/{task}/{method} sets unknown "
+                         f"{type(base).__name__} fields: {sorted(unknown)}")
+    return dataclasses.replace(base, **values)
+
+
+# `--preset` of `lmrlgym train` and `lmrlgym eval` -> the profile whose sizes it uses.
+PRESET_PROFILES = {"cpu": "cpu", "paper": "full"}
+PRESETS = ("auto", *PRESET_PROFILES)
+
+
+@dataclasses.dataclass(frozen=True)
+class PresetChoice:
+    """What ``--preset`` and ``--device`` resolve to for ``lmrlgym train`` and ``eval``."""
+
+    name: str
+    """``cpu`` or ``paper``."""
+    device: str
+    """``--device`` if given, else ``cuda`` when a GPU is found, else ``cpu``."""
+    reason: str | None
+    """Why ``auto`` chose the CPU preset (``no GPU found`` or ``--device cpu``), else None."""
+
+    @property
+    def profile(self) -> Profile:
+        return PROFILES[PRESET_PROFILES[self.name]]
+
+    def announcement(self, sizes: str) -> str | None:
+        """The one line saying that the CPU preset is used (None for the paper's)."""
+        if self.name != "cpu":
+            return None
+        line = f"using the CPU preset ({sizes})"
+        if self.reason:
+            line = f"{self.reason}: {line}; pass --preset paper for the paper's settings"
+        return line
+
+
+def choose_preset(preset: str = "auto", device: str | None = None,
+                  cuda: bool | None = None) -> PresetChoice:
+    """``auto`` is ``paper`` on a CUDA device and ``cpu`` otherwise. ``device`` is the user's
+    ``--device`` (None: ``cuda`` if ``cuda``, default: ``torch.cuda.is_available()``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r}: valid: {', '.join(PRESETS)}")
+    if device is None:
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        device, reason = ("cuda" if cuda else "cpu"), "no GPU found"
+    else:
+        reason = f"--device {device}"
+    gpu = device.startswith("cuda")
+    name = preset if preset != "auto" else ("paper" if gpu else "cpu")
+    return PresetChoice(name, device, reason if preset == "auto" and not gpu else None)

@@ -177,20 +177,11 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
 def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> TrainConfig:
     """The cell's named preset: the algorithm's paper preset for the task, rescaled by the
     profile, with this cell's data, seed, run directory and BC initialisation."""
-    module = algorithm(cell.method)
-    base = module.preset(cell.task, data=str(data))
-    values: dict[str, Any] = {
-        "seed": cell.seed,
-        "out": str(out / "runs" / cell.key),
-        **profile.overrides(cell.task, cell.method, base),
-    }
+    values: dict[str, Any] = {"data": str(data), "seed": cell.seed,
+                              "out": str(out / "runs" / cell.key)}
     if cell.method in NEEDS_BC_INIT:
         values["init_from"] = str(out / "runs" / Cell(cell.task, "bc", cell.seed).key)
-    unknown = set(values) - {f.name for f in dataclasses.fields(base)}
-    if unknown:
-        raise ValueError(f"preset {profile.name}/{cell.task}/{cell.method} sets unknown "
-                         f"{type(base).__name__} fields: {sorted(unknown)}")
-    return dataclasses.replace(base, **values)
+    return presets.sized_config(profile, cell.method, cell.task, **values)
 
 
 def plan(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,7 +28,8 @@ def eval_main(
     env_kwargs: str = "{}",
     batch_size: int = 64,
     served_mode: Literal["completions", "chat"] = "completions",
-    device: str = "cpu",
+    preset: Literal["auto", "cpu", "paper"] = "auto",
+    device: str | None = None,
     threads: int | None = None,
     json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
@@ -41,7 +43,8 @@ def eval_main(
     Args:
         run: Training run directory (its exported model/ and tokenizer/).
         task: Env id; default: the run's task.
-        episodes: Evaluation episodes; default: the task's full protocol (Maze: 800 = 25 starts x 32).
+        episodes: Evaluation episodes; default: the --preset's count (cpu: the benchmark's `cpu`
+            profile, e.g. Maze 200; paper: the task's full protocol, Maze 800 = 25 starts x 32).
         seed: Shifts the protocol's env seeds and seeds sampling (0 = the shared protocol).
         out: Output directory; default: <run>/eval/<task>__seed<seed>/ (with --policy: required).
             An evaluation that dies midway keeps its finished episodes in episodes.partial.jsonl.
@@ -64,14 +67,17 @@ def eval_main(
         env_kwargs: JSON object of env keyword arguments, e.g. '{"grid": "double_t_maze"}'.
         batch_size: Prompts per forward pass (in-process models).
         served_mode: For openai: policies, the /completions (raw prompt) or /chat/completions API.
-        device: Torch device.
+        preset: Where --episodes is not given, its count: cpu, paper, or auto (cpu where no
+            GPU is found, else paper).
+        device: Torch device (default: cuda when a GPU is found, else cpu).
         threads: torch intra-op threads (default: torch's choice; 1 is much faster for small
             models on a machine busy with other work).
         json_output: Print the summary as JSON instead of a table.
     """
     from tqdm import tqdm
 
-    from lmrlgym.eval.evaluate import evaluate, format_summary_table, protocol_episodes
+    from lmrlgym.bench.presets import choose_preset
+    from lmrlgym.eval.evaluate import evaluate, explain_normalization, format_summary_table
     from lmrlgym.registry import parse_env_kwargs
 
     if threads is not None:
@@ -83,6 +89,7 @@ def eval_main(
     if (run is None) == (policy is None):
         raise ValueError("give exactly one of --run RUN_DIR or --policy NAME")
     kwargs = parse_env_kwargs(env_kwargs)
+    choice = choose_preset(preset, device)
 
     if run is not None:
         from lmrlgym.algos import load_config, load_policy
@@ -97,7 +104,7 @@ def eval_main(
                          if v is not None})
         if max_new_tokens is not None:
             decoding["max_new_tokens"] = max_new_tokens
-        pol = load_policy(run, beta=beta, device=device, **decoding)
+        pol = load_policy(run, beta=beta, device=choice.device, **decoding)
         out = out or run / "eval" / f"{task}__seed{seed}"
     else:
         from lmrlgym.data.policies import make_policy
@@ -116,12 +123,16 @@ def eval_main(
         else:
             pol = make_policy(policy, task)
     if episodes is None:
-        episodes = protocol_episodes(task)
+        episodes = choice.profile.eval_episodes(task)
+        announcement = choice.announcement(f"{episodes} episodes")
+        if announcement:
+            print(announcement, file=sys.stderr)
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
 
     try:
-        with tqdm(total=episodes, desc=f"eval {task}", unit="ep", delay=0.5) as bar:
+        # smoothing 0: the ETA is the mean rate so far (episodes finish in bursts).
+        with tqdm(total=episodes, desc=f"eval {task}", unit="ep", delay=0.5, smoothing=0) as bar:
             result = evaluate(pol, task, episodes, seed=seed, env_kwargs=kwargs, out_dir=out,
                               progress=bar.update)
     finally:
@@ -131,4 +142,5 @@ def eval_main(
         print(json.dumps({k: v for k, v in result.summary.items() if k != "metrics"}, indent=2))
     else:
         print(format_summary_table(result.summary))
+        print(explain_normalization(result.summary))
         print(f"wrote {out}/episodes.jsonl and {out}/eval_summary.json")

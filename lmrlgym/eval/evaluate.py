@@ -436,3 +436,28 @@ def format_summary_table(summary: dict[str, Any]) -> str:
         rows.append(("decoding", ", ".join([mode, *extra])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def explain_normalization(summary: dict[str, Any]) -> str:
+    """One line per normalised score of a summary: what its 0, 50 and 100 are, and why the
+    paper's can be far below 0 (docs/tasks.md §10)."""
+    norm = summary["normalization"]
+    project, paper = norm["project"], norm["paper"]
+    lines = []
+    if project:
+        lines.append(
+            f"project score {project['score']:.1f}: returns mapped piecewise-linearly so 0 = "
+            f"{project['min']:g} (the minimum), 50 = {project['avg']:g} (the dataset's average), "
+            f"100 = {project['max']:g} (the optimum, the best scripted policy's); not clipped.")
+    if paper:
+        line = (f"paper score {paper['score']:.1f}: the same rule with the paper's Table 5 "
+                f"returns, 0 = {paper['min']:g} (its minimum), 50 = {paper['avg']:g} (its "
+                f"dataset average), 100 = {paper['max']:g} (its optimum)")
+        if project and project["min"] < paper["min"]:
+            line += (f"; a mean return below {paper['min']:g} scores below 0, down to "
+                     f"{score(project['min'], PAPER[summary['task']]):.0f} at the "
+                     f"worst possible return {project['min']:g}")
+        lines.append(line + ".")
+    else:
+        lines.append("paper score n/a: the paper gives no normalisation constants for this task.")
+    return "\n".join(lines)

@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +81,13 @@ def build_model(
             **config_overrides,
         )
         return GPT2LMHeadModel(config)
-    if not os.path.isdir(name_or_path) and os.sep in name_or_path and not _looks_like_hub_id(name_or_path):
-        raise FileNotFoundError(
-            f"model {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
-            "directory"
-        )
+    check_model_source(name_or_path)
     kwargs: dict[str, Any] = dict(config_overrides)
     if n_positions is not None:
         kwargs["n_positions"] = n_positions
     if dropout is not None:
         kwargs.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    hf_logging.disable_progress_bar()  # progress display belongs to the CLI layer
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as e:
@@ -99,6 +97,23 @@ def build_model(
         ) from None
     check_vocab(model, tokenizer, name_or_path)
     return model
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Fail early (before a run starts) on a model that cannot load: not a preset, not a saved
+    model directory, and not shaped like a hub id. A hub id itself is checked when loaded."""
+    if name_or_path in PRESETS:
+        return
+    if os.path.isdir(name_or_path):
+        if not os.path.exists(os.path.join(name_or_path, "config.json")):
+            raise FileNotFoundError(f"model {name_or_path!r}: the directory has no config.json "
+                                    "(not a saved model)")
+        return
+    if os.sep in name_or_path and not _looks_like_hub_id(name_or_path):
+        raise FileNotFoundError(
+            f"model {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
+            "directory"
+        )
 
 
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str = "") -> None:

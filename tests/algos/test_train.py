@@ -1,5 +1,6 @@
 """Training loops: short smoke runs, determinism, resume, CLI and value-guided decoding."""
 
+import dataclasses
 import json
 import shutil
 
@@ -99,6 +100,65 @@ def test_new_run_refuses_an_existing_run_and_resume_needs_a_run(assets, tmp_path
         mc.train(mc.MCConfig(resume=str(run_dir)))
 
 
+@pytest.mark.parametrize("bad,error,match", [
+    ({"data": "missing"}, FileNotFoundError, "missing"),
+    ({"data": "corrupt.jsonl"}, ValueError, "corrupt.jsonl"),
+    ({"task": "Maze-F0-v0"}, KeyError, "Maze-F0-v0"),
+    ({"model": "./models/nope"}, FileNotFoundError, "neither a preset"),
+    ({"model": "."}, FileNotFoundError, "no config.json"),
+    ({"init_from": "runs/none"}, FileNotFoundError, "not a finished training run"),
+])
+def test_a_run_that_cannot_start_leaves_nothing_behind(bad, error, match, assets, tmp_path,
+                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corrupt.jsonl").write_text('{"task": "Maze-FO-v0", "turns": [\n')
+    out = tmp_path / "runs" / "x"
+    with pytest.raises(error, match=match):
+        bc.train(dataclasses.replace(config(bc, assets, out), **bad))
+    assert not out.exists() and not (tmp_path / "runs" / "x").exists()
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop(step, n_steps, metrics, phase="train"):
+    if phase == "train":
+        raise Stop  # a run killed before its first checkpoint
+
+
+def test_a_run_without_a_checkpoint_starts_again(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        bc.train(config(bc, assets, out, max_steps=2), progress=_stop)
+    assert (out / "config.json").exists() and (out / "metrics.jsonl").exists()
+    assert not (out / "checkpoints").exists()
+    (out / "notes.txt").write_text("mine")
+    # The same --out starts it again (with the new flags), from a clean directory.
+    bc.train(config(bc, assets, out, max_steps=3))
+    assert len(metrics(out)) == 3 and (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "config.json").read_text())["max_steps"] == 3
+
+    # --resume on a run without a checkpoint restarts it with its saved config.
+    other = tmp_path / "other"
+    with pytest.raises(Stop):
+        bc.train(config(bc, assets, other, max_steps=2), progress=_stop)
+    args = ["bc", "--resume", str(other)]
+    assert train_main(args) == other
+    assert f"{other} never reached a checkpoint" in capsys.readouterr().err
+    assert len(metrics(other)) == 2 and (other / "model").is_dir()
+
+
+def test_a_config_json_that_is_not_a_runs_is_never_cleared(assets, tmp_path):
+    out = tmp_path / "hf_model"
+    out.mkdir()
+    (out / "config.json").write_text('{"model_type": "gpt2"}')
+    (out / "tokenizer").mkdir()
+    with pytest.raises(FileExistsError, match="another config.json"):
+        bc.train(config(bc, assets, out))
+    assert (out / "tokenizer").is_dir()
+
+
 def test_cli_trains_and_the_run_loads_as_a_value_guided_policy(assets, tmp_path):
     out = tmp_path / "cli"
     run_dir = train_main(["ilql", "--task", "Maze-FO-v0", "--data", assets["data"], "--out",
@@ -117,7 +177,7 @@ def test_cli_trains_and_the_run_loads_as_a_value_guided_policy(assets, tmp_path)
 
 def test_cli_help_comes_from_the_config_docstrings(capsys):
     with pytest.raises(SystemExit):
-        parse_config("mc", ["--task", "Wordle-v0", "--help"])
+        parse_config("mc", ["--task", "Wordle-v0", "--preset", "paper", "--help"])
     text = capsys.readouterr().out
     assert "Decoding weight of Q" in text and "(default: 64.0)" in text  # Wordle's paper β
 
