@@ -58,9 +58,10 @@ def runs(assets):
 
         RecordingLoop.__name__ = "Loop"
         with pytest.MonkeyPatch.context() as mp:
-            for original, spy in ((make_optimizer, optimizer_spy), (value_trunk, trunk_spy),
-                                  (Loop, RecordingLoop)):
-                spy_on(original, spy, mp.setattr)
+            for home, name, spy in ((loop, "make_optimizer", optimizer_spy),
+                                    (backbone, "value_trunk", trunk_spy),
+                                    (loop, "Loop", RecordingLoop)):
+                spy_on(home, name, spy, mp.setattr)
             seen["run"] = module.train(config(module, assets, assets["root"] / algo))
         out[algo] = seen
     return out
