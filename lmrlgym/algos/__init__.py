@@ -42,6 +42,7 @@ from lmrlgym.algos.rundir import (
     HEADS_FILE,
     MODEL_DIR,
     TOKENIZER_DIR,
+    config_from_fields,
     latest_checkpoint,
     read_config,
 )
@@ -79,7 +80,7 @@ def load_config(run_dir: str | os.PathLike) -> TrainConfig:
     if algo not in ALGORITHMS:
         raise ValueError(f"{Path(run_dir) / CONFIG_FILE}: unknown algo {algo!r}; "
                          f"valid: {', '.join(ALGORITHMS)}")
-    return algorithm(algo).CONFIG(**fields)
+    return config_from_fields(algorithm(algo).CONFIG, fields, str(Path(run_dir) / CONFIG_FILE))
 
 
 def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: str = "cpu",

@@ -24,7 +24,13 @@ from lmrlgym.algos.checkpoint import load_checkpoint, save_checkpoint
 from lmrlgym.algos.config import TrainConfig, config_algo, config_to_json
 from lmrlgym.algos.dataset import BatchSchedule, Data
 from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
-from lmrlgym.algos.rundir import CONFIG_FILE, latest_checkpoint, read_config, run_dir_for
+from lmrlgym.algos.rundir import (
+    CONFIG_FILE,
+    config_from_fields,
+    latest_checkpoint,
+    read_config,
+    run_dir_for,
+)
 from lmrlgym.data.io import write_json
 from lmrlgym.eval.evaluate import EvalResult, evaluate
 from lmrlgym.models.policy import LMPolicy
@@ -76,7 +82,8 @@ def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
         algo, fields = read_config(run_dir, "--resume ")
         if algo != config_algo(config):
             raise ValueError(f"--resume {run_dir}: the run is {algo!r}, not {config_algo(config)!r}")
-        config = type(config)(**{**fields, "resume": str(run_dir)})
+        config = config_from_fields(type(config), {**fields, "resume": str(run_dir)},
+                                    f"--resume {run_dir / CONFIG_FILE}")
         config = dataclasses.replace(config, device=distributed.device_for(config.device))
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:

@@ -91,8 +91,13 @@ def build_model(
     if dropout is not None:
         kwargs.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        # Weights from safetensors only: a pytorch_model.bin is a pickle, and a model directory
+        # may come from elsewhere (an --init-from run, docs/security.md).
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
     except OSError as e:
+        if os.path.isdir(name_or_path):
+            raise FileNotFoundError(f"cannot load model {name_or_path!r}: {e} (lmrlgym reads "
+                                    "model weights from safetensors only)") from None
         raise FileNotFoundError(
             f"cannot load model {name_or_path!r}: not a preset ({', '.join(PRESETS)}), not a "
             f"local model directory, and not loadable from the hub ({e})"

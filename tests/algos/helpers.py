@@ -37,3 +37,31 @@ def spy_on(original, spy, set_attr=setattr) -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("lmrlgym.algos") and getattr(module, original.__name__, None) is original:
             set_attr(module, original.__name__, spy)
+
+
+class MaliciousPickle:
+    """Unpickling this calls ``open(marker, "w")``: it creates ``marker``, where a real attack
+    would run any command (issue 13 item 1)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_pickles(run_dir: Path, marker: Path) -> list[Path]:
+    """Replace every file of ``run_dir`` that a loader could unpickle by a malicious pickle:
+    each checkpoint's state (as an older version's ``state.pt``) and the exported model's
+    weights (as ``pytorch_model.bin``). Returns the planted files."""
+    planted = []
+    for ckpt in sorted((run_dir / "checkpoints").glob("step_*")):
+        for name in ("state.json", "state.safetensors"):
+            (ckpt / name).unlink(missing_ok=True)
+        planted.append(ckpt / "state.pt")
+    if (run_dir / "model").is_dir():
+        (run_dir / "model" / "model.safetensors").unlink(missing_ok=True)
+        planted.append(run_dir / "model" / "pytorch_model.bin")
+    for path in planted:
+        torch.save({"optimizer": MaliciousPickle(marker), "rng": {}}, path)
+    return planted
