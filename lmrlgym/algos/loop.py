@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lmrlgym.algos import distributed
+from lmrlgym.algos.backbone import check_usable
 from lmrlgym.algos.checkpoint import load_checkpoint, save_checkpoint
 from lmrlgym.algos.config import TrainConfig, config_algo, config_to_json
 from lmrlgym.algos.dataset import BatchSchedule, Data
@@ -96,7 +97,9 @@ def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
 
 def create_run_dir(config: TrainConfig) -> Path:
     """A new run's directory with its ``config.json``, the same on every rank: rank 0 names
-    and creates it. Refuses a directory that already holds a run."""
+    and creates it. Refuses settings the finished run could not use (:func:`check_usable`) and
+    a directory that already holds a run."""
+    check_usable(config)
     run_dir = Path(distributed.broadcast_object(str(run_dir_for(config))))
     with distributed.main_first():
         if distributed.is_main():

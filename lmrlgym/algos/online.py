@@ -110,6 +110,9 @@ class OnlineConfig(TrainConfig):
         for name in ("n_rounds", "rollouts_per_round", "rollout_batch_size", "epochs_per_round"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 < self.rollout_temperature < math.inf:
+            raise ValueError(f"--rollout-temperature must be positive and finite, got "
+                             f"{self.rollout_temperature}")
 
 
 def rollout_seeds(seed: int, rnd: int, n: int) -> list[int]:

@@ -26,6 +26,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmrlgym.core import Turn
+from lmrlgym.models.factory import positions
 from lmrlgym.models.render import ContextFn, TokenCache, prompt_ids
 from lmrlgym.models.tokenizer import newline_id
 
@@ -86,8 +87,7 @@ class LMPolicy:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if pad_budget < 0:
             raise ValueError(f"pad_budget must be >= 0, got {pad_budget}")
-        n_pos = getattr(model.config, "n_positions", None) or getattr(
-            model.config, "max_position_embeddings", None)
+        n_pos = positions(model.config)
         if n_pos is not None and max_context_tokens + max_new_tokens > n_pos:
             raise ValueError(
                 f"max_context_tokens + max_new_tokens = {max_context_tokens + max_new_tokens} "

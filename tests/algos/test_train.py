@@ -7,8 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmrlgym.algos import bc, filtered_bc, ilql, load_policy, loop, mc
+from lmrlgym.algos import ALGORITHMS, algorithm, bc, filtered_bc, ilql, load_policy, loop, mc, ppo
+from lmrlgym.algos.backbone import check_usable
 from lmrlgym.algos.cli import parse_config, train_main
+from lmrlgym.envs import TASK_IDS
+from lmrlgym.models.factory import PRESETS
 from tests.algos.helpers import maze_dataset, micro_model, spy_on
 
 MODULES = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
@@ -97,6 +100,41 @@ def test_new_run_refuses_an_existing_run_and_resume_needs_a_run(assets, tmp_path
         bc.train(bc.BCConfig(resume=str(tmp_path / "nothing")))
     with pytest.raises(ValueError, match="'bc', not 'mc'"):
         mc.train(mc.MCConfig(resume=str(run_dir)))
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_every_task_preset_fits_every_model_preset(algo):
+    # Issue 13 item 4: the per-task defaults give runs that can be evaluated and served.
+    module = algorithm(algo)
+    for task in TASK_IDS:
+        for model, shape in PRESETS.items():
+            config = module.preset(task, model=model)
+            assert config.max_context_tokens + config.max_new_tokens <= shape.n_positions, task
+            check_usable(config)
+
+
+def test_settings_the_finished_run_could_not_use_are_refused_before_any_work(assets, tmp_path):
+    # Wordle's former 2048 + 128 on a 2048-position preset: refused before the (Maze) data is
+    # read and before the run directory exists.
+    with pytest.raises(ValueError, match="= 2176 exceeds the 2048 positions of model 'gpt2-mini'"):
+        bc.train(bc.preset("Wordle-v0", data=assets["data"], out=str(tmp_path / "wordle"),
+                           max_context_tokens=2048))
+    # A loaded model (320 positions), and an online run's init_from model.
+    with pytest.raises(ValueError, match="= 324 exceeds the 320 positions"):
+        bc.train(config(bc, assets, tmp_path / "micro", max_context_tokens=316))
+    init = tmp_path / "init"
+    shutil.copytree(assets["model"], init / "model")
+    (init / "tokenizer").mkdir()
+    with pytest.raises(ValueError, match="= 324 exceeds the 320 positions"):
+        ppo.train(ppo.preset("Maze-FO-v0", init_from=str(init), out=str(tmp_path / "ppo"),
+                             max_context_tokens=316))
+    assert not any((tmp_path / name).exists() for name in ("wordle", "micro", "ppo"))
+    for bad in (dict(max_context_tokens=1), dict(temperature=0.0), dict(temperature=float("nan"))):
+        with pytest.raises(ValueError, match="--max-context-tokens|--temperature"):
+            bc.preset("Maze-FO-v0", **bad)
+    assert bc.preset("Maze-FO-v0", temperature=0.0, greedy=True).greedy
+    with pytest.raises(ValueError, match="--rollout-temperature"):
+        ppo.preset("Maze-FO-v0", rollout_temperature=0.0)
 
 
 def test_cli_trains_and_the_run_loads_as_a_value_guided_policy(assets, tmp_path):
