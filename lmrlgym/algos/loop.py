@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -86,13 +87,36 @@ def start_run(config: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
         config = config_from_fields(type(config), {**fields, "resume": str(run_dir)},
                                     f"--resume {run_dir / CONFIG_FILE}")
         config = dataclasses.replace(config, device=distributed.device_for(config.device))
+        check_resumable_paths(config, run_dir)
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume {run_dir}: no checkpoint yet; start it again")
         return config, run_dir, ckpt
     if not config.data:
         raise ValueError("--data is required (a dataset directory or JSONL file)")
+    config = absolute_paths(config)
     return config, create_run_dir(config), None
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its local paths (``data``, ``init_from``, a ``model`` directory) made
+    absolute, so the saved config resumes from any working directory."""
+    paths = {name: os.path.abspath(value) for name in ("data", "init_from", "model")
+             if (value := getattr(config, name)) and (name != "model" or os.path.exists(value))}
+    return dataclasses.replace(config, **paths)
+
+
+def check_resumable_paths(config: TrainConfig, run_dir: Path) -> None:
+    """A run saved with relative paths (by older versions) resumes only from the directory it
+    was started in: say so instead of failing on a missing file."""
+    for name in ("data", "init_from"):
+        value = getattr(config, name)
+        if value and not os.path.isabs(value) and not os.path.exists(value):
+            raise FileNotFoundError(
+                f"--resume {run_dir}: its {name} {value!r} is relative to the directory the run was "
+                f"started in (runs of older versions saved it so) and is not found from here "
+                f"({os.getcwd()}); resume from that directory, or write the absolute path into "
+                f"{run_dir / CONFIG_FILE}")
 
 
 def create_run_dir(config: TrainConfig) -> Path:
@@ -144,16 +168,18 @@ class Loop:
         self.select_best = select_best
         self.best = math.inf  # lowest eval/loss so far (select_best)
         self.start = 0
+        self.mean = MetricsMean()  # the logging interval's running means
         if checkpoint is not None:
             meta = load_checkpoint(checkpoint, modules, optimizer)
             self.start, self.best = meta["step"], meta.get("best_eval_loss", math.inf)
+            if "running_means" in meta:  # absent in run dirs of older versions
+                self.mean = MetricsMean.from_state(meta["running_means"])
             self.logger.truncate_after(self.start)
         # Identity in one process; under torchrun: rank 0's weights, shards, global metrics,
         # and with --data-parallel fsdp the sharded blocks (the optimizer is re-pointed at them).
         self.parallel = distributed.DataParallel(modules, config.seed, optimizer,
                                                  config.data_parallel, config.device)
         self.params = [p for p in optimizer.param_groups[0]["params"]]
-        self.mean = MetricsMean()
         self.tokens, self.t0 = 0, time.perf_counter()
         self.epoch = 0.0
         self.progress = progress if distributed.is_main() else None  # the CLI's progress bar
@@ -221,7 +247,8 @@ class Loop:
                 self.export(self.run_dir)  # the best model so far is the exported one
         if done % self.config.save_every == 0 or last:
             save_checkpoint(self.run_dir, done, self.modules, self.optimizer,
-                            {"n_steps": self.n_steps, "best_eval_loss": self.best},
+                            {"n_steps": self.n_steps, "best_eval_loss": self.best,
+                             "running_means": self.mean.state()},
                             self.config.keep_checkpoints)
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -52,11 +53,22 @@ class MetricsLogger:
 
 
 class MetricsMean:
-    """Averages per-microbatch metrics over a logging interval."""
+    """Averages per-microbatch metrics over a logging interval. ``state`` and ``from_state``
+    carry a part-way interval through a checkpoint, so a resumed run logs the same means."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> MetricsMean:
+        mean = cls()
+        mean.sums = {str(k): float(v) for k, v in state["sums"].items()}
+        mean.counts = {str(k): int(v) for k, v in state["counts"].items()}
+        return mean
 
     def add(self, metrics: dict[str, float | Tensor]) -> None:
         for k, v in metrics.items():

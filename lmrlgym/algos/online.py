@@ -47,6 +47,7 @@ from lmrlgym.algos.config import TrainConfig, config_algo
 from lmrlgym.algos.dataset import context_fn, epoch_batches, load_or_train_tokenizer
 from lmrlgym.algos.loop import (
     Progress,
+    absolute_paths,
     create_run_dir,
     eval_metrics,
     lr_at,
@@ -368,6 +369,7 @@ def start_online_run(config: OnlineConfig) -> tuple[OnlineConfig, Path, Path | N
     # alone creates the run directory, logs and checkpoints (algos/distributed.py).
     if distributed.init_distributed(config.device, config.dist_timeout).enabled:
         config = dataclasses.replace(config, device=distributed.device_for(config.device))
+    config = absolute_paths(config)
     return config, create_run_dir(config), None
 
 

@@ -1,5 +1,6 @@
 """Tiny models and Maze datasets shared by the algorithm tests."""
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -26,6 +27,19 @@ def maze_dataset(path: Path, n: int, policy: str, seed: int = 1_000_000) -> str:
     if not (path / "manifest.json").exists():
         generate_dataset("Maze-FO-v0", path, n, policy, seed=seed, overwrite=True)
     return str(path)
+
+
+def rewound_copy(run_dir: Path, dest: Path, step: int) -> Path:
+    """A copy of a finished run as a kill right after its step-``step`` checkpoint would have
+    left it: no export, no later checkpoints (their metrics lines stay until resume drops them)."""
+    shutil.copytree(run_dir, dest)
+    shutil.rmtree(dest / "model")
+    (dest / "heads.safetensors").unlink(missing_ok=True)
+    for ckpt in (dest / "checkpoints").glob("step_*"):
+        if int(ckpt.name.removeprefix("step_")) > step:
+            shutil.rmtree(ckpt)
+    (dest / "checkpoints" / "latest").write_text(f"step_{step:08d}\n")
+    return dest
 
 
 def spy_on(original, spy, set_attr=setattr) -> None:

@@ -5,7 +5,6 @@ containers and the RNG's NumPy array."""
 
 import json
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from lmrlgym.algos.checkpoint import (
     set_rng_state,
     unpack,
 )
-from tests.algos.helpers import MaliciousPickle, maze_dataset, micro_model
+from tests.algos.helpers import MaliciousPickle, maze_dataset, micro_model, rewound_copy
 
 
 def _adam_state():
@@ -74,11 +73,7 @@ def test_a_legacy_state_pt_resumes_to_the_uninterrupted_weights(tmp_path):
                 model=micro_model(tmp_path / "micro"), vocab_size=300, batch_size=8,
                 max_steps=4, save_every=2, log_every=1, tensorboard=False)
     full = bc.train(bc.preset("Maze-FO-v0", out=str(tmp_path / "full"), **base))
-    part = tmp_path / "part"
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "model")
-    shutil.rmtree(part / "checkpoints" / "step_00000004")
-    (part / "checkpoints" / "latest").write_text("step_00000002\n")
+    part = rewound_copy(full, tmp_path / "part", 2)
     # Rewrite step 2's state as the previous version did: torch.save of the RNG states' own
     # Python and NumPy tuples.
     ckpt = part / "checkpoints" / "step_00000002"

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from lmrlgym.algos.backbone import check_usable
 from lmrlgym.algos.cli import parse_config, train_main
 from lmrlgym.envs import TASK_IDS
 from lmrlgym.models.factory import PRESETS
-from tests.algos.helpers import maze_dataset, micro_model, spy_on
+from tests.algos.helpers import maze_dataset, micro_model, rewound_copy, spy_on
 
 MODULES = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
 
@@ -74,12 +75,7 @@ def test_resume_reaches_the_uninterrupted_weights(assets, tmp_path):
     full = ilql.train(config(ilql, assets, tmp_path / "full", max_steps=6, save_every=3,
                              keep_checkpoints=2))
     # The same run stopped after its step-3 checkpoint: drop what came later, then resume.
-    part = tmp_path / "part"
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "model")
-    (part / "heads.safetensors").unlink()
-    shutil.rmtree(part / "checkpoints" / "step_00000006")
-    (part / "checkpoints" / "latest").write_text("step_00000003\n")
+    part = rewound_copy(full, tmp_path / "part", 3)
     resumed = ilql.train(ilql.ILQLConfig(resume=str(part)))
     assert resumed == part
     a, b = load_file(full / "model" / "model.safetensors"), load_file(part / "model" / "model.safetensors")
@@ -90,6 +86,34 @@ def test_resume_reaches_the_uninterrupted_weights(assets, tmp_path):
     tb = load_file(part / "checkpoints" / "step_00000006" / "target.safetensors")
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     assert metrics(full) == metrics(part)
+
+
+def test_a_resumed_run_logs_what_the_uninterrupted_run_logged_from_any_cwd(assets, tmp_path,
+                                                                           monkeypatch):
+    # Issue 13 item 8. Checkpoints at 3 fall inside the logging interval 1-4: the running means
+    # of steps 1-3 travel in the checkpoint. The run is started with relative paths and resumed
+    # from another working directory.
+    data = Path(assets["data"])
+    monkeypatch.chdir(data.parent)
+    full = bc.train(config(bc, assets, tmp_path / "full", data=data.name, max_steps=6,
+                           log_every=4, save_every=3))
+    saved = json.loads((full / "config.json").read_text())
+    assert saved["data"] == str(data)
+    part = rewound_copy(full, tmp_path / "part", 3)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    bc.train(bc.BCConfig(resume=str(part)))
+
+    def logged(run_dir):
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().split("\n") if x]
+        return [{k: v for k, v in x.items() if not k.startswith("time/")} for x in lines]
+
+    assert [x["step"] for x in logged(full) if "train/loss" in x] == [4, 6]
+    assert logged(part) == logged(full)
+    # A run dir of an older version saved the path as given: from elsewhere, a clear error.
+    (part / "config.json").write_text(json.dumps({**saved, "data": data.name}))
+    with pytest.raises(FileNotFoundError, match="relative to the directory the run was started"):
+        bc.train(bc.BCConfig(resume=str(part)))
 
 
 def test_new_run_refuses_an_existing_run_and_resume_needs_a_run(assets, tmp_path):
