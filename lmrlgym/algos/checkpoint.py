@@ -19,7 +19,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 
 from lmrlgym.algos import distributed
 from lmrlgym.algos.rundir import CKPT_DIR, HEADS_FILE, LATEST, MODEL_DIR
-from lmrlgym.data.io import write_json
+from lmrlgym.data.io import atomic_write_text, honour_umask, temp_beside, write_json
 
 STATE_JSON = "state.json"  # optimizer and RNG state: structure and scalars
 STATE_TENSORS = "state.safetensors"  # ... and their tensors, referenced by name from the JSON
@@ -113,7 +112,7 @@ def save_checkpoint(
     if not distributed.is_main():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp_"))
+    tmp = temp_beside(final, directory=True)
     try:
         for name, state in states.items():
             save_state(state, tmp / f"{name}.safetensors")
@@ -122,16 +121,14 @@ def save_checkpoint(
         save_file(tensors, str(tmp / STATE_TENSORS))
         write_json(tmp / STATE_JSON, packed)
         write_json(tmp / META, {"step": step, **extra})
+        honour_umask(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fd, ptr = tempfile.mkstemp(dir=root, prefix=".latest.")
-    with os.fdopen(fd, "w") as f:
-        f.write(final.name + "\n")
-    os.replace(ptr, root / LATEST)
+    atomic_write_text(root / LATEST, final.name + "\n")
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -258,22 +255,27 @@ def export_lm(lm: nn.Module, tokenizer: Any, run_dir: Path, heads: dict[str, nn.
     if not distributed.is_main():
         return
     hf_logging.disable_progress_bar()  # progress bars belong to the CLI layer
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model."))
+    tmp = temp_beside(run_dir / MODEL_DIR, directory=True)
     if lora.is_lora(lm):
         lora.save_pretrained(lm, tmp)
     else:
         lm.save_pretrained(str(tmp), state_dict=state)
     tokenizer.save_pretrained(str(tmp))
+    honour_umask(tmp)
     if (run_dir / MODEL_DIR).exists():
         shutil.rmtree(run_dir / MODEL_DIR)
     os.replace(tmp, run_dir / MODEL_DIR)
     if heads:
         state = {f"{name}.{k}": v.detach().contiguous() for name, head_state in head_states.items()
                  for k, v in head_state.items()}
-        fd, tmp_file = tempfile.mkstemp(dir=run_dir, prefix=".heads.")
-        os.close(fd)
-        save_file(state, tmp_file)
-        os.replace(tmp_file, run_dir / HEADS_FILE)
+        tmp_file = temp_beside(run_dir / HEADS_FILE)
+        try:
+            save_file(state, str(tmp_file))
+            honour_umask(tmp_file)
+            os.replace(tmp_file, run_dir / HEADS_FILE)
+        except BaseException:
+            tmp_file.unlink(missing_ok=True)
+            raise
 
 
 def load_heads(run_dir: Path, heads: nn.ModuleDict) -> nn.ModuleDict:

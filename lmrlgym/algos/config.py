@@ -54,6 +54,8 @@ class TrainConfig:
     """Fraction of episodes held out (seeded split by episode) for eval/loss."""
     skip_bad: bool = False
     """Skip malformed dataset lines (reporting how many) instead of failing."""
+    allow_partial: bool = False
+    """Read a dataset directory without its manifest.json (an interrupted ``data generate``)."""
     log_every: int = 10
     """Optimizer steps between metric lines."""
     eval_every: int = 0

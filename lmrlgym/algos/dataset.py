@@ -8,7 +8,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from lmrlgym.algos.config import TrainConfig
 from lmrlgym.algos.rl import EmptyActionBatch
 from lmrlgym.algos.rundir import TOKENIZER_DIR
 from lmrlgym.core import Episode
+from lmrlgym.data.io import read_episodes, temp_beside
 from lmrlgym.models.render import ContextFn, Segment, TokenCache, render
 
 # Filtered BC's episode selection: training episodes -> (kept episodes, their data/* metrics).
@@ -72,9 +72,8 @@ def prepare_data(
 ) -> Data:
     """Episodes -> seeded split by episode -> (optional ``select`` on the training split) ->
     tokenizer (trained on the training text, or the run's/``init_from``'s) -> rendered rows."""
-    from lmrlgym.data.io import read_episodes
-
-    episodes, skipped = read_episodes(config.data, skip_bad=config.skip_bad)
+    episodes, skipped = read_episodes(config.data, skip_bad=config.skip_bad,
+                                      allow_partial=config.allow_partial)
     if skipped:
         print(f"{config.data}: skipped {skipped} malformed lines (--skip-bad)", file=sys.stderr)
     if not episodes:
@@ -121,7 +120,7 @@ def load_or_train_tokenizer(config: TrainConfig, run_dir: Path,
         else:
             texts = (t.text for ep in episodes for t in ep.turns)
             tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
-        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tokenizer."))
+        tmp = temp_beside(own, directory=True)
         tokenizer.save_pretrained(str(tmp))
         os.replace(tmp, own)
         return tokenizer

@@ -47,6 +47,7 @@ from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.filtered_bc import select_episodes, selection_metrics
 from lmrlgym.algos.loop import Progress
+from lmrlgym.algos.metrics import trim_jsonl
 from lmrlgym.algos.rl import step_view
 from lmrlgym.data.io import episode_from_json
 from lmrlgym.models.render import Batch, Segment
@@ -63,6 +64,7 @@ class OnlineFilteredBCConfig(online.OnlineConfig):
     data: tyro.conf.Suppress[str] = ""
     val_fraction: tyro.conf.Suppress[float] = 0.05
     skip_bad: tyro.conf.Suppress[bool] = False
+    allow_partial: tyro.conf.Suppress[bool] = False
     n_rounds: int = 100
     """Collect/filter/train rounds (original Maze and Chess scripts: 100; Wordle 1)."""
     rollouts_per_round: int = 128
@@ -139,15 +141,15 @@ def load_replay(run_dir: Path, start: int) -> list[online.Rollout]:
     path = run_dir / REPLAY_FILE
     if not path.exists():
         return []
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-             if json.loads(ln)["round"] < start]
-    if distributed.is_main():
-        path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    records = trim_jsonl(path, "round", lambda r: r < start, write=distributed.is_main())
     out = []
-    for k, ln in enumerate(lines):
-        rec = json.loads(ln)
-        ep = episode_from_json(rec["episode"], f"{path}:{k + 1}")
-        out.append(online.Rollout(ep, rec["action_ids"], [], [], []))
+    for k, rec in enumerate(records):
+        ep = episode_from_json(rec.get("episode"), f"{path}:{k + 1}")
+        ids = rec.get("action_ids")
+        if not (isinstance(ids, list) and all(isinstance(a, list) and all(type(i) is int for i in a)
+                                              for a in ids)):
+            raise ValueError(f"{path}:{k + 1}: 'action_ids' is not a list of token id lists")
+        out.append(online.Rollout(ep, ids, [], [], []))
     return out
 
 

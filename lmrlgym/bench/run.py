@@ -56,9 +56,10 @@ class Cell:
 
 
 def config_hash(obj: Any) -> str:
-    """Hash of a cell's settings (config fields except output paths) for resumability."""
+    """Hash of a cell's settings (config fields except paths, and ``allow_partial``, which
+    the bench never sets: cells hashed before it existed stay done) for resumability."""
     d = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
-    for k in ("out", "resume", "data", "init_from", "init"):
+    for k in ("out", "resume", "data", "init_from", "init", "allow_partial"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
