@@ -192,6 +192,7 @@ def single_process(module, kwargs, monkeypatch, task="Maze-FO-v0"):
 
     spy_on(make_optimizer, spy, monkeypatch.setattr)
     run_dir = module.train(module.preset(task, **kwargs))
+    monkeypatch.undo()  # a second call must spy on the real make_optimizer, not on this spy
     return run_dir, [p.detach() for p in captured["params"]]
 
 
