@@ -353,7 +353,7 @@ def bench_run(
           f"in {_time.time() - t0:.0f} s")
     if failures:
         print(f"lmrlgym: {failures}", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(2 if failures.bad_input else 1)
 
 
 def bench_compare(results: tyro.conf.Positional[Path]) -> None:

@@ -46,6 +46,7 @@ from lmrlgym.algos.rundir import (
     MODEL_DIR,
     TOKENIZER_DIR,
     VALUE_MODEL_DIR,
+    config_from_fields,
     latest_checkpoint,
     read_config,
 )
@@ -88,7 +89,7 @@ def load_config(run_dir: str | os.PathLike) -> TrainConfig:
     if algo not in ALGORITHMS:
         raise ValueError(f"{Path(run_dir) / CONFIG_FILE}: unknown algo {algo!r}; "
                          f"valid: {', '.join(ALGORITHMS)}")
-    return algorithm(algo).CONFIG(**fields)
+    return config_from_fields(algorithm(algo).CONFIG, fields, str(Path(run_dir) / CONFIG_FILE))
 
 
 def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: str = "cpu",

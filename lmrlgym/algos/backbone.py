@@ -20,14 +20,35 @@ from lmrlgym.models.dual import DualLM
 from lmrlgym.models.policy import LMPolicy, LogitsAdjust
 
 
+def model_source(config: TrainConfig) -> str:
+    """What the run's LM is built from: ``init_from``'s exported model, else ``--model``."""
+    return str(Path(config.init_from) / MODEL_DIR) if config.init_from else config.model
+
+
+def check_usable(config: TrainConfig) -> None:
+    """Refuse, before any work, settings with which the finished run could not be evaluated or
+    served: a prompt of ``max_context_tokens`` plus ``max_new_tokens`` generated tokens must fit
+    in the model's positions (``LMPolicy``'s rule)."""
+    from lmrlgym.models.factory import model_positions
+
+    source = model_source(config)
+    n_pos = model_positions(source)
+    total = config.max_context_tokens + config.max_new_tokens
+    if n_pos is not None and total > n_pos:
+        raise ValueError(f"--max-context-tokens {config.max_context_tokens} + --max-new-tokens "
+                         f"{config.max_new_tokens} = {total} exceeds the {n_pos} positions of "
+                         f"model {source!r}: the trained run could not be evaluated or served; "
+                         "lower them or use a model with more positions")
+
+
 def build_lm(config: TrainConfig, tokenizer: PreTrainedTokenizerBase,
              dropout: float | None = None) -> nn.Module:
-    """The causal LM: ``init_from``'s exported model, else ``--model`` (a preset or a path).
-    Rows never exceed ``P + M`` plus one env turn, so the preset's position table is kept.
+    """The causal LM (:func:`model_source`). Rows never exceed a prompt and its action
+    (``check_usable`` keeps ``P + M`` within the positions), so the position table is kept.
     An ``init_from`` LoRA run's adapter is merged in; ``--lora`` then adds fresh adapters."""
     from lmrlgym.models import lora
 
-    source = str(Path(config.init_from) / MODEL_DIR) if config.init_from else config.model
+    source = model_source(config)
     # from_pretrained returns eval mode; training mode keeps the model's dropout active (BC).
     lm = lora.build_model(source, tokenizer, merge=True, dropout=dropout).train()
     return lora.apply_lora(lm, config.lora) if config.lora else lm

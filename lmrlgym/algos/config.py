@@ -4,6 +4,7 @@ subclasses it and adds its own), and how a config is written to a run directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 
@@ -53,6 +54,8 @@ class TrainConfig:
     """Fraction of episodes held out (seeded split by episode) for eval/loss."""
     skip_bad: bool = False
     """Skip malformed dataset lines (reporting how many) instead of failing."""
+    allow_partial: bool = False
+    """Read a dataset directory without its manifest.json (an interrupted ``data generate``)."""
     log_every: int = 10
     """Optimizer steps between metric lines."""
     eval_every: int = 0
@@ -105,6 +108,13 @@ class TrainConfig:
             raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        # What the run's evaluation policy (LMPolicy) needs, checked before any training.
+        if self.max_context_tokens < 2:
+            raise ValueError(f"--max-context-tokens must be at least 2 (BOS and one token), "
+                             f"got {self.max_context_tokens}")
+        if not self.greedy and not 0 < self.temperature < math.inf:
+            raise ValueError(f"--temperature must be positive and finite (or use --greedy), "
+                             f"got {self.temperature}")
         if self.lora is not None:
             from lmrlgym.models.lora import parse_lora
 

@@ -7,7 +7,6 @@ import dataclasses
 import math
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from lmrlgym.algos.progress import Progress, report
 from lmrlgym.algos.rl import EmptyActionBatch
 from lmrlgym.algos.rundir import TOKENIZER_DIR
 from lmrlgym.core import Episode
+from lmrlgym.data.io import read_episodes, temp_beside
 from lmrlgym.models.render import ContextFn, Segment, TokenCache, render
 
 # Filtered BC's episode selection: training episodes -> (kept episodes, their data/* metrics).
@@ -69,9 +69,8 @@ def context_fn(task: str, env_kwargs: dict[str, Any] | None = None) -> ContextFn
 def read_dataset(config: TrainConfig) -> tuple[list[Episode], int]:
     """``config.data``'s episodes (all of ``config.task``) and how many malformed lines
     ``--skip-bad`` skipped; a clear error for an unreadable, empty or other-task dataset."""
-    from lmrlgym.data.io import read_episodes
-
-    episodes, skipped = read_episodes(config.data, skip_bad=config.skip_bad)
+    episodes, skipped = read_episodes(config.data, skip_bad=config.skip_bad,
+                                      allow_partial=config.allow_partial)
     if not episodes:
         raise ValueError(f"{config.data}: the dataset has no episodes")
     other = sorted({e.task for e in episodes} - {config.task})
@@ -134,7 +133,7 @@ def load_or_train_tokenizer(config: TrainConfig, run_dir: Path,
         else:
             texts = (t.text for ep in episodes for t in ep.turns)
             tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
-        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tokenizer."))
+        tmp = temp_beside(own, directory=True)
         tokenizer.save_pretrained(str(tmp))
         os.replace(tmp, own)
         return tokenizer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lmrlgym.algos import distributed
+from lmrlgym.algos.backbone import check_usable
 from lmrlgym.algos.checkpoint import load_checkpoint, save_checkpoint
 from lmrlgym.algos.config import TrainConfig, config_algo, config_to_json
 from lmrlgym.algos.dataset import BatchSchedule, Data, read_dataset
@@ -30,6 +32,7 @@ from lmrlgym.algos.rundir import (
     MODEL_DIR,
     TOKENIZER_DIR,
     clear_outputs,
+    config_from_fields,
     is_restartable,
     latest_checkpoint,
     read_config,
@@ -90,8 +93,10 @@ def start_run(config: TrainConfig,
         algo, fields = read_config(run_dir, "--resume ")
         if algo != config_algo(config):
             raise ValueError(f"--resume {run_dir}: the run is {algo!r}, not {config_algo(config)!r}")
-        config = type(config)(**{**fields, "resume": str(run_dir)})
+        config = config_from_fields(type(config), {**fields, "resume": str(run_dir)},
+                                    f"--resume {run_dir / CONFIG_FILE}")
         config = dataclasses.replace(config, device=distributed.device_for(config.device))
+        check_resumable_paths(config, run_dir)
         ckpt = latest_checkpoint(run_dir)
         dataset = check_run(config, progress)
         if ckpt is None:  # it never got to a checkpoint: start it again
@@ -100,17 +105,20 @@ def start_run(config: TrainConfig,
                     clear_outputs(run_dir)
         return config, run_dir, ckpt, dataset
     dataset = check_run(config, progress)
+    config = absolute_paths(config)  # the saved config resumes from any working directory
     return config, create_run_dir(config), None, dataset
 
 
 def check_run(config: TrainConfig, progress: Progress | None = None) -> Dataset:
     """Everything a run needs, checked before its directory is created, so a run that cannot
-    start leaves nothing behind: the task (known, its dependencies installed), the model,
+    start leaves nothing behind: usable lengths (:func:`check_usable`), the task (known, its
+    dependencies installed), the model,
     ``init_from`` and the dataset, read here once (the lengths are checked by the config).
     Returns the dataset's ``(episodes, skipped lines)`` (empty for an online method)."""
     from lmrlgym.models.factory import check_model_source
     from lmrlgym.registry import spec
 
+    check_usable(config)  # settings the finished run could not use, before any compute
     task = spec(config.task)
     missing = task.missing()
     if missing:
@@ -133,6 +141,27 @@ def check_run(config: TrainConfig, progress: Progress | None = None) -> Dataset:
         raise ValueError("--data is required (a dataset directory or JSONL file)")
     report(progress, "read data")
     return read_dataset(config)
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its local paths (``data``, ``init_from``, a ``model`` directory) made
+    absolute, so the saved config resumes from any working directory."""
+    paths = {name: os.path.abspath(value) for name in ("data", "init_from", "model")
+             if (value := getattr(config, name)) and (name != "model" or os.path.exists(value))}
+    return dataclasses.replace(config, **paths)
+
+
+def check_resumable_paths(config: TrainConfig, run_dir: Path) -> None:
+    """A run saved with relative paths (by older versions) resumes only from the directory it
+    was started in: say so instead of failing on a missing file."""
+    for name in ("data", "init_from"):
+        value = getattr(config, name)
+        if value and not os.path.isabs(value) and not os.path.exists(value):
+            raise FileNotFoundError(
+                f"--resume {run_dir}: its {name} {value!r} is relative to the directory the run was "
+                f"started in (runs of older versions saved it so) and is not found from here "
+                f"({os.getcwd()}); resume from that directory, or write the absolute path into "
+                f"{run_dir / CONFIG_FILE}")
 
 
 def create_run_dir(config: TrainConfig) -> Path:
@@ -189,16 +218,18 @@ class Loop:
         self.select_best = select_best
         self.best = math.inf  # lowest eval/loss so far (select_best)
         self.start = 0
+        self.mean = MetricsMean()  # the logging interval's running means
         if checkpoint is not None:
             meta = load_checkpoint(checkpoint, modules, optimizer)
             self.start, self.best = meta["step"], meta.get("best_eval_loss", math.inf)
+            if "running_means" in meta:  # absent in run dirs of older versions
+                self.mean = MetricsMean.from_state(meta["running_means"])
             self.logger.truncate_after(self.start)
         # Identity in one process; under torchrun: rank 0's weights, shards, global metrics,
         # and with --data-parallel fsdp the sharded blocks (the optimizer is re-pointed at them).
         self.parallel = distributed.DataParallel(modules, config.seed, optimizer,
                                                  config.data_parallel, config.device)
         self.params = [p for p in optimizer.param_groups[0]["params"]]
-        self.mean = MetricsMean()
         self.tokens, self.t0 = 0, time.perf_counter()
         self.epoch = 0.0
         self.progress = progress if distributed.is_main() else None  # the CLI's progress bar
@@ -268,7 +299,8 @@ class Loop:
             if last:
                 report(self.progress, "export")  # the last checkpoint, then finish()'s export
             save_checkpoint(self.run_dir, done, self.modules, self.optimizer,
-                            {"n_steps": self.n_steps, "best_eval_loss": self.best},
+                            {"n_steps": self.n_steps, "best_eval_loss": self.best,
+                             "running_means": self.mean.state()},
                             self.config.keep_checkpoints)
 
     @torch.no_grad()

@@ -49,6 +49,7 @@ from lmrlgym.algos.config import TrainConfig, config_algo
 from lmrlgym.algos.dataset import context_fn, epoch_batches, load_or_train_tokenizer
 from lmrlgym.algos.loop import (
     Progress,
+    absolute_paths,
     check_run,
     create_run_dir,
     eval_metrics,
@@ -57,7 +58,7 @@ from lmrlgym.algos.loop import (
     set_seed,
     start_run,
 )
-from lmrlgym.algos.metrics import MetricsLogger, MetricsMean
+from lmrlgym.algos.metrics import MetricsLogger, MetricsMean, trim_jsonl
 from lmrlgym.algos.progress import counter, report
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.data.io import episode_from_json
@@ -114,6 +115,9 @@ class OnlineConfig(TrainConfig):
         for name in ("n_rounds", "rollouts_per_round", "rollout_batch_size", "epochs_per_round"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 < self.rollout_temperature < math.inf:
+            raise ValueError(f"--rollout-temperature must be positive and finite, got "
+                             f"{self.rollout_temperature}")
 
 
 def rollout_seeds(seed: int, rnd: int, n: int) -> list[int]:
@@ -313,15 +317,15 @@ def load_replay(run_dir: Path, start: int) -> list[Rollout]:
     path = run_dir / REPLAY_FILE
     if not path.exists():
         return []
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-             if json.loads(ln)["round"] < start]
-    if distributed.is_main():
-        path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    records = trim_jsonl(path, "round", lambda r: r < start, write=distributed.is_main())
     out = []
-    for k, ln in enumerate(lines):
-        rec = json.loads(ln)
-        ep = episode_from_json(rec["episode"], f"{path}:{k + 1}")
-        out.append(Rollout(ep, rec["action_ids"], [], [], []))
+    for k, rec in enumerate(records):
+        ep = episode_from_json(rec.get("episode"), f"{path}:{k + 1}")
+        ids = rec.get("action_ids")
+        if not (isinstance(ids, list) and all(isinstance(a, list) and all(type(i) is int for i in a)
+                                              for a in ids)):
+            raise ValueError(f"{path}:{k + 1}: 'action_ids' is not a list of token id lists")
+        out.append(Rollout(ep, ids, [], [], []))
     return out
 
 
@@ -411,6 +415,7 @@ def start_online_run(config: OnlineConfig) -> tuple[OnlineConfig, Path, Path | N
     # alone creates the run directory, logs and checkpoints (algos/distributed.py).
     if distributed.init_distributed(config.device, config.dist_timeout).enabled:
         config = dataclasses.replace(config, device=distributed.device_for(config.device))
+    config = absolute_paths(config)
     return config, create_run_dir(config), None
 
 

@@ -61,6 +61,7 @@ class OnlineFilteredBCConfig(online.OnlineConfig):
     data: tyro.conf.Suppress[str] = ""
     val_fraction: tyro.conf.Suppress[float] = 0.05
     skip_bad: tyro.conf.Suppress[bool] = False
+    allow_partial: tyro.conf.Suppress[bool] = False
     n_rounds: int = 100
     """Collect/filter/train rounds (original Maze and Chess scripts: 100; Wordle 1)."""
     rollouts_per_round: int = 128

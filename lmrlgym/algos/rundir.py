@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lmrlgym.algos.config import TrainConfig, config_algo
 
@@ -26,6 +27,8 @@ REPLAY_FILE = "replay.jsonl"  # online filtered BC's kept episodes
 # What a run writes besides its config; temporary entries are named ".<stem>.<random>".
 OUTPUTS = (MODEL_DIR, TOKENIZER_DIR, HEADS_FILE, CKPT_DIR, METRICS_FILE, TB_DIR, REPLAY_FILE)
 
+C = TypeVar("C", bound=TrainConfig)
+
 
 def run_dir_for(config: TrainConfig) -> Path:
     """``runs/<task>__<algo>__<seed>__<time>/`` (cleanrl's naming) unless ``--out`` is given."""
@@ -40,7 +43,12 @@ def read_config(run_dir: str | os.PathLike, flag: str = "") -> tuple[str | None,
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{flag}{run_dir}: no {CONFIG_FILE} (not a run directory)")
-    fields = json.loads(path.read_text())
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, absurd nesting
+        raise ValueError(f"{flag}{path}: not a readable config ({type(e).__name__}: {e})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{flag}{path}: expected a JSON object")
     return fields.pop("algo", None), fields
 
 
@@ -61,6 +69,13 @@ def clear_outputs(run_dir: Path) -> None:
     for path in run_dir.iterdir():
         if path.name in OUTPUTS or path.name.startswith(stems):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+def config_from_fields(cls: type[C], fields: dict[str, Any], where: str) -> C:
+    """``cls(**fields)`` of a saved config; unknown fields or values of the wrong type (a
+    foreign or hand-edited ``config.json``) raise ``ValueError`` naming ``where``."""
+    try:
+        return cls(**fields)
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -68,7 +83,10 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     ptr = Path(run_dir) / CKPT_DIR / LATEST
     if not ptr.exists():
         return None
-    path = ptr.parent / ptr.read_text().strip()
+    name = ptr.read_text(encoding="utf-8", errors="replace").strip()
+    if not re.fullmatch(r"step_\d+", name):  # never a path out of checkpoints/
+        raise ValueError(f"{ptr}: expected the name of a step_<N> directory, got {name[:80]!r}")
+    path = ptr.parent / name
     if not path.is_dir():
         raise FileNotFoundError(f"{ptr} points at {path.name}, which does not exist")
     return path

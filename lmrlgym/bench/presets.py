@@ -46,7 +46,7 @@ SMALL_VALUE = {
 }
 SMALL_TASK_VALUE = {("Maze-FO-v0", "mc"): {"head_bias": -5.0}}
 
-# Small profiles: a Wordle guess is ~10 tokens, so the original 2048 + 128 budget only slows
+# Small profiles: a Wordle guess is ~10 tokens, so the default 1920 + 128 budget only slows
 # an untrained tiny model down; the window still holds the whole game.
 SMALL_LENGTHS = {"Wordle-v0": {"max_context_tokens": 256, "max_new_tokens": 16}}
 

@@ -56,9 +56,10 @@ class Cell:
 
 
 def config_hash(obj: Any) -> str:
-    """Hash of a cell's settings (config fields except output paths) for resumability."""
+    """Hash of a cell's settings (config fields except paths, and ``allow_partial``, which
+    the bench never sets: cells hashed before it existed stay done) for resumability."""
     d = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
-    for k in ("out", "resume", "data", "init_from", "init"):
+    for k in ("out", "resume", "data", "init_from", "init", "allow_partial"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -241,6 +242,7 @@ def run_grid(
     cells = plan(profile, tasks, methods, seeds)
     results: list[dict[str, Any]] = []
     failed: list[str] = []
+    bad_input = True  # every failure so far was refused input (exit code 2, not 1)
     for i, cell in enumerate(cells):
         if progress:
             progress(cell, i, len(cells))
@@ -263,6 +265,7 @@ def run_grid(
             except Exception as e:  # one broken cell must not cost the rest of the grid
                 warnings.warn(f"cell {cell.key} failed: {type(e).__name__}: {e}", stacklevel=2)
                 failed.append(f"{cell.key}: {type(e).__name__}: {e}")
+                bad_input = bad_input and isinstance(e, (ValueError, OSError))
                 continue
             done = {**dataclasses.asdict(cell), **summary, "config_hash": h,
                     "seconds": time.time() - t0}
@@ -270,16 +273,19 @@ def run_grid(
         results.append(done)
     report = write_report(profile, out, results, failed)
     if failed:
-        raise CellFailures(failed)
+        raise CellFailures(failed, bad_input)
     return report
 
 
 class CellFailures(RuntimeError):
-    """Some cells failed; the report holds the others, and a rerun retries only the failed."""
+    """Some cells failed; the report holds the others, and a rerun retries only the failed.
+    ``bad_input``: every one failed on a file or setting it refused (e.g. a run directory's
+    checkpoint), not on an error while running."""
 
-    def __init__(self, failed: list[str]):
+    def __init__(self, failed: list[str], bad_input: bool = False):
         super().__init__(f"{len(failed)} cell(s) failed (rerun to retry them):\n  "
                          + "\n  ".join(failed))
+        self.bad_input = bad_input
 
 
 def _validate(profile: presets.Profile, tasks: list[str] | None, methods: list[str] | None,

@@ -26,24 +26,50 @@ class DatasetError(ValueError):
     """A dataset file or record is malformed; the message names the file, line and field."""
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and a rename.
+def temp_beside(path: str | os.PathLike, directory: bool = False) -> Path:
+    """A new empty temp file (or directory) next to ``path``, to be renamed onto it.
 
-    The temp file is created with mode 0o666 less the umask, as ``open()`` would create it
-    (``tempfile.mkstemp`` makes it 0o600, which the rename would keep)."""
+    It is created with mode 0o666 (0o777) less the umask, as ``open()`` (``mkdir``) would
+    create ``path`` itself; ``tempfile.mkstemp`` (``mkdtemp``) makes it 0o600 (0o700), which
+    the rename would keep."""
     path = Path(path)
-    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        if directory:
+            os.mkdir(tmp, 0o777)
+        else:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as e:  # name the file being written, not its hidden temp file
         raise type(e)(e.errno, e.strerror, str(path)) from None
+    return tmp
+
+
+def honour_umask(tmp: Path) -> None:
+    """Give ``tmp`` (a temp file or directory about to be renamed into place) and every file
+    in it the mode ``open()`` would (0o666 less the umask): some writers, safetensors and
+    hence ``save_pretrained`` among them, make their files 0o600 whatever the umask. The mode
+    is read off a probe file (reading the umask with ``os.umask`` would change it, for every
+    thread, meanwhile)."""
+    probe = temp_beside(tmp)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+        mode = probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
+    for path in [tmp, *tmp.rglob("*")] if tmp.is_dir() else [tmp]:
+        if path.is_file():
+            os.chmod(path, mode)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory (:func:`temp_beside`)
+    and a rename."""
+    tmp = temp_beside(path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -60,7 +60,7 @@ register(
     max_turns=15,
     requires=(TEXTWORLD,),
     description="TextWorld house: put the stale food in the fridge; room and inventory shown.",
-    lengths=Lengths(2048, 128),
+    lengths=Lengths(1920, 128),  # P + M = 2048: the original's total and the presets' positions
     protocol=TEXTNAV_PROTOCOL,
     group="textnav",
     paper=PaperSettings("gpt2", 2500),
@@ -72,7 +72,7 @@ register(
     max_turns=15,
     requires=(TEXTWORLD,),
     description="TextWorld house without room/inventory lines.",
-    lengths=Lengths(2048, 128),
+    lengths=Lengths(1920, 128),  # P + M = 2048: the original's total and the presets' positions
     protocol=TEXTNAV_PROTOCOL,
     group="textnav",
     paper=PaperSettings("gpt2", 2500),
@@ -82,7 +82,7 @@ register(
     "lmrlgym.envs.wordle:WordleEnv",
     max_turns=6,
     description="Wordle with letter-by-letter feedback, 6 guesses.",
-    lengths=Lengths(2048, 128),
+    lengths=Lengths(1920, 128),  # P + M = 2048: the original's total and the presets' positions
     protocol=Protocol(4096),
     group="wordle",
     paper=PaperSettings("gpt2", 1_000_000),

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
@@ -24,9 +25,10 @@ from transformers.utils import logging as hf_logging
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A GPT-2 shape. ``n_positions`` must cover ``max_context_tokens + max_new_tokens`` plus
-    the appended env tokens of a row (docs/algorithms.md §1.4): the longest task preset (Wordle and
-    Text-Nav, 2048 in the original) fits in 2048."""
+    """A GPT-2 shape. ``n_positions`` must cover ``max_context_tokens + max_new_tokens`` (a
+    prompt and its generation; a training row is at most a prompt and its action,
+    docs/algorithms.md §1.4); every task's lengths fit in 2048 (Wordle and Text-Nav:
+    1920 + 128)."""
 
     n_layer: int
     n_head: int
@@ -89,8 +91,13 @@ def build_model(
         kwargs.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     hf_logging.disable_progress_bar()  # progress display belongs to the CLI layer
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        # Weights from safetensors only: a pytorch_model.bin is a pickle, and a model directory
+        # may come from elsewhere (an --init-from run, docs/security.md).
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
     except OSError as e:
+        if os.path.isdir(name_or_path):
+            raise FileNotFoundError(f"cannot load model {name_or_path!r}: {e} (lmrlgym reads "
+                                    "model weights from safetensors only)") from None
         raise FileNotFoundError(
             f"cannot load model {name_or_path!r}: not a preset ({', '.join(PRESETS)}), not a "
             f"local model directory, and not loadable from the hub ({e})"
@@ -114,6 +121,25 @@ def check_model_source(name_or_path: str) -> None:
             f"model {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
             "directory"
         )
+
+
+def positions(model_config: Any) -> int | None:
+    """The position-table size of a model config (GPT-2's ``n_positions``, most others'
+    ``max_position_embeddings``), or None when it has neither."""
+    return getattr(model_config, "n_positions", None) or getattr(
+        model_config, "max_position_embeddings", None)
+
+
+def model_positions(name_or_path: str) -> int | None:
+    """The positions of the model ``build_model(name_or_path, ...)`` builds, read from the
+    preset or the model's ``config.json`` (no weights are loaded)."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path].n_positions
+    try:
+        return positions(AutoConfig.from_pretrained(name_or_path))
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read the config of model {name_or_path!r}: not a preset "
+                                f"({', '.join(PRESETS)}) and {e}") from None
 
 
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str = "") -> None:

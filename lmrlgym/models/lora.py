@@ -180,6 +180,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, merge: bool =
 
     peft = _peft()
     adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():  # never PEFT's pickled adapter_model.bin
+        raise FileNotFoundError(f"{adapter_dir}: no {ADAPTER_WEIGHTS} (adapters are read from "
+                                "safetensors only)")
     if merge:
         return peft.PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     config = peft.LoraConfig.from_pretrained(str(adapter_dir))

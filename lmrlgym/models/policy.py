@@ -53,6 +53,7 @@ from lmrlgym.models.action_sets import (
     token_scores,
 )
 from lmrlgym.models.dual import DualCache
+from lmrlgym.models.factory import positions
 from lmrlgym.models.render import ContextFn, TokenCache, prompt_ids
 from lmrlgym.models.tokenizer import newline_id
 
@@ -139,8 +140,7 @@ class LMPolicy:
                              "actions from softmax(score / temperature))")
         if candidate_batch < 1:
             raise ValueError(f"candidate_batch must be positive, got {candidate_batch}")
-        n_pos = getattr(model.config, "n_positions", None) or getattr(
-            model.config, "max_position_embeddings", None)
+        n_pos = positions(model.config)
         if n_pos is not None and max_context_tokens + max_new_tokens > n_pos:
             raise ValueError(
                 f"max_context_tokens + max_new_tokens = {max_context_tokens + max_new_tokens} "

@@ -1,5 +1,6 @@
 """Tiny models and Maze datasets shared by the algorithm tests."""
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -28,6 +29,19 @@ def maze_dataset(path: Path, n: int, policy: str, seed: int = 1_000_000) -> str:
     return str(path)
 
 
+def rewound_copy(run_dir: Path, dest: Path, step: int) -> Path:
+    """A copy of a finished run as a kill right after its step-``step`` checkpoint would have
+    left it: no export, no later checkpoints (their metrics lines stay until resume drops them)."""
+    shutil.copytree(run_dir, dest)
+    shutil.rmtree(dest / "model")
+    (dest / "heads.safetensors").unlink(missing_ok=True)
+    for ckpt in (dest / "checkpoints").glob("step_*"):
+        if int(ckpt.name.removeprefix("step_")) > step:
+            shutil.rmtree(ckpt)
+    (dest / "checkpoints" / "latest").write_text(f"step_{step:08d}\n")
+    return dest
+
+
 def spy_on(home, name: str, spy, set_attr=setattr) -> None:
     """Replace function ``name`` of module ``home`` by ``spy`` there and in every loaded
     ``lmrlgym.algos`` module that imported it (the methods import their plumbing by name);
@@ -38,3 +52,31 @@ def spy_on(home, name: str, spy, set_attr=setattr) -> None:
     for module_name, module in list(sys.modules.items()):
         if module_name.startswith("lmrlgym.algos") and getattr(module, name, None) is current:
             set_attr(module, name, spy)
+
+
+class MaliciousPickle:
+    """Unpickling this calls ``open(marker, "w")``: it creates ``marker``, where a real attack
+    would run any command (issue 13 item 1)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_pickles(run_dir: Path, marker: Path) -> list[Path]:
+    """Replace every file of ``run_dir`` that a loader could unpickle by a malicious pickle:
+    each checkpoint's state (as an older version's ``state.pt``) and the exported model's
+    weights (as ``pytorch_model.bin``). Returns the planted files."""
+    planted = []
+    for ckpt in sorted((run_dir / "checkpoints").glob("step_*")):
+        for name in ("state.json", "state.safetensors"):
+            (ckpt / name).unlink(missing_ok=True)
+        planted.append(ckpt / "state.pt")
+    if (run_dir / "model").is_dir():
+        (run_dir / "model" / "model.safetensors").unlink(missing_ok=True)
+        planted.append(run_dir / "model" / "pytorch_model.bin")
+    for path in planted:
+        torch.save({"optimizer": MaliciousPickle(marker), "rng": {}}, path)
+    return planted

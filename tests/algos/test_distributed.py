@@ -192,6 +192,7 @@ def single_process(module, kwargs, monkeypatch, task="Maze-FO-v0"):
 
     spy_on(loop, "make_optimizer", spy, monkeypatch.setattr)
     run_dir = module.train(module.preset(task, **kwargs))
+    monkeypatch.undo()  # a second call must spy on the real make_optimizer, not on this spy
     return run_dir, [p.detach() for p in captured["params"]]
 
 
@@ -304,7 +305,7 @@ def test_fsdp_two_gloo_ranks_equal_one_process_and_resume_from_a_sharded_checkpo
         np.testing.assert_allclose([evals[0][-1][k] for k in sorted(evals[1][-1])],
                                    [evals[1][-1][k] for k in sorted(evals[1][-1])], rtol=1e-4, err_msg=algo)
         # The checkpoint rank 0 wrote holds the full (gathered) weights, in the one-process layout.
-        for name in ("lm.safetensors", "state.pt"):
+        for name in ("lm.safetensors", "state.json", "state.safetensors"):
             assert (two / "checkpoints" / "step_00000003" / name).exists()
         ckpt, ref = (load_file(str(d / "checkpoints" / "step_00000003" / "lm.safetensors"))
                      for d in (two, run_dir))

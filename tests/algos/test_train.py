@@ -3,14 +3,18 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmrlgym.algos import bc, filtered_bc, ilql, load_policy, loop, mc
+from lmrlgym.algos import ALGORITHMS, algorithm, bc, filtered_bc, ilql, load_policy, loop, mc, ppo
+from lmrlgym.algos.backbone import check_usable
 from lmrlgym.algos.cli import parse_config, train_main
-from tests.algos.helpers import maze_dataset, micro_model, spy_on
+from lmrlgym.envs import TASK_IDS
+from lmrlgym.models.factory import PRESETS
+from tests.algos.helpers import maze_dataset, micro_model, rewound_copy, spy_on
 
 MODULES = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
 
@@ -72,12 +76,7 @@ def test_resume_reaches_the_uninterrupted_weights(assets, tmp_path):
     full = ilql.train(config(ilql, assets, tmp_path / "full", max_steps=6, save_every=3,
                              keep_checkpoints=2))
     # The same run stopped after its step-3 checkpoint: drop what came later, then resume.
-    part = tmp_path / "part"
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "model")
-    (part / "heads.safetensors").unlink()
-    shutil.rmtree(part / "checkpoints" / "step_00000006")
-    (part / "checkpoints" / "latest").write_text("step_00000003\n")
+    part = rewound_copy(full, tmp_path / "part", 3)
     resumed = ilql.train(ilql.ILQLConfig(resume=str(part)))
     assert resumed == part
     a, b = load_file(full / "model" / "model.safetensors"), load_file(part / "model" / "model.safetensors")
@@ -88,6 +87,34 @@ def test_resume_reaches_the_uninterrupted_weights(assets, tmp_path):
     tb = load_file(part / "checkpoints" / "step_00000006" / "target.safetensors")
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     assert metrics(full) == metrics(part)
+
+
+def test_a_resumed_run_logs_what_the_uninterrupted_run_logged_from_any_cwd(assets, tmp_path,
+                                                                           monkeypatch):
+    # Issue 13 item 8. Checkpoints at 3 fall inside the logging interval 1-4: the running means
+    # of steps 1-3 travel in the checkpoint. The run is started with relative paths and resumed
+    # from another working directory.
+    data = Path(assets["data"])
+    monkeypatch.chdir(data.parent)
+    full = bc.train(config(bc, assets, tmp_path / "full", data=data.name, max_steps=6,
+                           log_every=4, save_every=3))
+    saved = json.loads((full / "config.json").read_text())
+    assert saved["data"] == str(data)
+    part = rewound_copy(full, tmp_path / "part", 3)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    bc.train(bc.BCConfig(resume=str(part)))
+
+    def logged(run_dir):
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().split("\n") if x]
+        return [{k: v for k, v in x.items() if not k.startswith("time/")} for x in lines]
+
+    assert [x["step"] for x in logged(full) if "train/loss" in x] == [4, 6]
+    assert logged(part) == logged(full)
+    # A run dir of an older version saved the path as given: from elsewhere, a clear error.
+    (part / "config.json").write_text(json.dumps({**saved, "data": data.name}))
+    with pytest.raises(FileNotFoundError, match="relative to the directory the run was started"):
+        bc.train(bc.BCConfig(resume=str(part)))
 
 
 def test_new_run_refuses_an_existing_run_and_resume_needs_a_run(assets, tmp_path):
@@ -157,6 +184,41 @@ def test_a_config_json_that_is_not_a_runs_is_never_cleared(assets, tmp_path):
     with pytest.raises(FileExistsError, match="another config.json"):
         bc.train(config(bc, assets, out))
     assert (out / "tokenizer").is_dir()
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_every_task_preset_fits_every_model_preset(algo):
+    # Issue 13 item 4: the per-task defaults give runs that can be evaluated and served.
+    module = algorithm(algo)
+    for task in TASK_IDS:
+        for model, shape in PRESETS.items():
+            config = module.preset(task, model=model)
+            assert config.max_context_tokens + config.max_new_tokens <= shape.n_positions, task
+            check_usable(config)
+
+
+def test_settings_the_finished_run_could_not_use_are_refused_before_any_work(assets, tmp_path):
+    # Wordle's former 2048 + 128 on a 2048-position preset: refused before the (Maze) data is
+    # read and before the run directory exists.
+    with pytest.raises(ValueError, match="= 2176 exceeds the 2048 positions of model 'gpt2-mini'"):
+        bc.train(bc.preset("Wordle-v0", data=assets["data"], out=str(tmp_path / "wordle"),
+                           max_context_tokens=2048))
+    # A loaded model (320 positions), and an online run's init_from model.
+    with pytest.raises(ValueError, match="= 324 exceeds the 320 positions"):
+        bc.train(config(bc, assets, tmp_path / "micro", max_context_tokens=316))
+    init = tmp_path / "init"
+    shutil.copytree(assets["model"], init / "model")
+    (init / "tokenizer").mkdir()
+    with pytest.raises(ValueError, match="= 324 exceeds the 320 positions"):
+        ppo.train(ppo.preset("Maze-FO-v0", init_from=str(init), out=str(tmp_path / "ppo"),
+                             max_context_tokens=316))
+    assert not any((tmp_path / name).exists() for name in ("wordle", "micro", "ppo"))
+    for bad in (dict(max_context_tokens=1), dict(temperature=0.0), dict(temperature=float("nan"))):
+        with pytest.raises(ValueError, match="--max-context-tokens|--temperature"):
+            bc.preset("Maze-FO-v0", **bad)
+    assert bc.preset("Maze-FO-v0", temperature=0.0, greedy=True).greedy
+    with pytest.raises(ValueError, match="--rollout-temperature"):
+        ppo.preset("Maze-FO-v0", rollout_temperature=0.0)
 
 
 def test_cli_trains_and_the_run_loads_as_a_value_guided_policy(assets, tmp_path):

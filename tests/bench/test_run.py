@@ -6,7 +6,8 @@ import json
 import pytest
 
 from lmrlgym.bench import presets, run
-from tests.algos.helpers import micro_model
+from lmrlgym.cli import main
+from tests.algos.helpers import micro_model, plant_pickles
 
 TASK = "Maze-FO-v0"
 
@@ -70,6 +71,23 @@ def test_changed_settings_rerun_the_cell(tmp_path, tiny_profile, monkeypatch):
     monkeypatch.setitem(presets.PROFILES, "tiny", changed)
     with pytest.warns(UserWarning, match="settings changed"):
         run.run_grid("tiny", out, methods=["bc"])
+
+
+def test_a_cell_whose_run_holds_planted_pickles_is_refused_not_unpickled(tmp_path, tiny_profile,
+                                                                          capsys):
+    # Issue 13 item 1: bench run resumes a cell's run from its checkpoint; a state.pt replaced
+    # by a malicious pickle fails that cell with a clear error (exit 2) and runs nothing.
+    out = tmp_path / "grid"
+    run.run_grid("tiny", out, methods=["bc"])
+    (out / "cells" / f"{TASK}__bc__0.json").unlink()
+    marker = tmp_path / "MARKER"
+    plant_pickles(out / "runs" / f"{TASK}__bc__0", marker)
+    with pytest.raises(SystemExit) as exit_info, pytest.warns(UserWarning, match="failed"):
+        main(["bench", "run", "--profile", "tiny", "--out", str(out), "--methods", "bc"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "state.pt: refused" in err and "Traceback" not in err
+    assert not marker.exists()
 
 
 def test_corrupted_results_json_is_rewritten(tmp_path, tiny_profile):
