@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmrlgym.algos import bc, filtered_bc, ilql, load_policy, loop, mc
+from lmrlgym.algos import bc, filtered_bc, ilql, loop, mc
 from lmrlgym.algos.cli import parse_config, train_main
-from tests.algos.helpers import maze_dataset, micro_model, spy_on
+from tests.algos.helpers import maze_dataset, micro_model, run_policy, spy_on
 
 MODULES = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
 
@@ -108,7 +108,7 @@ def test_cli_trains_and_the_run_loads_as_a_value_guided_policy(assets, tmp_path)
     assert run_dir == out
     saved = json.loads((out / "config.json").read_text())
     assert saved["beta"] == 3.0 and saved["tau"] == 0.99  # Maze preset, flag override
-    policy = load_policy(out, greedy=True)
+    policy = run_policy(out, greedy=True)
     assert policy.logits_adjust is not None and policy.beta == 3.0
     assert all(a.endswith("\n") for a in policy.act_turns([[t] for t in _maze_obs()]))
     with pytest.raises(ValueError, match="unknown algorithm 'bcc'.*Did you mean 'bc'"):
