@@ -1,10 +1,11 @@
-"""``Decoding``: its checks, and the one value that a run's config builds."""
+"""``Decoding``: its checks, and the one value that a run's config and a bench profile build."""
 
 import dataclasses
 
 import pytest
 
 from lmrlgym.algos import TrainConfig
+from lmrlgym.bench.presets import get_profile
 from lmrlgym.models.decoding import Decoding
 
 
@@ -38,3 +39,10 @@ def test_a_run_config_gives_its_evaluation_decoding():
     assert config.decoding == Decoding(temperature=0.5, greedy=True, max_new_tokens=5,
                                        decode="rerank", rerank_score="value")
 
+
+def test_a_bench_profile_samples_the_run_at_temperature_one():
+    run = Decoding(temperature=0.3, greedy=True, max_new_tokens=5, decode="rerank",
+                   rerank_score="value")
+    for name in ("smoke", "cpu", "full"):  # the run's decode mode and token cap stay
+        assert get_profile(name).decoding("Maze-FO-v0", run) == Decoding(
+            max_new_tokens=5, decode="rerank", rerank_score="value")
