@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.serve import ServeLimits, uvicorn_config
 from tests.models.toy import toy_tokenizer
 
@@ -52,7 +53,8 @@ SUCCESSOR = {"Q:": "go", "go": " left", " left": "\n", "\n": "ok", "ok": "x", "x
              " 1,1": " 1,2", " 1,2": "stop", "stop": "x"}
 
 
-def forced_policy(max_context_tokens: int = 16, max_new_tokens: int = 8, **kwargs):
+def forced_policy(decoding: Decoding = Decoding(greedy=True, max_new_tokens=8),
+                  max_context_tokens: int = 16, **kwargs):
     """An ``LMPolicy`` over a 1-layer GPT-2 whose next token is ``SUCCESSOR[last token]``.
 
     The blocks are zeroed (the residual stream is the last token's one-hot embedding, no
@@ -73,5 +75,4 @@ def forced_policy(max_context_tokens: int = 16, max_new_tokens: int = 8, **kwarg
         model.transformer.wte.weight[:, :V] = torch.eye(V)
         for word, nxt in SUCCESSOR.items():
             model.lm_head.weight[tok.convert_tokens_to_ids(nxt), tok.convert_tokens_to_ids(word)] = 10.0
-    return LMPolicy(model, tok, max_context_tokens=max_context_tokens,
-                    max_new_tokens=max_new_tokens, greedy=True, **kwargs)
+    return LMPolicy(model, tok, decoding, max_context_tokens=max_context_tokens, **kwargs)

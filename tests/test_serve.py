@@ -6,13 +6,15 @@ training is needed."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 
 import httpx
 import pytest
 
-from lmrlgym.serve import ServeLimits, build_app
+from lmrlgym.models.decoding import Decoding
+from lmrlgym.serve import CompletionRequest, RequestError, ServeLimits, build_app, request_settings
 from tests.serving import Server, forced_policy
 
 MODEL = "forced"
@@ -65,6 +67,36 @@ def test_health_answers_while_a_huge_prompt_is_tokenized(serve):
         client.join(60)
     assert answer["r"].status_code == 200
     assert answer["r"].json()["choices"][0]["text"] == "go left\n"
+
+
+def test_a_request_sets_its_decoding_over_the_run_default():
+    default = Decoding(temperature=0.7, top_p=0.9, max_new_tokens=8, seed=3)
+
+    def settings(**fields):
+        return request_settings(CompletionRequest(model=MODEL, prompt="Q:", **fields), MODEL,
+                                default, max_tokens_limit=40)
+
+    assert settings() == (default, 8, ())
+    greedy = dataclasses.replace(default, greedy=True, top_p=None)  # the run's top-p dropped
+    assert settings(temperature=0) == (greedy, 8, ())
+    hotter = dataclasses.replace(default, temperature=2.0, top_k=4, top_p=0.5)
+    assert settings(temperature=2.0, top_k=4, top_p=0.5, max_tokens=3, stop="x") == (
+        hotter, 3, ("x",))
+    assert settings(top_k=-1)[0] == default  # -1: no top-k (vLLM)
+    for fields, field in (({"temperature": 0.001}, "temperature"), ({"top_p": 0}, "top_p"),
+                          ({"max_tokens": 41}, "max_tokens"), ({"model": "other"}, "model")):
+        with pytest.raises(RequestError) as err:
+            request_settings(CompletionRequest(**{"model": MODEL, "prompt": "Q:", **fields}),
+                             MODEL, default, 40)
+        assert err.value.param == field
+
+
+def test_a_reranking_run_is_served_by_free_generation(serve):
+    """A served prompt has no legal actions: a run that reranks them at evaluation generates
+    freely, where top-p applies (rerank alone refuses it)."""
+    srv = serve(forced_policy(Decoding(greedy=True, max_new_tokens=8, decode="rerank")))
+    r = _post(srv, {"model": MODEL, "prompt": "Q:", "temperature": 1.0, "top_p": 0.5})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "go left\n"
 
 
 def test_body_size_limit_is_413_naming_the_flag(serve):

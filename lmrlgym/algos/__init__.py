@@ -37,7 +37,7 @@ import importlib
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmrlgym.algos.config import TrainConfig
 from lmrlgym.algos.rundir import (
@@ -50,6 +50,7 @@ from lmrlgym.algos.rundir import (
     latest_checkpoint,
     read_config,
 )
+from lmrlgym.models.decoding import Decoding
 
 if TYPE_CHECKING:  # type-only: importing these needs torch
     from lmrlgym.models.policy import LMPolicy
@@ -93,13 +94,14 @@ def load_config(run_dir: str | os.PathLike) -> TrainConfig:
 
 
 def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: str = "cpu",
-                **decoding: Any) -> LMPolicy:
+                decoding: Decoding | None = None, batch_size: int = 64) -> LMPolicy:
     """An ``LMPolicy`` from a finished run (``lmrlgym eval --run``): the exported ``model/``
     and ``tokenizer/``, value-guided with the run's heads and β for MC and ILQL (§3.5); a
     ``value_model="separate"`` run's heads read the value trunk in ``value_model/``.
 
-    ``beta`` overrides the run's β; ``decoding`` overrides ``LMPolicy`` settings
-    (``temperature``, ``greedy``, ``top_k``, ``max_new_tokens``, ``seed``, ...).
+    ``beta`` overrides the run's β and ``decoding`` its decoding (default: the run's,
+    ``load_config(run_dir).decoding``; ``dataclasses.replace`` it to change a field);
+    ``batch_size`` is the policy's prompts per forward pass.
     """
     from lmrlgym.algos.backbone import lm_policy
     from lmrlgym.algos.checkpoint import load_heads
@@ -115,16 +117,15 @@ def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: s
     lm = build_model(str(run_dir / MODEL_DIR), tokenizer).to(device).eval()
     module = algorithm(config.ALGO)
     if not hasattr(module, "logits_adjust"):
-        return lm_policy(lm, tokenizer, config, **decoding)
+        return lm_policy(lm, tokenizer, config, decoding=decoding, batch_size=batch_size)
     value_lm = None
     if config.value_model == "separate":
         value_lm = build_model(str(run_dir / VALUE_MODEL_DIR), tokenizer).to(device).eval()
     d = lm.get_output_embeddings().in_features
     heads = load_heads(run_dir, module.make_heads(config, d, len(tokenizer))).to(device).eval()
     beta = config.beta if beta is None else float(beta)
-    decoding.setdefault("name", f"{config.ALGO}(beta={beta:g})")
     policy = lm_policy(lm, tokenizer, config, module.logits_adjust(heads, beta), value_lm,
-                       **decoding)
+                       decoding, batch_size, name=f"{config.ALGO}(beta={beta:g})")
     policy.beta = beta
     # For `lmrlgym diagnose values`: the trunk the heads read and how to read Q and V.
     policy.value_trunk = lm if value_lm is None else value_lm

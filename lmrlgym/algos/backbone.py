@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from lmrlgym.algos.config import TrainConfig, ValueGuidedConfig, config_algo
 from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.rundir import MODEL_DIR
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.dual import DualLM
 from lmrlgym.models.policy import LMPolicy, LogitsAdjust
 
@@ -105,16 +105,15 @@ def last_token_states(lm: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
 
 def lm_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: TrainConfig,
               logits_adjust: LogitsAdjust | None = None, value_lm: nn.Module | None = None,
-              **decoding: Any) -> LMPolicy:
+              decoding: Decoding | None = None, batch_size: int = 64,
+              name: str | None = None) -> LMPolicy:
     """The evaluation policy of a run: ancestral sampling (or greedy) from the LM, value-guided
     by ``logits_adjust`` for MC/ILQL (§3.5). With a separate value trunk ``value_lm`` the
     heads read its hidden states (:class:`~lmrlgym.models.dual.DualLM`) while ``lm`` gives the
-    logits. ``decoding`` overrides the run's settings."""
-    settings = dict(context_turns=context_fn(config.task),
-                    max_context_tokens=config.max_context_tokens,
-                    max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                    greedy=config.greedy, decode=config.decode,
-                    rerank_score=config.rerank_score, name=config_algo(config))
+    logits. ``decoding`` (default: the run's, ``config.decoding``) and ``name`` (default: the
+    method's) override the run's settings."""
     model = lm if value_lm is None else DualLM(lm, value_lm)
-    return LMPolicy(model, tokenizer, logits_adjust=logits_adjust, **{**settings, **decoding})
-
+    return LMPolicy(model, tokenizer, config.decoding if decoding is None else decoding,
+                    context_turns=context_fn(config.task),
+                    max_context_tokens=config.max_context_tokens, logits_adjust=logits_adjust,
+                    batch_size=batch_size, name=name or config_algo(config))

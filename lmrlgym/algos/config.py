@@ -7,6 +7,8 @@ import dataclasses
 import math
 from typing import Any, Literal
 
+from lmrlgym.models.decoding import Decoding
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -127,6 +129,13 @@ class TrainConfig:
         if self.data_parallel == "fsdp" and self.lora is not None:
             raise ValueError("--data-parallel fsdp with --lora: not supported (LoRA's frozen base "
                              "has no gradients or optimizer state to shard); use ddp")
+
+    @property
+    def decoding(self) -> Decoding:
+        """How the run's evaluation policy decodes (``lmrlgym eval --run`` starts from it)."""
+        return Decoding(temperature=self.temperature, greedy=self.greedy,
+                        max_new_tokens=self.max_new_tokens, decode=self.decode,
+                        rerank_score=self.rerank_score)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,6 +63,7 @@ from lmrlgym.algos.progress import counter, report
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.data.io import episode_from_json
 from lmrlgym.eval.evaluate import evaluate
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import (
     Batch,
@@ -433,10 +434,10 @@ def rollout_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: On
     """The sampler of round ``rnd``: ancestral sampling at ``rollout_temperature`` (no top-k or
     top-p, §3.6), seeded by (run seed, round) so a resumed run replays the same rollouts
     (:func:`collect_round` reseeds it per batch)."""
-    return LMPolicy(lm, tokenizer, context_turns=context_fn(config.task),
+    decoding = Decoding(temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens,
+                        seed=sampler_seed(config.seed, rnd, 0))
+    return LMPolicy(lm, tokenizer, decoding, context_turns=context_fn(config.task),
                     max_context_tokens=config.max_context_tokens,
-                    max_new_tokens=config.max_new_tokens, temperature=config.rollout_temperature,
-                    seed=sampler_seed(config.seed, rnd, 0),
                     batch_size=config.rollout_batch_size, name=config_algo(config))
 
 

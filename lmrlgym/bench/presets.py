@@ -19,6 +19,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from lmrlgym.envs import TASK_IDS
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.registry import spec
 
 if TYPE_CHECKING:
@@ -100,9 +101,10 @@ class Profile:
     def env_kwargs(self, task: str) -> dict[str, Any]:
         return dict(self.eval_env_kwargs.get(task, {}))
 
-    def decoding(self, task: str) -> dict[str, Any]:
-        # The paper's numbers were sampled at temperature 1 (docs/algorithms.md §4.1).
-        return {"temperature": 1.0, "greedy": False}
+    def decoding(self, task: str, run: Decoding) -> Decoding:
+        """How a trained cell is evaluated: its run's decoding (decode mode, token cap) sampled
+        at temperature 1, as the paper's numbers were (docs/algorithms.md §4.1)."""
+        return dataclasses.replace(run, temperature=1.0, greedy=False)
 
     def overrides(self, task: str, method: str, base: Any) -> dict[str, Any]:
         """How this profile rescales one cell's paper preset ``base`` (a config instance)."""

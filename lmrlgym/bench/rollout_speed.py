@@ -79,6 +79,7 @@ def bench_rollout(
     timed round-robin ``repeats`` times and each keeps its fastest run, so a busy machine
     slows every mode alike and a transient stall does not count.
     """
+    from lmrlgym.models.decoding import Decoding
     from lmrlgym.models.factory import build_model
     from lmrlgym.models.policy import LMPolicy
 
@@ -91,12 +92,12 @@ def bench_rollout(
     torch.manual_seed(seed)
     lm = build_model(model, tok, dropout=0.0).eval()
     runs: dict[str, tuple[LMPolicy, list[list[int]]]] = {}
+    decoding = Decoding(greedy=greedy, max_new_tokens=max_new_tokens, seed=seed)
     for mode in modes:
         batched, use_cache = MODES[mode]
         n = n_prompts if batched else min(n_prompts_unbatched, n_prompts)
-        policy = LMPolicy(lm, tok, max_context_tokens=max_context_tokens,
-                          max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache,
-                          batch_size=n if batched else 1, greedy=greedy)
+        policy = LMPolicy(lm, tok, decoding, max_context_tokens=max_context_tokens,
+                          use_cache=use_cache, batch_size=n if batched else 1)
         prompts = [policy.prompt(c) for c in contexts[:n]]
         policy.generate(prompts[:2])  # warm-up (allocations, kernels)
         runs[mode] = policy, prompts

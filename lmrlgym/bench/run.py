@@ -158,7 +158,7 @@ def run_reference(profile: presets.Profile, cell: Cell, out: Path) -> dict[str, 
 
 def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> dict[str, Any]:
     """Train one cell (resuming if a checkpoint exists), then evaluate its final policy."""
-    from lmrlgym.algos import latest_checkpoint, load_policy
+    from lmrlgym.algos import latest_checkpoint, load_config, load_policy
     from lmrlgym.eval.evaluate import evaluate
 
     config = cell_config(profile, cell, out, data)
@@ -169,7 +169,8 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
         shutil.rmtree(run_dir)  # started but never checkpointed: nothing to keep
     module = algorithm(cell.method)
     module.train(config)
-    policy = load_policy(run_dir, **profile.decoding(cell.task))
+    decoding = profile.decoding(cell.task, load_config(run_dir).decoding)
+    policy = load_policy(run_dir, decoding=decoding)
     result = evaluate(policy, cell.task, profile.eval_episodes(cell.task), seed=cell.seed,
                       env_kwargs=profile.env_kwargs(cell.task), out_dir=out / "evals" / cell.key)
     return {"run_dir": str(run_dir), **_summary_fields(result.summary)}

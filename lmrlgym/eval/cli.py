@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -96,15 +97,17 @@ def eval_main(
 
         if not run.is_dir():
             raise FileNotFoundError(f"run directory not found: {run}")
-        task = task or load_config(run).task
-        decoding: dict = {"greedy": greedy, "temperature": temperature, "top_k": top_k,
-                          "top_p": top_p, "seed": seed, "batch_size": batch_size}
-        # Unset: the run's own decoding (e.g. the value methods' Maze reranker).
-        decoding.update({k: v for k, v in (("decode", decode), ("rerank_score", rerank_score))
-                         if v is not None})
-        if max_new_tokens is not None:
-            decoding["max_new_tokens"] = max_new_tokens
-        pol = load_policy(run, beta=beta, device=choice.device, **decoding)
+        config = load_config(run)
+        task = task or config.task
+        # These flags, left unset, keep the run's own (e.g. the value methods' Maze reranker).
+        given = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("decode", decode),
+                                   ("rerank_score", rerank_score)) if v is not None}
+        if decode not in (None, "rerank") and rerank_score is None:
+            given["rerank_score"] = "logprob"  # a value score only ranks candidates
+        decoding = dataclasses.replace(config.decoding, greedy=greedy, temperature=temperature,
+                                       top_k=top_k, top_p=top_p, seed=seed, **given)
+        pol = load_policy(run, beta=beta, device=choice.device, decoding=decoding,
+                          batch_size=batch_size)
         out = out or run / "eval" / f"{task}__seed{seed}"
     else:
         from lmrlgym.data.policies import make_policy

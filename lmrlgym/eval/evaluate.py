@@ -138,8 +138,8 @@ def evaluate(
     n_truncated_before = getattr(policy, "n_truncated", 0)
     n_free_before = getattr(policy, "n_free", 0)
 
-    if isinstance(policy, LMPolicy) and policy.decode != "sample":
-        _check_action_set(make, resets[0], task_name, policy.decode)
+    if isinstance(policy, LMPolicy) and policy.settings.decode != "sample":
+        _check_action_set(make, resets[0], task_name, policy.settings.decode)
 
     name = policy_name or getattr(policy, "name", type(policy).__name__)
     keep = None if out_dir is None else _FinishedLog(Path(out_dir), name, env_kwargs)
@@ -232,7 +232,7 @@ def _run_batched(policy, task, resets, make, progress, max_concurrent, keep=None
     from lmrlgym.models.policy import LMPolicy
 
     is_lm = isinstance(policy, LMPolicy)
-    with_sets = is_lm and policy.decode != "sample"
+    with_sets = is_lm and policy.settings.decode != "sample"
     episodes: list[Episode | None] = [None] * len(resets)
     slots = [_Slot(make()) for _ in range(min(max_concurrent, len(resets)))]
     next_index = 0

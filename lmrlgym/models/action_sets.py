@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-RerankScore = Literal["logprob", "value"]
+from lmrlgym.models.decoding import RerankScore
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,9 @@ a row's logits do not depend on its batch neighbours. Each row stops at its firs
 token whose text contains ``"\\n"``; if ``max_new_tokens`` runs out first, a newline token is
 appended and the action is counted as truncated.
 
-Decoding: ancestral sampling at ``temperature`` 1 with no top-k/top-p by default (the
-original's effective setting); ``greedy``, ``top_k`` and ``top_p`` are available. Extra
+Decoding follows the policy's :class:`~lmrlgym.models.decoding.Decoding` (its ``settings``):
+ancestral sampling at ``temperature`` 1 with no top-k/top-p by default (the original's
+effective setting); ``greedy``, ``top_k`` and ``top_p`` are available. Extra
 embedding rows beyond ``len(tokenizer)`` are sliced off, and special tokens (BOS/EOS/PAD),
 which never occur in an action during training, are never sampled. ``logits_adjust(h, logits)``
 is the hook for value-guided decoding (§3.5): it receives the LM head's input ``h`` (N, d) and
@@ -38,29 +39,21 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmrlgym.core import Turn
-from lmrlgym.models.action_sets import (
-    ActionSet,
-    ActionSetCache,
-    RerankScore,
-    choose,
-    token_scores,
-)
+from lmrlgym.models.action_sets import ActionSet, ActionSetCache, choose, token_scores
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.dual import DualCache
 from lmrlgym.models.factory import positions
 from lmrlgym.models.render import ContextFn, TokenCache, prompt_ids
 from lmrlgym.models.tokenizer import newline_id
 
 LogitsAdjust = Callable[[Tensor, Tensor], Tensor]
-Decode = Literal["sample", "rerank", "constrained"]
-DECODE_MODES: tuple[str, ...] = ("sample", "rerank", "constrained")
-RERANK_SCORES: tuple[str, ...] = ("logprob", "value")
 
 
 @dataclasses.dataclass
@@ -77,69 +70,47 @@ class Generation:
 class LMPolicy:
     """A causal LM as a text policy (the ``lmrlgym.core.Policy`` protocol, plus ``act_turns``).
 
-    ``context_turns`` is the env's window, used by :meth:`act_turns` (default: every turn);
-    ``max_context_tokens`` is the prompt budget ``P`` (BOS included) and ``max_new_tokens`` the
-    per-turn cap ``M``. Prompts are generated in batches of at most ``batch_size``, grouped by
+    ``decoding`` says how actions are decoded; it is kept as ``settings`` (a new value may be
+    assigned between calls, as ``lmrlgym serve`` does per request) and recorded with every
+    evaluation by :attr:`decoding`. ``context_turns`` is the env's window, used by
+    :meth:`act_turns` (default: every turn); ``max_context_tokens`` is the prompt budget ``P``
+    (BOS included). Prompts are generated in batches of at most ``batch_size``, grouped by
     length so that left padding stays within ``pad_budget`` of a batch's real tokens
     (``float("inf")``: any lengths share a batch). ``use_cache=False`` recomputes the whole
     sequence at every token and ``batch_size=1`` generates row by row: both only exist to
     measure their cost.
 
-    ``decode`` chooses how actions are decoded when the legal actions are known (module
-    docstring); ``candidate_batch`` bounds the (prompt, candidate) rows of one rerank forward
-    (Wordle's vocabulary is scored in chunks). Rerank always shares the prompt's cache.
+    ``decoding.decode`` chooses how actions are decoded when the legal actions are known
+    (module docstring); ``candidate_batch`` bounds the (prompt, candidate) rows of one rerank
+    forward (Wordle's vocabulary is scored in chunks). Rerank always shares the prompt's cache.
     """
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
+        decoding: Decoding = Decoding(),
         context_turns: ContextFn | None = None,
         max_context_tokens: int = 1024,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        greedy: bool = False,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
         logits_adjust: LogitsAdjust | None = None,
         use_cache: bool = True,
         batch_size: int = 64,
         pad_budget: float = 0.25,
         name: str = "lm",
-        decode: Decode = "sample",
-        rerank_score: RerankScore = "logprob",
         candidate_batch: int = 256,
     ):
         if max_context_tokens < 2:
             raise ValueError(f"max_context_tokens must be at least 2, got {max_context_tokens}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        if not greedy and temperature <= 0:
-            raise ValueError(f"temperature must be positive (or use greedy), got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be positive, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if pad_budget < 0:
             raise ValueError(f"pad_budget must be >= 0, got {pad_budget}")
-        if decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-        if rerank_score not in RERANK_SCORES:
-            raise ValueError(f"rerank_score must be one of {', '.join(RERANK_SCORES)}, "
-                             f"got {rerank_score!r}")
-        if rerank_score == "value" and decode != "rerank":
-            raise ValueError("rerank_score='value' only applies to decode='rerank'")
-        if rerank_score == "value" and logits_adjust is None:
+        if decoding.rerank_score == "value" and logits_adjust is None:
             raise ValueError("rerank_score='value' needs a value-guided policy (MC or ILQL, "
                              "with logits_adjust); this policy has no value heads")
-        if decode == "rerank" and (top_k is not None or top_p is not None):
-            raise ValueError("top_k/top_p do not apply to decode='rerank' (it draws whole "
-                             "actions from softmax(score / temperature))")
         if candidate_batch < 1:
             raise ValueError(f"candidate_batch must be positive, got {candidate_batch}")
+        max_new_tokens = decoding.max_new_tokens
         n_pos = positions(model.config)
         if n_pos is not None and max_context_tokens + max_new_tokens > n_pos:
             raise ValueError(
@@ -148,21 +119,14 @@ class LMPolicy:
             )
         self.model = model
         self.tokenizer = tokenizer
+        self.settings = decoding
         self.context_turns = context_turns
         self.max_context_tokens = max_context_tokens
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.greedy = greedy
-        self.top_k = top_k
-        self.top_p = top_p
-        self.seed = seed
         self.logits_adjust = logits_adjust
         self.use_cache = use_cache
         self.batch_size = batch_size
         self.pad_budget = pad_budget
         self.name = name
-        self.decode = decode
-        self.rerank_score = rerank_score
         self.candidate_batch = candidate_batch
         self.n_vocab = len(tokenizer)
         self.newline_id = newline_id(tokenizer)
@@ -174,7 +138,7 @@ class LMPolicy:
                                     dtype=torch.long)
         self._action_sets = ActionSetCache(tokenizer, self._stops, frozenset(self._banned.tolist()),
                                            max_new_tokens)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(decoding.seed)
         self.last: Generation | None = None
         self.n_actions = 0
         self.n_truncated = 0
@@ -218,16 +182,17 @@ class LMPolicy:
         """The decoding settings, recorded with every evaluation. ``batch_size`` and
         ``pad_budget`` (None: unbounded) are included because they decide which row consumes
         which random draw."""
-        return {"greedy": self.greedy, "temperature": self.temperature, "top_k": self.top_k,
-                "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
-                "max_context_tokens": self.max_context_tokens, "seed": self.seed,
+        d = self.settings
+        return {"greedy": d.greedy, "temperature": d.temperature, "top_k": d.top_k,
+                "top_p": d.top_p, "max_new_tokens": d.max_new_tokens,
+                "max_context_tokens": self.max_context_tokens, "seed": d.seed,
                 "value_guided": self.logits_adjust is not None, "batch_size": self.batch_size,
                 "pad_budget": None if math.isinf(self.pad_budget) else self.pad_budget,
-                "decode": self.decode,
-                **({"rerank_score": self.rerank_score} if self.decode == "rerank" else {})}
+                "decode": d.decode,
+                **({"rerank_score": d.rerank_score} if d.decode == "rerank" else {})}
 
     def reseed(self, seed: int) -> None:
-        self.seed = seed
+        self.settings = dataclasses.replace(self.settings, seed=seed)
         self.generator = torch.Generator().manual_seed(seed)
 
     # --- generation --------------------------------------------------------------------------
@@ -242,7 +207,7 @@ class LMPolicy:
         if action_sets is not None and len(action_sets) != len(prompts):
             raise ValueError(f"{len(action_sets)} action sets for {len(prompts)} prompts")
         sets: list[ActionSet | None] = [None] * len(prompts)
-        if action_sets is not None and self.decode != "sample":
+        if action_sets is not None and self.settings.decode != "sample":
             sets = [None if a is None else self._action_sets(a) for a in action_sets]
         was_training = self.model.training
         self.model.eval()  # dropout off in every rollout (docs/algorithms.md §2.4)
@@ -250,7 +215,8 @@ class LMPolicy:
             ids: list[list[int]] = [[] for _ in prompts]
             truncated = [False] * len(prompts)
             scores: list[list[float] | None] = [None] * len(prompts)
-            reranked = {i: a for i, a in enumerate(sets) if a is not None and self.decode == "rerank"}
+            rerank = self.settings.decode == "rerank"
+            reranked = {i: a for i, a in enumerate(sets) if a is not None and rerank}
             generated = [i for i in range(len(prompts)) if i not in reranked]
             for chunk in self._chunks_of(generated, prompts):
                 gen, trunc = self._generate_batch([list(prompts[i]) for i in chunk],
@@ -268,7 +234,7 @@ class LMPolicy:
             self.model.train(was_training)
         self.n_actions += len(ids)
         self.n_truncated += sum(truncated)
-        if self.decode != "sample":
+        if self.settings.decode != "sample":
             self.n_free += sum(a is None for a in sets)
         self.last = Generation(texts, ids, truncated, [list(p) for p in prompts], scores)
         return self.last
@@ -321,7 +287,7 @@ class LMPolicy:
         finished = [False] * B
         cache = None
         want_h = self.logits_adjust is not None
-        for _ in range(self.max_new_tokens):
+        for _ in range(self.settings.max_new_tokens):
             position = (seq_mask.cumsum(1) - 1).clamp(min=0)
             if self.use_cache:
                 out = self.model(new_ids, attention_mask=seq_mask, cache=cache, use_cache=True,
@@ -372,17 +338,18 @@ class LMPolicy:
             logits = logits.index_fill(1, self._banned, float("-inf"))
         if allowed is not None:
             logits = logits.masked_fill(~allowed, float("-inf"))
-        if self.greedy:
+        d = self.settings
+        if d.greedy:
             return logits.argmax(-1)
-        logits = logits / self.temperature
-        if self.top_k is not None and self.top_k < logits.shape[1]:
-            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+        logits = logits / d.temperature
+        if d.top_k is not None and d.top_k < logits.shape[1]:
+            kth = logits.topk(d.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.top_p is not None and self.top_p < 1.0:
+        if d.top_p is not None and d.top_p < 1.0:
             sorted_logits, order = logits.sort(-1, descending=True)
             cum = sorted_logits.softmax(-1).cumsum(-1)
             # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-            drop = cum - sorted_logits.softmax(-1) >= self.top_p
+            drop = cum - sorted_logits.softmax(-1) >= d.top_p
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
         probs = logits.softmax(-1)
@@ -424,14 +391,15 @@ class LMPolicy:
                     h = torch.cat([h, step.hidden_states[-1]], 1)
             ref = logits[real]  # (K, V): the real (prompt, candidate, token) positions
             policy_logits = self.logits_adjust(h[real], ref).float() if want_h else ref
-            per_token = token_scores(ref, policy_logits, targets[real], self.rerank_score,
+            per_token = token_scores(ref, policy_logits, targets[real], self.settings.rerank_score,
                                      self._banned.to(device))
             per_row = torch.zeros(n, dtype=torch.float64, device=device).index_add_(
                 0, real.nonzero()[:, 0], per_token.double())
             for (b, c0, c1), part in zip(chunk, per_row.cpu().split([c1 - c0 for _, c0, c1 in chunk]),
                                          strict=True):
                 scores[b][c0:c1] = part
-        picks = [choose(s, self.greedy, self.temperature, self.generator) for s in scores]
+        d = self.settings
+        picks = [choose(s, d.greedy, d.temperature, self.generator) for s in scores]
         return picks, [s.tolist() for s in scores]
 
     def _stop_table(self) -> Tensor:

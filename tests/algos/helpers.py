@@ -1,11 +1,13 @@
 """Tiny models and Maze datasets shared by the algorithm tests."""
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from lmrlgym.algos import load_config, load_policy
 from lmrlgym.data.generate import generate_dataset
 
 
@@ -21,6 +23,13 @@ def micro_model(path: Path, n_layer: int = 1, n_embd: int = 32) -> str:
                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         GPT2LMHeadModel(config).save_pretrained(str(path))
     return str(path)
+
+
+def run_policy(run_dir: Path, beta: float | None = None, **changes):
+    """``load_policy`` decoding with the run's own settings, ``changes`` (``greedy=True``,
+    ``seed=1``) replaced."""
+    decoding = dataclasses.replace(load_config(run_dir).decoding, **changes)
+    return load_policy(run_dir, beta=beta, decoding=decoding)
 
 
 def maze_dataset(path: Path, n: int, policy: str, seed: int = 1_000_000) -> str:

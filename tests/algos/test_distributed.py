@@ -401,7 +401,8 @@ def test_a_rollout_batch_is_the_same_whichever_batches_a_rank_plays(toy_init):
     seeds, samplers = online.rollout_seeds(3, 0, 5), [11, 22, 33]
 
     def play(batches):
-        policy = online.LMPolicy(lm, tokenizer, max_context_tokens=32, max_new_tokens=3, seed=0)
+        policy = online.LMPolicy(lm, tokenizer, online.Decoding(max_new_tokens=3, seed=0),
+                                 max_context_tokens=32)
         out = online.collect_rollouts(policy, TOY, seeds, batch_size=2, sampler_seeds=samplers,
                                       batches=batches)
         return [(r.episode.seed, r.action_ids) for r in out]

@@ -7,6 +7,7 @@ from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
 from lmrlgym.core import Episode, Turn
 from lmrlgym.data.generate import DATA_SEED_BASE
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.tokenizer import load_tokenizer
 from tests.algos.online_runs import MAX_NEW_TOKENS, maze_bc_init, random_init
@@ -36,8 +37,8 @@ def test_each_action_was_sampled_from_its_training_row_prefix(task, maze_bc, tmp
     # actions as their sampled ids even where the env stores a canonical spelling.
     run = maze_bc if task == "Maze-FO-v0" else random_init(tmp_path_factory.getbasetemp(), task)
     lm, tokenizer = load(run)
-    policy = online.LMPolicy(lm, tokenizer, max_context_tokens=256,
-                             max_new_tokens=MAX_NEW_TOKENS[task], seed=0)
+    policy = online.LMPolicy(lm, tokenizer, Decoding(max_new_tokens=MAX_NEW_TOKENS[task], seed=0),
+                             max_context_tokens=256)
     rollouts = online.collect_rollouts(policy, task, online.rollout_seeds(0, 0, 3), batch_size=2)
     segments = online.render_rollouts(rollouts, tokenizer, context_fn(task), 256)
     checked = 0
@@ -76,6 +77,7 @@ def test_collect_rollouts_is_reproducible(tmp_path_factory):
     lm, tokenizer = load(run)
     out = []
     for _ in range(2):
-        policy = online.LMPolicy(lm, tokenizer, max_context_tokens=256, max_new_tokens=16, seed=5)
+        policy = online.LMPolicy(lm, tokenizer, Decoding(max_new_tokens=16, seed=5),
+                                 max_context_tokens=256)
         out.append(online.collect_rollouts(policy, "Wordle-v0", [2**30 + 1, 2**30 + 2]))
     assert [r.action_ids for r in out[0]] == [r.action_ids for r in out[1]]

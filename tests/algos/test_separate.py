@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from lmrlgym import make
 from lmrlgym.algos import backbone, bc, ilql, load_policy, loop, mc
 from lmrlgym.algos.cli import parse_config
-from tests.algos.helpers import maze_dataset, micro_model, spy_on
+from tests.algos.helpers import maze_dataset, micro_model, run_policy, spy_on
 
 MODULES = {"mc": mc, "ilql": ilql}
 WEIGHTS = "model.safetensors"
@@ -101,9 +101,9 @@ def test_only_the_value_trunk_and_heads_train(algo, assets, runs):
 def test_at_beta_zero_the_policy_is_the_bc_policy(algo, assets, runs):
     turns = maze_turns()
     for seed in (0, 1):
-        expected = load_policy(assets["bc"], seed=seed).act_turns(turns)
-        assert load_policy(runs[algo]["run"], beta=0.0, seed=seed).act_turns(turns) == expected
-    assert expected != load_policy(assets["bc"], seed=0).act_turns(turns)  # sampling, not fixed
+        expected = run_policy(assets["bc"], seed=seed).act_turns(turns)
+        assert run_policy(runs[algo]["run"], beta=0.0, seed=seed).act_turns(turns) == expected
+    assert expected != run_policy(assets["bc"], seed=0).act_turns(turns)  # sampling, not fixed
 
 
 @pytest.mark.parametrize("algo", list(MODULES))

@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmrlgym.algos import ALGORITHMS, algorithm, bc, filtered_bc, ilql, load_policy, loop, mc, ppo
+from lmrlgym.algos import ALGORITHMS, algorithm, bc, filtered_bc, ilql, loop, mc, ppo
 from lmrlgym.algos.backbone import check_usable
 from lmrlgym.algos.cli import parse_config, train_main
 from lmrlgym.envs import TASK_IDS
 from lmrlgym.models.factory import PRESETS
-from tests.algos.helpers import maze_dataset, micro_model, rewound_copy, spy_on
+from tests.algos.helpers import maze_dataset, micro_model, rewound_copy, run_policy, spy_on
 
 MODULES = {"bc": bc, "filtered_bc": filtered_bc, "mc": mc, "ilql": ilql}
 
@@ -230,7 +230,7 @@ def test_cli_trains_and_the_run_loads_as_a_value_guided_policy(assets, tmp_path)
     assert run_dir == out
     saved = json.loads((out / "config.json").read_text())
     assert saved["beta"] == 3.0 and saved["tau"] == 0.99  # Maze preset, flag override
-    policy = load_policy(out, greedy=True)
+    policy = run_policy(out, greedy=True)
     assert policy.logits_adjust is not None and policy.beta == 3.0
     assert all(a.endswith("\n") for a in policy.act_turns([[t] for t in _maze_obs()]))
     with pytest.raises(ValueError, match="unknown algorithm 'bcc'.*Did you mean 'bc'"):

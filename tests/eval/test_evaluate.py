@@ -15,6 +15,7 @@ from lmrlgym.eval.evaluate import (
     format_summary_table,
     summarize,
 )
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.tokenizer import train_tokenizer
@@ -109,7 +110,7 @@ def test_lm_policy_on_wordle(tmp_path):
     tok = train_tokenizer(texts, vocab_size=280)
     torch.manual_seed(0)
     model = build_model("gpt2-tiny", tok, dropout=0.0, n_positions=128)
-    policy = LMPolicy(model, tok, max_context_tokens=96, max_new_tokens=6, seed=0)
+    policy = LMPolicy(model, tok, Decoding(max_new_tokens=6, seed=0), max_context_tokens=96)
     a = evaluate(policy, "Wordle-v0", 3, seed=0, out_dir=tmp_path)
     b = evaluate(policy, "Wordle-v0", 3, seed=0)
     assert [ep.turns for ep in a.episodes] == [ep.turns for ep in b.episodes]  # reseeded per call
@@ -124,7 +125,7 @@ def test_lm_policy_on_maze_fo_sees_env_windows():
     tok = train_tokenizer(texts, vocab_size=280)
     torch.manual_seed(1)
     model = build_model("gpt2-tiny", tok, dropout=0.0, n_positions=128)
-    policy = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=1, seed=0)
+    policy = LMPolicy(model, tok, Decoding(max_new_tokens=1, seed=0), max_context_tokens=64)
     res = evaluate(policy, "Maze-FO-v0", 1)
     s = res.summary
     assert s["episodes"] == 1 and s["truncated_action_rate"] > 0.5
@@ -145,7 +146,8 @@ def menu_lm():
 @pytest.mark.parametrize("decode", ["sample", "rerank", "constrained"])
 def test_lm_policy_decodes_over_the_env_action_set(menu_lm, decode):
     model, tok = menu_lm
-    policy = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=12, decode=decode)
+    policy = LMPolicy(model, tok, Decoding(max_new_tokens=12, decode=decode),
+                      max_context_tokens=64)
     res = evaluate(policy, MenuEnv, 6, max_concurrent=4)
     said = {t.text for ep in res.episodes for t in ep.turns if t.is_action}
     menu = {a + "\n" for a in MenuEnv.MENU}
@@ -162,6 +164,6 @@ def test_lm_policy_decodes_over_the_env_action_set(menu_lm, decode):
 def test_decoding_over_actions_needs_an_env_that_gives_them(menu_lm, tmp_path):
     model, tok = menu_lm
     with pytest.raises(ValueError, match="needs the legal actions, but EchoEnv's env gives none"):
-        evaluate(LMPolicy(model, tok, max_context_tokens=64, decode="constrained"), EchoEnv, 2,
-                 out_dir=tmp_path / "ev")
+        evaluate(LMPolicy(model, tok, Decoding(decode="constrained"), max_context_tokens=64),
+                 EchoEnv, 2, out_dir=tmp_path / "ev")
     assert not (tmp_path / "ev").exists()  # failed before any file was written

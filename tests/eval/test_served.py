@@ -19,6 +19,7 @@ from lmrlgym.eval.evaluate import EPISODES_FILE, PARTIAL_FILE, SUMMARY_FILE, eva
 from lmrlgym.eval.openai_policy import OpenAIPolicy, is_openai_spec, policy_from_spec
 from lmrlgym.openai_api import EndpointError
 from lmrlgym.serve import build_app, find_stop, serve_main
+from tests.algos.helpers import run_policy
 from tests.serving import Server as _Server
 from tests.serving import free_port as _free_port
 
@@ -58,7 +59,7 @@ def _transcript(ep):
 
 
 def test_served_evaluation_equals_in_process_greedy(run_dir, server, tmp_path):
-    local = evaluate(load_policy(run_dir, greedy=True), TASK, N_EPISODES, env_kwargs=ROOM)
+    local = evaluate(run_policy(run_dir, greedy=True), TASK, N_EPISODES, env_kwargs=ROOM)
     with policy_from_spec(f"openai:{server.base_url}/{MODEL}", temperature=0.0,
                           max_concurrency=4) as policy:
         served = evaluate(policy, TASK, N_EPISODES, env_kwargs=ROOM, out_dir=tmp_path)
@@ -87,7 +88,7 @@ PROMPTS = [
 
 @pytest.mark.parametrize("mode", ["completions", "chat"])
 def test_served_actions_equal_policy_act(run_dir, server, mode):
-    expected = load_policy(run_dir, greedy=True).act(PROMPTS)
+    expected = run_policy(run_dir, greedy=True).act(PROMPTS)
     with OpenAIPolicy(server.base_url, MODEL, mode=mode, temperature=0.0) as policy:
         assert policy.act(PROMPTS) == expected
     assert all(a.endswith("\n") and a.count("\n") == 1 for a in expected)
@@ -105,7 +106,7 @@ def test_completions_wire_format(run_dir, server):
     r = httpx.post(url, json={"model": MODEL, "prompt": PROMPTS[0], "temperature": 0,
                               "max_tokens": 12}, timeout=30).json()
     assert r["choices"][0]["finish_reason"] == "stop"
-    assert r["choices"][0]["text"] == load_policy(run_dir, greedy=True).act(PROMPTS[:1])[0]
+    assert r["choices"][0]["text"] == run_policy(run_dir, greedy=True).act(PROMPTS[:1])[0]
     # A stop string inside the line cuts there and is not returned.
     r = httpx.post(url, json={"model": MODEL, "prompt": PROMPTS[0], "temperature": 0,
                               "stop": "ve"}, timeout=30).json()
@@ -151,7 +152,7 @@ def test_endpoint_dying_mid_evaluation_keeps_finished_episodes(run_dir, tmp_path
             dying.stop()  # the endpoint goes away after answering one batch
             return actions
 
-    local = evaluate(load_policy(run_dir, greedy=True), TASK, N_EPISODES, env_kwargs=ROOM)
+    local = evaluate(run_policy(run_dir, greedy=True), TASK, N_EPISODES, env_kwargs=ROOM)
     policy = DiesAfterFirstBatch(dying.base_url, MODEL, temperature=0.0, timeout=1.0,
                                  max_retries=1, backoff=0.01)
     try:

@@ -10,6 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmrlgym.core import Turn
 from lmrlgym.models.action_sets import ActionSetCache, build_action_set
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.tokenizer import train_tokenizer
@@ -69,7 +70,8 @@ def hand_logprob(t, action):
 
 def test_rerank_picks_the_highest_hand_computed_logprob(toy):
     t, m = toy
-    pol = LMPolicy(m, t, max_context_tokens=16, max_new_tokens=4, decode="rerank", greedy=True)
+    pol = LMPolicy(m, t, Decoding(greedy=True, max_new_tokens=4, decode="rerank"),
+                   max_context_tokens=16)
     out = pol.act_turns(contexts(["Q: x\n", "Q: x y z\n"]), window=False,
                         action_sets=[TOY_SET, TOY_SET[::-1]])
     hand = [hand_logprob(t, a) for a in TOY_SET]
@@ -87,8 +89,9 @@ def test_rerank_samples_softmax_of_scores_with_the_seeded_generator(toy):
     hand = torch.tensor([hand_logprob(t, a) for a in TOY_SET])
 
     def draws(seed, temperature=1.0):
-        pol = LMPolicy(m, t, max_context_tokens=16, max_new_tokens=4, decode="rerank",
-                       seed=seed, temperature=temperature, batch_size=600, candidate_batch=2400)
+        pol = LMPolicy(m, t, Decoding(temperature=temperature, max_new_tokens=4, seed=seed,
+                                      decode="rerank"),
+                       max_context_tokens=16, batch_size=600, candidate_batch=2400)
         return pol.act_turns(contexts(["Q: x\n"] * 600), window=False, action_sets=[TOY_SET] * 600)
 
     first = draws(0)
@@ -130,8 +133,9 @@ def test_shared_cache_scores_equal_separate_full_forwards(lm, score, guided):
     sets = [SHARED_PREFIXES, ("go", "go left", "move upward"), ("move up",)]
     observations = ["You are at 1,2.\n", "Say something 0.\nYou are at 1,2.\nmove up\n", "go\n"]
     # candidate_batch=3 splits the 8 (prompt, candidate) rows across prompts and forwards.
-    pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, decode="rerank",
-                   rerank_score=score, logits_adjust=adjust, candidate_batch=3, greedy=True)
+    pol = LMPolicy(model, tok, Decoding(greedy=True, max_new_tokens=8, decode="rerank",
+                                        rerank_score=score),
+                   max_context_tokens=64, logits_adjust=adjust, candidate_batch=3)
     out = pol.act_turns(contexts(observations), window=False, action_sets=sets)
     banned = set(tok.all_special_ids)
     for prompt, actions, scores, chosen in zip(pol.last.prompt_ids, sets, pol.last.scores, out,
@@ -147,14 +151,13 @@ def test_shared_cache_scores_equal_separate_full_forwards(lm, score, guided):
 def test_value_score_needs_value_heads_and_rerank(lm):
     tok, model = lm
     with pytest.raises(ValueError, match="value-guided policy"):
-        LMPolicy(model, tok, max_context_tokens=64, decode="rerank", rerank_score="value")
+        LMPolicy(model, tok, Decoding(decode="rerank", rerank_score="value"), max_context_tokens=64)
     with pytest.raises(ValueError, match="only applies to decode='rerank'"):
-        LMPolicy(model, tok, max_context_tokens=64, decode="constrained", rerank_score="value",
-                 logits_adjust=value_adjust(model))
+        Decoding(decode="constrained", rerank_score="value")
     with pytest.raises(ValueError, match="top_k/top_p"):
-        LMPolicy(model, tok, max_context_tokens=64, decode="rerank", top_k=5)
+        Decoding(top_k=5, decode="rerank")
     with pytest.raises(ValueError, match="decode must be one of"):
-        LMPolicy(model, tok, max_context_tokens=64, decode="beam")
+        Decoding(decode="beam")
 
 
 # --- constrained decoding -------------------------------------------------------------------
@@ -163,8 +166,8 @@ def test_value_score_needs_value_heads_and_rerank(lm):
 def test_constrained_sampling_only_spells_legal_actions(lm):
     tok, model = lm
     def run(seed):
-        pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, decode="constrained",
-                       seed=seed, temperature=2.0)
+        pol = LMPolicy(model, tok, Decoding(temperature=2.0, max_new_tokens=8, seed=seed,
+                                            decode="constrained"), max_context_tokens=64)
         out = pol.act_turns(contexts(["You are at 1,2.\n", "go\n"] * 100), window=False,
                             action_sets=[SHARED_PREFIXES] * 200)
         return out, pol
@@ -176,10 +179,12 @@ def test_constrained_sampling_only_spells_legal_actions(lm):
     assert [tok.decode(i) for i in pol.last.action_ids] == out
     assert out == run(0)[0] and out != run(1)[0]
     # top-k and top-p act on the masked logits: top_k=1 is the constrained greedy choice.
-    greedy = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, decode="constrained",
-                      greedy=True).act_turns(contexts(["go\n"]), False, [SHARED_PREFIXES])
-    top1 = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, decode="constrained",
-                    top_k=1).act_turns(contexts(["go\n"]), False, [SHARED_PREFIXES])
+    def act(**decoding):
+        pol = LMPolicy(model, tok, Decoding(max_new_tokens=8, decode="constrained", **decoding),
+                       max_context_tokens=64)
+        return pol.act_turns(contexts(["go\n"]), False, [SHARED_PREFIXES])
+
+    greedy, top1 = act(greedy=True), act(top_k=1)
     assert greedy == top1 and greedy[0] in counts
 
 
@@ -187,7 +192,8 @@ def test_constrained_greedy_follows_the_dominant_tokens(toy):
     t, m = toy
 
     def act(decode, sets):
-        pol = LMPolicy(m, t, max_context_tokens=16, max_new_tokens=4, greedy=True, decode=decode)
+        pol = LMPolicy(m, t, Decoding(greedy=True, max_new_tokens=4, decode=decode),
+                       max_context_tokens=16)
         return pol.act_turns(contexts(["Q: x\n"] * len(sets)), window=False, action_sets=sets), pol
 
     # Free greedy repeats " left" (the largest logit) until max_new_tokens runs out.

@@ -4,6 +4,7 @@ KV caches kept in step (rows dropping out, rows repeated)."""
 import pytest
 import torch
 
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.dual import DualLM
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.policy import LMPolicy
@@ -35,7 +36,8 @@ def test_the_hook_gets_the_policy_logits_and_the_value_trunk_state(tok, dual):
         seen.append((h, logits))
         return logits
 
-    pol = LMPolicy(dual, tok, max_context_tokens=64, max_new_tokens=1, logits_adjust=adjust)
+    pol = LMPolicy(dual, tok, Decoding(max_new_tokens=1), max_context_tokens=64,
+                   logits_adjust=adjust)
     pol.act([OBS[0]])
     ids = torch.tensor([pol.last.prompt_ids[0]])
     h, logits = seen[0]
@@ -58,7 +60,7 @@ def test_rows_finishing_at_different_steps_match_one_by_one(tok, dual):
         return out
 
     def run(**kw):
-        pol = LMPolicy(dual, tok, max_context_tokens=64, max_new_tokens=6, greedy=True,
+        pol = LMPolicy(dual, tok, Decoding(greedy=True, max_new_tokens=6), max_context_tokens=64,
                        logits_adjust=adjust, **kw)
         return pol.act(OBS), pol.last.action_ids
 

@@ -1,10 +1,13 @@
 """LMPolicy: newline stopping, truncation, seeding, cache/batch equivalence, the logits hook,
 and rollout ids == render ids."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from lmrlgym.core import Turn
+from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import render
@@ -48,7 +51,8 @@ def forcing(tok, model, scripts):
 
 def test_stops_at_first_newline_token(tok, model):
     adjust, state = forcing(tok, model, ["go left\nstop\n"])
-    pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=16, logits_adjust=adjust)
+    pol = LMPolicy(model, tok, Decoding(max_new_tokens=16), max_context_tokens=64,
+                   logits_adjust=adjust)
     out = pol.act(["Say something 0.\n", "You said go left.\n"])
     assert out == ["go left\n", "go left\n"]
     nl = newline_id(tok)
@@ -59,7 +63,8 @@ def test_stops_at_first_newline_token(tok, model):
 
 def test_truncation_appends_a_newline_and_is_counted(tok, model):
     adjust, _ = forcing(tok, model, ["hello there hello there hello\n"])
-    pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=3, logits_adjust=adjust)
+    pol = LMPolicy(model, tok, Decoding(max_new_tokens=3), max_context_tokens=64,
+                   logits_adjust=adjust)
     (out,) = pol.act(["Say something 0.\n"])
     assert pol.last.truncated == [True] and pol.n_truncated == 1 and pol.n_actions == 1
     assert len(pol.last.action_ids[0]) == 4 and out.endswith("\n") and out.count("\n") == 1
@@ -68,22 +73,24 @@ def test_truncation_appends_a_newline_and_is_counted(tok, model):
 def test_same_seed_same_actions_and_cache_equivalence(tok, model):
     obs = ["Say something 0.\n", "You said hello there.\nYou said go left.\n", "Bye.\n"]
 
-    def run(**kw):
-        return LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=6, **kw).act(obs)
+    def run(decoding, **kw):
+        return LMPolicy(model, tok, decoding, max_context_tokens=64, **kw).act(obs)
 
-    a = run(seed=5)
-    assert a == run(seed=5)
-    assert a != run(seed=6)
-    assert a == run(seed=5, use_cache=False)  # same draws, same logits without the cache
-    greedy = run(greedy=True, pad_budget=float("inf"))  # one left-padded batch
+    seeded, argmax = Decoding(max_new_tokens=6, seed=5), Decoding(greedy=True, max_new_tokens=6)
+    a = run(seeded)
+    assert a == run(seeded)
+    assert a != run(dataclasses.replace(seeded, seed=6))
+    assert a == run(seeded, use_cache=False)  # same draws, same logits without the cache
+    greedy = run(argmax, pad_budget=float("inf"))  # one left-padded batch
     # Left padding with position ids from the mask: a row's output ignores its neighbours.
-    assert greedy == run(greedy=True, batch_size=1) == run(greedy=True, use_cache=False)
-    assert greedy == run(greedy=True)  # length buckets
+    assert greedy == run(argmax, batch_size=1) == run(argmax, use_cache=False)
+    assert greedy == run(argmax)  # length buckets
     assert all(t.endswith("\n") for t in a + greedy)
 
 
 def test_special_tokens_never_sampled_and_vocab_sliced(tok, model):
-    pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=10, seed=1, temperature=3.0)
+    pol = LMPolicy(model, tok, Decoding(temperature=3.0, max_new_tokens=10, seed=1),
+                   max_context_tokens=64)
     pol.act(["Say something 1.\n"] * 8)
     specials = set(tok.all_special_ids)
     assert not any(i in specials for ids in pol.last.action_ids for i in ids)
@@ -92,16 +99,35 @@ def test_special_tokens_never_sampled_and_vocab_sliced(tok, model):
 
 def test_top_k_one_equals_greedy(tok, model):
     obs = ["Say something 0.\n", "You said go left.\n"]
-    greedy = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, greedy=True).act(obs)
-    assert LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, top_k=1).act(obs) == greedy
-    assert LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=8, top_p=1e-6).act(obs) == greedy
+    def run(**decoding):
+        return LMPolicy(model, tok, Decoding(max_new_tokens=8, **decoding),
+                        max_context_tokens=64).act(obs)
+
+    greedy = run(greedy=True)
+    assert run(top_k=1) == greedy
+    assert run(top_p=1e-6) == greedy
 
 
 def test_bad_settings_are_clear_errors(tok, model):
     with pytest.raises(ValueError, match="exceeds the model's 256 positions"):
-        LMPolicy(model, tok, max_context_tokens=250, max_new_tokens=10)
+        LMPolicy(model, tok, Decoding(max_new_tokens=10), max_context_tokens=250)
     with pytest.raises(ValueError, match="temperature"):
-        LMPolicy(model, tok, temperature=0.0, max_context_tokens=64)
+        Decoding(temperature=0.0)
+
+
+def test_decoding_is_recorded_and_reseeded(tok, model):
+    obs = ["Say something 0.\n", "You said go left.\n"]
+    pol = LMPolicy(model, tok, Decoding(temperature=2.0, top_k=5, max_new_tokens=6, seed=2),
+                   max_context_tokens=64, batch_size=8, pad_budget=float("inf"))
+    assert pol.decoding == {
+        "greedy": False, "temperature": 2.0, "top_k": 5, "top_p": None, "max_new_tokens": 6,
+        "max_context_tokens": 64, "seed": 2, "value_guided": False, "batch_size": 8,
+        "pad_budget": None, "decode": "sample"}
+    first = pol.act(obs)
+    pol.reseed(3)
+    assert pol.settings.seed == 3 and pol.decoding["seed"] == 3
+    pol.reseed(2)  # the same draws again
+    assert pol.act(obs) == first
 
 
 @pytest.mark.parametrize("window,P", [(None, 200), ("newest", 200), (None, 24)])
@@ -110,8 +136,8 @@ def test_rollout_ids_equal_render_ids(tok, model, window, P):
     script = ["hello there\n", "go left\n", "hello there\n", "stop\n"]
     adjust, _ = forcing(tok, model, script)
     ctx = (lambda ts: [ts[-1]]) if window == "newest" else None
-    pol = LMPolicy(model, tok, context_turns=ctx, max_context_tokens=P, max_new_tokens=8,
-                   logits_adjust=adjust)
+    pol = LMPolicy(model, tok, Decoding(max_new_tokens=8), context_turns=ctx,
+                   max_context_tokens=P, logits_adjust=adjust)
     env = EchoEnv(max_steps=10)
     obs, info = env.reset(seed=3)
     prompts, actions = [], []
@@ -145,7 +171,7 @@ def test_rollout_ids_equal_render_ids(tok, model, window, P):
 
 
 def test_length_buckets_cover_every_prompt_once(tok, model):
-    pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=4, batch_size=5)
+    pol = LMPolicy(model, tok, Decoding(max_new_tokens=4), max_context_tokens=64, batch_size=5)
     assert len(LMPolicy(model, tok, max_context_tokens=64, batch_size=5,
                         pad_budget=float("inf"))._chunks([1, 50, 2, 60])) == 1
     lengths = [3, 40, 4, 41, 39, 5, 3, 60, 2, 38, 38, 38, 38, 38, 38]
@@ -173,7 +199,7 @@ def test_rows_finishing_at_different_steps_match_one_by_one(tok, model):
            "Say something 1.\nYou said go left.\n"]
 
     def run(**kw):
-        pol = LMPolicy(model, tok, max_context_tokens=64, max_new_tokens=6, greedy=True,
+        pol = LMPolicy(model, tok, Decoding(greedy=True, max_new_tokens=6), max_context_tokens=64,
                        logits_adjust=adjust, **kw)
         return pol.act(obs), pol.last.action_ids
 
@@ -194,7 +220,7 @@ def test_other_architectures_left_padding_and_cache(tok):
     obs = ["Say something 0.\n", "You said hello there.\nYou said go left.\nBye.\n", "x\n"]
 
     def run(**kw):
-        return LMPolicy(llama, tok, max_context_tokens=64, max_new_tokens=5, greedy=True,
+        return LMPolicy(llama, tok, Decoding(greedy=True, max_new_tokens=5), max_context_tokens=64,
                         pad_budget=float("inf"), **kw).act(obs)
 
     assert run() == run(batch_size=1) == run(use_cache=False)
