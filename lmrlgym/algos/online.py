@@ -60,6 +60,7 @@ from lmrlgym.algos.loop import (
 )
 from lmrlgym.algos.metrics import MetricsLogger, MetricsMean, trim_jsonl
 from lmrlgym.algos.progress import counter, report
+from lmrlgym.algos.rundir import REPLAY_FILE
 from lmrlgym.core import Episode, TextEnv, Turn
 from lmrlgym.data.io import episode_from_json
 from lmrlgym.eval.evaluate import evaluate
@@ -295,9 +296,6 @@ def render_rollouts(
                            discount_mode, truncation_is_terminal=truncation_is_terminal,
                            episode_id=i, action_ids=r.action_ids, token_cache=cache)
     return segments
-
-
-REPLAY_FILE = "replay.jsonl"
 
 
 def append_replay(run_dir: Path, rnd: int, rollouts: Sequence[Rollout]) -> None:

@@ -11,7 +11,8 @@ import pytest
 from lmrlgym.algos import mc
 from lmrlgym.algos.cli import parse_config
 from lmrlgym.algos.metrics import trim_jsonl
-from lmrlgym.algos.online_filtered_bc import REPLAY_FILE, load_replay
+from lmrlgym.algos.online import load_replay
+from lmrlgym.algos.rundir import REPLAY_FILE
 from lmrlgym.core import Episode, Turn
 from lmrlgym.data.io import DatasetError
 from tests.algos.helpers import maze_dataset, micro_model

@@ -20,7 +20,7 @@ def tiny_profile(tmp_path, monkeypatch):
         name="tiny", method_tasks=(TASK,), reference_tasks=(), seeds=(0,),
         model={TASK: micro_model(tmp_path / "model")}, data={TASK: 30}, eval={TASK: 25},
         offline_steps={"*": 2}, batch_size=4, lr_scale=1.0, online={},
-        extra={"*": {"vocab_size": 300, "save_every": 1}},
+        extra={"*": {"vocab_size": 512, "save_every": 1}},
     )
     monkeypatch.setitem(presets.PROFILES, "tiny", profile)
     return profile
