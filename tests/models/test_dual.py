@@ -8,8 +8,9 @@ from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.dual import DualLM
 from lmrlgym.models.factory import build_model
 from lmrlgym.models.policy import LMPolicy
-from lmrlgym.models.tokenizer import newline_id, train_tokenizer
+from lmrlgym.models.tokenizer import train_tokenizer
 from tests.models.test_policy import TEXTS
+from tests.models.toy import assert_rows_finish_like_one_by_one
 
 OBS = ["Say something 0.\n", "You said hello there.\n", "Bye.\n", "go left\n", "stop\n",
        "Say something 1.\nYou said go left.\n"]
@@ -50,23 +51,7 @@ def test_the_hook_gets_the_policy_logits_and_the_value_trunk_state(tok, dual):
 def test_rows_finishing_at_different_steps_match_one_by_one(tok, dual):
     """Both caches drop finished rows together: batched, cached generation equals row-by-row
     and uncached generation."""
-    nl = newline_id(tok)
-
-    def adjust(h, logits):
-        # Stop by the value trunk's state, so rows of one batch end at different steps.
-        stop = (h[:, :3].sum(-1) * 10).floor().remainder(3) == 0
-        out = logits.clone()
-        out[:, nl] = torch.where(stop, 1e9, -1e9)
-        return out
-
-    def run(**kw):
-        pol = LMPolicy(dual, tok, Decoding(greedy=True, max_new_tokens=6), max_context_tokens=64,
-                       logits_adjust=adjust, **kw)
-        return pol.act(OBS), pol.last.action_ids
-
-    texts, ids = run(pad_budget=float("inf"))  # one left-padded batch
-    assert len({len(a) for a in ids}) > 2  # rows really finished at different steps
-    assert (texts, ids) == run(batch_size=1) == run(use_cache=False, pad_budget=float("inf"))
+    assert_rows_finish_like_one_by_one(dual, tok, OBS)
 
 
 def test_repeated_and_selected_cache_rows_continue_like_those_prompts(dual):

@@ -12,7 +12,7 @@ from lmrlgym.models.factory import build_model
 from lmrlgym.models.policy import LMPolicy
 from lmrlgym.models.render import render
 from lmrlgym.models.tokenizer import newline_id, train_tokenizer
-from tests.models.toy import EchoEnv
+from tests.models.toy import EchoEnv, assert_rows_finish_like_one_by_one
 
 TEXTS = ["Say something 0.\n", "Say something 1.\n", "You said hello there.\n", "go left\n",
          "stop\n", "hello there\n", "You said go left.\n", "Bye.\n"] * 40
@@ -186,26 +186,9 @@ def test_length_buckets_cover_every_prompt_once(tok, model):
 def test_rows_finishing_at_different_steps_match_one_by_one(tok, model):
     """Finished rows leave the batch (and the KV cache) mid-generation; the others go on
     exactly as if generated alone."""
-    nl = newline_id(tok)
-
-    def adjust(h, logits):
-        # Stop rows by a content-dependent rule, so rows of one batch end at different steps.
-        stop = (h[:, :3].sum(-1) * 10).floor().remainder(3) == 0
-        out = logits.clone()
-        out[:, nl] = torch.where(stop, 1e9, -1e9)
-        return out
-
     obs = ["Say something 0.\n", "You said hello there.\n", "Bye.\n", "go left\n", "stop\n",
            "Say something 1.\nYou said go left.\n"]
-
-    def run(**kw):
-        pol = LMPolicy(model, tok, Decoding(greedy=True, max_new_tokens=6), max_context_tokens=64,
-                       logits_adjust=adjust, **kw)
-        return pol.act(obs), pol.last.action_ids
-
-    texts, ids = run(pad_budget=float("inf"))  # one left-padded batch
-    assert len({len(a) for a in ids}) > 2  # rows really finished at different steps
-    assert (texts, ids) == run(batch_size=1) == run(use_cache=False, pad_budget=float("inf"))
+    assert_rows_finish_like_one_by_one(model, tok, obs)
 
 
 def test_other_architectures_left_padding_and_cache(tok):

@@ -74,3 +74,32 @@ class MenuEnv(EchoEnv):
 
     def action_set(self) -> tuple[str, ...]:
         return self.MENU
+
+
+def assert_rows_finish_like_one_by_one(model, tok, observations: list[str]) -> None:
+    """Rows of one batch that stop at different steps (by a content-dependent rule on the
+    hidden state the heads read) leave the batch and its KV cache mid-generation; the others go
+    on exactly as if generated alone, or without a cache."""
+    import torch
+
+    from lmrlgym.models.decoding import Decoding
+    from lmrlgym.models.policy import LMPolicy
+    from lmrlgym.models.tokenizer import newline_id
+
+    nl = newline_id(tok)
+
+    def adjust(h, logits):
+        stop = (h[:, :3].sum(-1) * 10).floor().remainder(3) == 0
+        out = logits.clone()
+        out[:, nl] = torch.where(stop, 1e9, -1e9)
+        return out
+
+    def run(**kw):
+        pol = LMPolicy(model, tok, Decoding(greedy=True, max_new_tokens=6), max_context_tokens=64,
+                       logits_adjust=adjust, **kw)
+        return pol.act(observations), pol.last.action_ids
+
+    texts, ids = run(pad_budget=float("inf"))  # one left-padded batch
+    assert len({len(a) for a in ids}) > 2  # rows really finished at different steps
+    assert (texts, ids) == run(batch_size=1) == run(use_cache=False, pad_budget=float("inf"))
+
