@@ -118,7 +118,6 @@ def check_run(config: TrainConfig, progress: Progress | None = None) -> Dataset:
     from lmrlgym.models.factory import check_model_source
     from lmrlgym.registry import spec
 
-    check_usable(config)  # settings the finished run could not use, before any compute
     task = spec(config.task)
     missing = task.missing()
     if missing:
@@ -133,6 +132,7 @@ def check_run(config: TrainConfig, progress: Progress | None = None) -> Dataset:
                                     "(not a finished training run)")
     else:
         check_model_source(config.model)
+    check_usable(config)  # settings the finished run could not use, before any compute
     if online:  # its optional dataset (PPO's BC term) is read when it is used
         if config.data and not Path(config.data).exists():
             raise FileNotFoundError(f"--data {config.data}: no such file or directory")
