@@ -150,6 +150,12 @@ def paired_vs_bc(agg: dict[str, dict[str, dict[str, Any]]],
     return out
 
 
+def paired_text(d: dict[str, Any]) -> str:
+    """One paired difference as text: mean ± 95 % interval (seeds above / seeds)."""
+    ci = "" if math.isnan(d["ci95"]) else f" ± {d['ci95']:.1f}"
+    return f"{d['mean']:+.1f}{ci} ({d['above']}/{len(d['diffs'])})"
+
+
 def paired_table(paired: dict[str, dict[str, dict[str, Any]]], base: str = "bc") -> str:
     """Markdown: rows = tasks, columns = methods other than ``base``, cells = mean difference
     from it ± 95 % t-interval (seeds above it / seeds)."""
@@ -160,11 +166,7 @@ def paired_table(paired: dict[str, dict[str, dict[str, Any]]], base: str = "bc")
         cells = []
         for m in cols:
             d = row.get(m)
-            if d is None:
-                cells.append("—")
-                continue
-            ci = "" if math.isnan(d["ci95"]) else f" ± {d['ci95']:.1f}"
-            cells.append(f"{d['mean']:+.1f}{ci} ({d['above']}/{len(d['diffs'])})")
+            cells.append("—" if d is None else paired_text(d))
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

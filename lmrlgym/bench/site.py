@@ -34,6 +34,7 @@ from lmrlgym.bench.report import (
     aggregate,
     load_results,
     ordering_flags,
+    paired_text,
     paired_vs_bc,
 )
 
@@ -86,12 +87,8 @@ def paired_html(paired: dict[str, dict[str, Any]]) -> str:
         cells = []
         for m in cols:
             d = row.get(m)
-            if d is None:
-                cells.append('<td data-v="">—</td>')
-                continue
-            ci = "" if math.isnan(d["ci95"]) else f" ± {d['ci95']:.1f}"
-            cells.append(f'<td data-v="{d["mean"]:.6g}">{d["mean"]:+.1f}{ci} '
-                         f'({d["above"]}/{len(d["diffs"])})</td>')
+            cells.append('<td data-v="">—</td>' if d is None else
+                         f'<td data-v="{d["mean"]:.6g}">{esc(paired_text(d))}</td>')
         rows.append(f'<tr><td data-v="{esc(task)}">{esc(task)}</td>{"".join(cells)}</tr>')
     return _sortable(["task"] + [METHODS[m] for m in cols], rows, "paired")
 
