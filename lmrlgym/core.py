@@ -87,6 +87,8 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def clean_text(text: str) -> str:
     """``text`` with each lone surrogate (a code point UTF-8 cannot encode) replaced by U+FFFD."""
+    if text.isascii():  # the common case, answered without encoding
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -146,6 +148,7 @@ class TextEnv(gym.Env[str, str]):
         self.action_space = AnyText(max_length=64, charset=_SAMPLE_CHARSET)
         self.reward_range = self.return_range
         self._turns: list[Turn] = []
+        self._normalized: dict[str, str] = {}  # short action -> normalize_action(action)
         self._done = True
         self._episode_seed: int | None = None
         self._success = False
@@ -207,16 +210,20 @@ class TextEnv(gym.Env[str, str]):
             raise RuntimeError("step() called on a finished episode; call reset() first")
         if not isinstance(action, str):
             raise TypeError(f"action must be a str, got {type(action).__name__}")
-        normalized = normalize_action(action, self.max_action_chars)
+        normalized = self._normalize(action)
         text, reward, terminated, truncated, extra = self._step(normalized)
-        stored = extra.pop("action", normalized)
         reward = float(reward)
-        self._turns.append(Turn(stored, True, reward))
-        self._turns.append(Turn(_check_env_text(text), False, 0.0))
-        self._success = self._success or bool(extra.pop("success", False))
-        self._done = bool(terminated or truncated)
+        if not (text.isascii() and text[-1:] == "\n" and text[-2:-1] != "\n"):
+            text = _check_env_text(text)  # the fast test above passes exactly what this returns
+        turns = self._turns
+        turns.append(_new_turn(Turn, (extra.pop("action", normalized), True, reward)))
+        turns.append(_new_turn(Turn, (text, False, 0.0)))
+        if extra.pop("success", False):
+            self._success = True
+        terminated, truncated = bool(terminated), bool(truncated)
+        self._done = terminated or truncated
         info = self._info(extra, illegal=bool(extra.pop("illegal", False)))
-        return self.window(self._turns), reward, bool(terminated), bool(truncated), info
+        return self.window(turns), reward, terminated, truncated, info
 
     def render(self) -> str | None:
         if self.render_mode == "ansi":
@@ -232,6 +239,18 @@ class TextEnv(gym.Env[str, str]):
     def done(self) -> bool:
         return self._done
 
+    def _normalize(self, action: str) -> str:
+        """:func:`normalize_action`, remembered for short actions: a policy repeats its few
+        spellings (Maze's four moves) and the env's step then skips the string work."""
+        if len(action) > _MEMO_CHARS:
+            return normalize_action(action, self.max_action_chars)
+        normalized = self._normalized.get(action)
+        if normalized is None:
+            if len(self._normalized) >= _MEMO_SIZE:
+                self._normalized.clear()
+            normalized = self._normalized[action] = normalize_action(action, self.max_action_chars)
+        return normalized
+
     def _info(self, extra: dict[str, Any], *, illegal: bool) -> dict[str, Any]:
         info = {
             "turns": list(self._turns),
@@ -244,6 +263,13 @@ class TextEnv(gym.Env[str, str]):
             info["action_set"] = self.action_set()
         info.update(extra)
         return info
+
+
+# Turn(...) without the Python-level __new__ NamedTuple adds (two turns per step).
+_new_turn = tuple.__new__
+# Actions of at most this many characters are remembered, up to this many per env.
+_MEMO_CHARS = 64
+_MEMO_SIZE = 4096
 
 
 def _check_env_text(text: str) -> str:

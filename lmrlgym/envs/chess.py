@@ -111,7 +111,12 @@ def spaced(text: str) -> str:
 
 
 def observation_text(board: chess.Board) -> str:
-    return spaced(board.fen()) + "\n"
+    return fen_text(board.fen())
+
+
+def fen_text(fen: str) -> str:
+    """The observation of a position given its FEN."""
+    return spaced(fen) + "\n"
 
 
 def parse_move(board: chess.Board, action: str) -> chess.Move | None:
@@ -130,17 +135,64 @@ def parse_move(board: chess.Board, action: str) -> chess.Move | None:
     return None
 
 
+def legal_sans(board: chess.Board) -> dict[chess.Move, str]:
+    """Every legal move's SAN, equal to ``board.san(move)`` for each, computed in one pass: the
+    moves that need disambiguating are found by grouping the legal moves (same piece type, same
+    target) instead of generating them again for each move."""
+    moves = list(board.legal_moves)
+    kinds = [board.piece_type_at(m.from_square) for m in moves]
+    sources: dict[tuple[int, int], int] = {}  # (piece type, target) -> mask of from-squares
+    for m, kind in zip(moves, kinds, strict=True):
+        if kind != chess.PAWN:
+            key = (kind, m.to_square)
+            sources[key] = sources.get(key, 0) | chess.BB_SQUARES[m.from_square]
+    out = {}
+    for m, kind in zip(moves, kinds, strict=True):
+        if board.is_castling(m):
+            san = "O-O-O" if chess.square_file(m.to_square) < chess.square_file(m.from_square) else "O-O"
+        else:
+            capture = board.is_capture(m)
+            san = "" if kind == chess.PAWN else chess.piece_symbol(kind).upper()
+            others = 0 if kind == chess.PAWN else sources[kind, m.to_square] & ~chess.BB_SQUARES[m.from_square]
+            file, rank = chess.square_file(m.from_square), chess.square_rank(m.from_square)
+            if others:
+                row = bool(others & chess.BB_FILES[file])
+                column = bool(others & chess.BB_RANKS[rank]) or not row
+                san += (chess.FILE_NAMES[file] if column else "") + (chess.RANK_NAMES[rank] if row else "")
+            elif kind == chess.PAWN and capture:
+                san += chess.FILE_NAMES[file]
+            san += ("x" if capture else "") + chess.SQUARE_NAMES[m.to_square]
+            if m.promotion:
+                san += "=" + chess.piece_symbol(m.promotion).upper()
+        board.push(m)
+        if board.is_check():
+            san += "#" if board.is_checkmate() else "+"
+        board.pop()
+        out[m] = san
+    return out
+
+
 def outcome_name(board: chess.Board) -> str | None:
     """How the game ended automatically (claimable draws do not count), or None."""
-    outcome = board.outcome(claim_draw=False)
-    return None if outcome is None else outcome.termination.name.lower()
+    return _termination(board.outcome(claim_draw=False))
 
 
 def winner_name(board: chess.Board) -> str | None:
-    outcome = board.outcome(claim_draw=False)
+    return _winner(board.outcome(claim_draw=False))
+
+
+def _termination(outcome: chess.Outcome | None) -> str | None:
+    return None if outcome is None else outcome.termination.name.lower()
+
+
+def _winner(outcome: chess.Outcome | None) -> str | None:
     if outcome is None or outcome.winner is None:
         return None
     return "white" if outcome.winner == chess.WHITE else "black"
+
+
+def _is_mate(outcome: chess.Outcome | None) -> bool:
+    return outcome is not None and outcome.termination == chess.Termination.CHECKMATE
 
 
 # --- positions --------------------------------------------------------------------------------
@@ -311,6 +363,10 @@ class ChessEnv(TextEnv):
         self._rng = np.random.default_rng(0)
         self._steps = 0
         self._position_type: str | None = None
+        # Of the current position, computed once (each needs a legal-move generation, and the
+        # outcome a repetition check): the outcome, and its legal moves' SAN (None until asked).
+        self._outcome: chess.Outcome | None = None
+        self._sans: dict[chess.Move, str] | None = None
 
     # --- state for behaviour policies (privileged) ------------------------------------------
     @property
@@ -320,7 +376,27 @@ class ChessEnv(TextEnv):
 
     def action_set(self) -> tuple[str, ...]:
         """White's legal moves in spaced SAN (``"N f 3"``), in python-chess's move order."""
-        return tuple(spaced(self._board.san(m)) for m in self._board.legal_moves)
+        return tuple(spaced(san) for san in self._legal_sans().values())
+
+    def _legal_sans(self) -> dict[chess.Move, str]:
+        if self._sans is None:
+            self._sans = legal_sans(self._board)
+        return self._sans
+
+    def _moved(self) -> None:
+        """The position changed: recompute its outcome, forget its legal moves."""
+        self._outcome = self._board.outcome(claim_draw=False)
+        self._sans = None
+
+    def _parse(self, action: str) -> chess.Move | None:
+        """:func:`parse_move`, with a lookup first: a legal move's exact SAN (the spelling of
+        ``action_set``) names that move, so python-chess's parser is needed only otherwise."""
+        if self._sans is not None:
+            text = "".join(action.split())
+            for move, san in self._sans.items():
+                if san == text:
+                    return move
+        return parse_move(self._board, action)
 
     @property
     def engine_pid(self) -> int | None:
@@ -363,25 +439,28 @@ class ChessEnv(TextEnv):
             self._board = chess.Board()
             self._position_type = None
         self._steps = 0
+        self._moved()
         if self._engine is not None:
             self._engine.new_game()
-        return observation_text(self._board), self._position_info(opponent_move=None)
+        info = self._position_info(opponent_move=None)
+        return fen_text(info["fen"]), info
 
     def _step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         self._steps += 1
         at_cap = self._steps >= self.max_steps
-        move = parse_move(self._board, action)
+        move = self._parse(action)
         if move is None:
             info = self._position_info(opponent_move=None)
             reason = "not a legal move in this position (SAN such as Nf3, or UCI such as g1f3)"
             info.update(illegal=True, illegal_reason=reason)
-            return observation_text(self._board), -1.0, False, at_cap, info
-        stored = spaced(self._board.san(move)) + "\n"
+            return fen_text(info["fen"]), -1.0, False, at_cap, info
+        stored = spaced(self._legal_sans()[move]) + "\n"
         self._board.push(move)
+        self._moved()
         reward, reply, error = 0.0, None, None
-        if self._board.is_checkmate():
+        if _is_mate(self._outcome):
             reward = 1.0
-        elif not self._board.is_game_over(claim_draw=False):
+        elif self._outcome is None:
             try:
                 reply_move = self._opponent_move()
             except EngineError as e:
@@ -389,14 +468,15 @@ class ChessEnv(TextEnv):
             else:
                 reply = self._board.san(reply_move)
                 self._board.push(reply_move)
-                reward = -1.0 if self._board.is_checkmate() else 0.0
-        terminated = error is None and self._board.is_game_over(claim_draw=False)
+                self._moved()
+                reward = -1.0 if _is_mate(self._outcome) else 0.0
+        terminated = error is None and self._outcome is not None
         info = {**self._position_info(opponent_move=reply), "action": stored}
         if error is not None:
             info["engine_error"] = error
         truncated = not terminated and (at_cap or error is not None)
         info["success"] = info["winner"] == "white"
-        return observation_text(self._board), reward, terminated, truncated, info
+        return fen_text(info["fen"]), reward, terminated, truncated, info
 
     # --- helpers ----------------------------------------------------------------------------
     def _opponent_move(self) -> chess.Move:
@@ -409,8 +489,8 @@ class ChessEnv(TextEnv):
         info = {
             "fen": self._board.fen(),
             "opponent_move": opponent_move,
-            "outcome": outcome_name(self._board),
-            "winner": winner_name(self._board),
+            "outcome": _termination(self._outcome),
+            "winner": _winner(self._outcome),
             "opponent": self.opponent,
             "engine": copy.deepcopy(self.engine_info),  # fresh per call (Gymnasium contract)
         }

@@ -103,6 +103,7 @@ _WALL_CHECKS: tuple[tuple[tuple[int, int], str], ...] = (
 )
 MAX_STEPS = 100  # steps that did not end the episode; the next step is the cap step
 PO_WINDOW = 40  # turns of history in the PO observation
+_CANONICAL = {command + "\n": command for command in COMMANDS}
 SUCCESS_TEXT = "Success\n"
 FAILURE_TEXT = "Failure\n"
 GOAL_REWARD, MOVE_REWARD, ILLEGAL_REWARD, CAP_REWARD = 0.0, -1.0, -4.0, -1.0
@@ -148,7 +149,9 @@ def po_text(walls: Sequence[Sequence[bool]], cell: Cell) -> str:
 
 def parse_command(action: str) -> str | None:
     """The canonical command (lower case, no newline) or None if unrecognised."""
-    command = action.strip().lower()
+    command = _CANONICAL.get(action)  # the usual spelling, found without string work
+    if command is None:
+        command = action.strip().lower()
     return command if command in MOVES else None
 
 
@@ -321,6 +324,8 @@ class MazeEnv(TextEnv):
 
     def window(self, turns: Sequence[Turn]) -> str:  # type: ignore[override]
         """The observation for a history: FO the latest env text, PO the last 40 turns."""
+        if self.observability == "full":
+            return turns[-1][0]
         return "".join([t[0] for t in self.context_turns(turns)])
 
     @property
@@ -391,8 +396,8 @@ class MazeEnv(TextEnv):
         extra["illegal"] = command is None
         if command is None:
             extra["illegal_reason"] = "not a move: " + ", ".join(COMMANDS)
-        else:
-            extra["action"] = command + "\n"
+        elif action not in _CANONICAL:
+            extra["action"] = command + "\n"  # stored in canonical spelling
         reward = step_reward(reached, command is not None)
         if reached:
             extra["success"] = True

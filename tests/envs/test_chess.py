@@ -22,6 +22,7 @@ from lmrlgym.envs import _stockfish  # noqa: E402
 from lmrlgym.envs.chess import (  # noqa: E402
     EVAL_SET,
     ChessEnv,
+    legal_sans,
     load_positions,
     observation_text,
     parse_move,
@@ -403,3 +404,36 @@ def test_project_constants_span_the_return_range(task):
     assert lmrlgym.normalized_score(task, -400.0) == 0.0
     assert lmrlgym.normalized_score(task, c.avg) == 50.0
     assert lmrlgym.normalized_score(task, 1.0) == 100.0
+
+
+# Disambiguation by file, rank and both (three queens), promotions with capture and check, en
+# passant, both castlings, mate in one.
+SAN_POSITIONS = [
+    "7k/8/8/3Q1Q2/8/3Q4/8/K7 w - - 0 1",
+    "1r5k/P1P5/8/8/8/8/8/K7 w - - 0 1",
+    "4k3/8/8/3pP3/8/8/8/4K3 w - d6 0 1",
+    "r3k2r/8/8/8/8/8/8/R3K2R w KQkq - 0 1",
+    "6k1/5ppp/8/8/8/8/8/R5K1 w - - 0 1",
+    "k7/8/8/8/8/8/1N3N2/K3N3 w - - 0 1",
+]
+
+
+def test_legal_sans_equals_python_chess_san_in_many_positions():
+    rng = np.random.default_rng(0)
+    boards = [chess.Board(fen) for fen in SAN_POSITIONS]
+    for _ in range(40):  # random games: checks, captures, promotions late in the game
+        board = chess.Board()
+        for _ in range(int(rng.integers(0, 300))):
+            moves = list(board.legal_moves)
+            if not moves:
+                break
+            board.push(moves[int(rng.integers(len(moves)))])
+        boards.append(board)
+    checked = 0
+    for board in boards:
+        fen = board.fen()
+        sans = legal_sans(board)
+        assert board.fen() == fen  # the board is left as it was
+        assert sans == {m: board.san(m) for m in board.legal_moves}, fen
+        checked += len(sans)
+    assert checked > 500
