@@ -117,8 +117,9 @@ def maze_value_map(model: torch.nn.Module, tokenizer, readout: ValueReadout,
     newline = torch.tensor([s[2] for s in spans], device=device)
     q_all, _ = readout(h[index, last_state])  # (R, V)
     q = q_all.float().gather(1, newline[:, None]).squeeze(1).view(len(cells), len(COMMANDS))
-    _, v_obs = readout(h[index, last_obs])
-    values = (q.max(1).values if v_obs is None else v_obs.float().view(len(cells), -1)[:, 0])
+    first = index[:: len(COMMANDS)]  # one row per cell: V(s) does not depend on the move
+    _, v_obs = readout(h[first, last_obs[first]])
+    values = q.max(1).values if v_obs is None else v_obs.float()
     q_np, v_np = q.cpu().numpy(), values.cpu().numpy()
     true = np.array([-(maze.distance[c] - 1) for c in cells], dtype=float)
     optimal = tuple(maze.optimal_command(c) for c in cells)
