@@ -111,7 +111,7 @@ class HFCausalLM:
             path = os.fspath(model)
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)  # never a pickle
         elif tokenizer is None:
             raise ValueError("HFCausalLM with a loaded model needs its tokenizer")
         self.model = model.eval()
