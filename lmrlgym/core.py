@@ -115,7 +115,26 @@ class AnyText(spaces.Text):
         return isinstance(x, str)
 
 
-class TextEnv(gym.Env[str, str]):
+class EpisodeView:
+    """``turns`` and ``done`` of the episode an env is playing, shared by :class:`TextEnv` and
+    the env server's client (:class:`lmrlgym.remote.RemoteEnv`), which keep ``_turns`` and
+    ``_done`` up to date."""
+
+    _turns: list[Turn]
+    _done: bool
+
+    @property
+    def turns(self) -> list[Turn]:
+        """The episode's turns so far (a copy)."""
+        return list(self._turns)
+
+    @property
+    def done(self) -> bool:
+        """Whether the episode has ended (True before the first reset)."""
+        return self._done
+
+
+class TextEnv(EpisodeView, gym.Env[str, str]):
     """Base class of every lmrlgym env: Gymnasium semantics, text in and text out.
 
     Subclasses implement:
@@ -231,14 +250,6 @@ class TextEnv(gym.Env[str, str]):
         return None
 
     # --- helpers ------------------------------------------------------------------------------
-    @property
-    def turns(self) -> list[Turn]:
-        return list(self._turns)
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
     def _normalize(self, action: str) -> str:
         """:func:`normalize_action`, remembered for short actions: a policy repeats its few
         spellings (Maze's four moves) and the env's step then skips the string work."""

@@ -22,14 +22,14 @@ from typing import Any
 
 import gymnasium as gym
 
-from lmrlgym.core import _SAMPLE_CHARSET, AnyText, Turn
+from lmrlgym.core import _SAMPLE_CHARSET, AnyText, EpisodeView, Turn
 
 
 class RemoteEnvError(RuntimeError):
     """The env server refused a call, failed it, or could not be reached."""
 
 
-class RemoteEnv(gym.Env[str, str]):
+class RemoteEnv(EpisodeView, gym.Env[str, str]):
     """One server session of ``task_id`` (see the module docstring)."""
 
     metadata = {"render_modes": []}
@@ -110,14 +110,6 @@ class RemoteEnv(gym.Env[str, str]):
     def action_set(self) -> tuple[str, ...] | None:
         """The valid actions the server sent with the last answer (None: no small set)."""
         return self._action_set
-
-    @property
-    def turns(self) -> list[Turn]:
-        return list(self._turns)
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     def close(self) -> None:
         """Close the server's session (idempotent; a server already gone is not an error)."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 import tyro
 
 from lmrlgym import cli
@@ -248,11 +249,29 @@ def _wait_for_port(port: str, server: subprocess.Popen, where: str) -> None:
     pytest.fail(f"{where}: the server did not open port {port}")
 
 
+def _run_in_process(argv: list[str], where: str) -> None:
+    """`lmrlgym ARGV` through the CLI's own `main` in this process, stdin empty: the same code
+    path as the script (whose entry point tests/test_cli.py runs as a subprocess), without
+    paying the interpreter start and the torch import once per documented command."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with (mock.patch.object(sys, "stdin", io.StringIO("")), contextlib.redirect_stdout(out),
+              contextlib.redirect_stderr(err)):
+            cli.main(argv)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            pytest.fail(f"{where}: `lmrlgym {shlex.join(argv)}` exited with {e.code}:\n"
+                        f"{err.getvalue()[-3000:]}")
+
+
 @pytest.mark.slow
-def test_runnable_blocks_run_top_to_bottom(tmp_path):
+def test_runnable_blocks_run_top_to_bottom(tmp_path, monkeypatch):
     """`make docs-check`: each runnable command in order, with TINY's flags, in a fresh folder;
-    servers (`&`) run in the background on a free port until the end."""
+    servers (`&`) run in the background on a free port until the end, the other commands in
+    this process (one torch import, not one per command)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
     port, servers, used = _free_port(), [], set()
     try:
         for command in (c for c in COMMANDS if c.runnable):
@@ -260,20 +279,18 @@ def test_runnable_blocks_run_top_to_bottom(tmp_path):
             argv = [a.replace(f":{DOC_PORT}/", f":{port}/") for a in command.argv]
             argv = [port if a == DOC_PORT and argv[i - 1] == "--port" else a
                     for i, a in enumerate(argv)]
-            argv = ["-m", "lmrlgym", *argv, *TINY.get(command.name, ())]
+            argv = [*argv, *TINY.get(command.name, ())]
             if command.background:
-                servers.append(subprocess.Popen([sys.executable, *argv], cwd=tmp_path, env=env,
+                servers.append(subprocess.Popen([sys.executable, "-m", "lmrlgym", *argv],
+                                                cwd=tmp_path, env=env,
                                                 stdin=subprocess.DEVNULL,
                                                 stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.PIPE, text=True))
                 _wait_for_port(port, servers[-1], command.where)
                 continue
-            out = subprocess.run([sys.executable, *argv], cwd=tmp_path, env=env,
-                                 stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                 timeout=600)
-            assert out.returncode == 0, (f"{command.where}: `{shlex.join(argv)}` failed:\n"
-                                         f"{out.stderr[-3000:]}")
+            _run_in_process(argv, command.where)
     finally:
+        torch.set_num_threads(threads)  # eval and bench set their own
         for server in servers:
             server.terminate()
             server.wait(timeout=30)

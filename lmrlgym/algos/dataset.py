@@ -9,7 +9,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -22,6 +22,9 @@ from lmrlgym.algos.rundir import TOKENIZER_DIR
 from lmrlgym.core import Episode
 from lmrlgym.data.io import read_episodes, temp_beside
 from lmrlgym.models.render import ContextFn, Segment, TokenCache, render
+
+if TYPE_CHECKING:
+    from lmrlgym.data.cache import DataCache
 
 # Filtered BC's episode selection: training episodes -> (kept episodes, their data/* metrics).
 Select = Callable[[list[Episode]], tuple[list[Episode], dict[str, float]]]
@@ -86,7 +89,14 @@ def prepare_data(
 ) -> Data:
     """Episodes (``dataset``, else :func:`read_dataset`) -> seeded split by episode ->
     (optional ``select`` on the training split) -> tokenizer (trained on the training text, or
-    the run's/``init_from``'s) -> rendered rows."""
+    the run's/``init_from``'s) -> rendered rows.
+
+    A trained tokenizer and the rows come from the dataset's cache (``lmrlgym.data.cache``)
+    when it holds them for these settings, else are built and stored there. ``select`` is
+    cached only when it is a dataclass (its repr is the key), since a closure's identity says
+    nothing about what it keeps."""
+    from lmrlgym.data.cache import DataCache, tokenizer_fingerprint
+
     episodes, skipped = dataset or read_dataset(config)
     train_eps, val_eps = split_episodes(episodes, config.val_fraction, config.seed)
     metrics: dict[str, float] = {"data/episodes": len(episodes), "data/skipped_lines": skipped,
@@ -94,34 +104,52 @@ def prepare_data(
     if select is not None:
         train_eps, select_metrics = select(train_eps)
         metrics.update(select_metrics)
+    cache = None
+    if select is None or dataclasses.is_dataclass(select):
+        cache = DataCache.open(config.data, allow_partial=config.allow_partial, task=config.task,
+                               seed=config.seed, val_fraction=config.val_fraction,
+                               skip_bad=config.skip_bad,
+                               select=repr(select) if select is not None else None)
     report(progress, "tokenizer")
-    tokenizer = load_or_train_tokenizer(config, run_dir, train_eps)
-    window = context_fn(config.task)
-    cache = TokenCache(tokenizer)
-    n_render, rendered = len(train_eps) + len(val_eps), 0
+    tokenizer = load_or_train_tokenizer(config, run_dir, train_eps, cache)
+    render_key = dict(tokenizer=tokenizer_fingerprint(tokenizer),
+                      max_context_tokens=config.max_context_tokens, gamma=gamma,
+                      discount_mode=discount_mode, truncation_is_terminal=truncation_is_terminal)
+    if render_key["tokenizer"] is None:
+        cache = None
+    cached = cache.load_rows(len(tokenizer), **render_key) if cache is not None else None
+    if cached is not None:
+        train_rows, val_rows = cached
+    else:
+        window = context_fn(config.task)
+        tokens = TokenCache(tokenizer)
+        n_render, rendered = len(train_eps) + len(val_eps), 0
 
-    def rows(eps: list[Episode]) -> list[Segment]:
-        nonlocal rendered
-        out = []
-        for k, ep in enumerate(eps):
-            report(progress, "render", rendered, n_render)
-            rendered += 1
-            segs = render(ep, tokenizer, window, config.max_context_tokens, gamma, discount_mode,
-                          truncation_is_terminal=truncation_is_terminal, episode_id=k,
-                          token_cache=cache)
-            out.extend(s for s in segs if bool(s.action_mask.any()))
-        return out
+        def rows(eps: list[Episode]) -> list[Segment]:
+            nonlocal rendered
+            out = []
+            for k, ep in enumerate(eps):
+                report(progress, "render", rendered, n_render)
+                rendered += 1
+                segs = render(ep, tokenizer, window, config.max_context_tokens, gamma,
+                              discount_mode, truncation_is_terminal=truncation_is_terminal,
+                              episode_id=k, token_cache=tokens)
+                out.extend(s for s in segs if bool(s.action_mask.any()))
+            return out
 
-    data = Data(tokenizer, rows(train_eps), rows(val_eps), metrics)
-    report(progress, "render", n_render, n_render)
-    metrics.update({"data/train_rows": len(data.train_rows), "data/val_rows": len(data.val_rows)})
-    return data
+        train_rows, val_rows = rows(train_eps), rows(val_eps)
+        report(progress, "render", n_render, n_render)
+        if cache is not None:
+            cache.store_rows(train_rows, val_rows, **render_key)
+    metrics.update({"data/train_rows": len(train_rows), "data/val_rows": len(val_rows)})
+    return Data(tokenizer, train_rows, val_rows, metrics)
 
 
-def load_or_train_tokenizer(config: TrainConfig, run_dir: Path,
-                            episodes: list[Episode]) -> PreTrainedTokenizerBase:
-    """The run's own tokenizer when resuming, ``init_from``'s, or one trained on the episodes'
-    text; saved in ``<run>/tokenizer`` with the run (atomic: temp dir + rename)."""
+def load_or_train_tokenizer(config: TrainConfig, run_dir: Path, episodes: list[Episode],
+                            cache: DataCache | None = None) -> PreTrainedTokenizerBase:
+    """The run's own tokenizer when resuming, ``init_from``'s, one found in ``cache``, or one
+    trained on the episodes' text (then stored in ``cache``); saved in ``<run>/tokenizer``
+    with the run (atomic: temp dir + rename)."""
     from lmrlgym.models.tokenizer import load_tokenizer, train_tokenizer
 
     own = run_dir / TOKENIZER_DIR
@@ -131,8 +159,12 @@ def load_or_train_tokenizer(config: TrainConfig, run_dir: Path,
         if config.init_from:
             tokenizer = load_tokenizer(Path(config.init_from) / TOKENIZER_DIR)
         else:
-            texts = (t.text for ep in episodes for t in ep.turns)
-            tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
+            tokenizer = cache.load_tokenizer(vocab_size=config.vocab_size) if cache else None
+            if tokenizer is None:
+                texts = (t.text for ep in episodes for t in ep.turns)
+                tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
+                if cache is not None:
+                    cache.store_tokenizer(tokenizer, vocab_size=config.vocab_size)
         tmp = temp_beside(own, directory=True)
         tokenizer.save_pretrained(str(tmp))
         os.replace(tmp, own)

@@ -82,13 +82,23 @@ def selection_metrics(episodes: list[Episode], kept: list[Episode]) -> dict[str,
     }
 
 
-def train(config: FilteredBCConfig, progress: Progress | None = None) -> Path:
-    """BC (``bc.train``) on the selected training episodes; returns the run directory."""
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The training-split selection of a run: a dataclass, so its repr keys the data cache."""
 
-    def select(episodes: list[Episode]) -> tuple[list[Episode], dict[str, float]]:
-        kept = select_episodes(episodes, config.keep, config.top_fraction, config.seed)
+    data: str
+    keep: str
+    top_fraction: float
+    seed: int
+
+    def __call__(self, episodes: list[Episode]) -> tuple[list[Episode], dict[str, float]]:
+        kept = select_episodes(episodes, self.keep, self.top_fraction, self.seed)
         if not kept:
-            raise ValueError(f"filtered BC kept no episodes of {config.data} (keep={config.keep!r})")
+            raise ValueError(f"filtered BC kept no episodes of {self.data} (keep={self.keep!r})")
         return kept, selection_metrics(episodes, kept)
 
+
+def train(config: FilteredBCConfig, progress: Progress | None = None) -> Path:
+    """BC (``bc.train``) on the selected training episodes; returns the run directory."""
+    select = Selection(config.data, config.keep, config.top_fraction, config.seed)
     return bc.train(config, select=select, progress=progress)

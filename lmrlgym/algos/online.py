@@ -247,7 +247,7 @@ def _collect_batch(
     live = list(range(len(envs)))
     while live:
         batch_prompts = [builders[b].next_prompt(infos[b]["turns"]) for b in live]
-        gen = policy.generate(batch_prompts)
+        gen = policy.generate(batch_prompts, sessions=live)  # each episode keeps its KV cache
         for b, p, text, a_ids, cut in zip(live, batch_prompts, gen.texts, gen.action_ids,
                                           gen.truncated, strict=True):
             _, _, terminated, truncated, infos[b] = envs[b].step(text)

@@ -253,6 +253,12 @@ function showCell(key) {
 """
 
 
+def _one_line(code: str) -> str:
+    """STYLE or SCRIPT as one line, as the rest of the page is written (every SCRIPT statement
+    ends in ``;`` or a brace, so joining its lines keeps its meaning)."""
+    return " ".join(line.strip() for line in code.strip().splitlines())
+
+
 def render_site(results_dir: Path) -> str:
     """The page's HTML for a results directory."""
     data = load_results(results_dir / "results.json")
@@ -276,7 +282,7 @@ def render_site(results_dir: Path) -> str:
     title = f"lmrlgym results: {data.get('profile', '?')} profile"
     return "".join([
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-        f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
+        f"<style>{_one_line(STYLE)}</style><script>{_one_line(SCRIPT)}</script></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p>lmrlgym {esc(data.get('lmrlgym_version', '?'))} · machine: "
         + esc(", ".join(f"{k} {v}" for k, v in machine.items())) + "</p>",

@@ -61,12 +61,22 @@ def honour_umask(tmp: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory (:func:`temp_beside`)
-    and a rename."""
+    """Write ``text`` (UTF-8, ``\n`` line ends) to ``path`` via a temp file in the same
+    directory (:func:`temp_beside`) and a rename."""
+    _atomic_write(path, text, binary=False)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
+    _atomic_write(path, data, binary=True)
+
+
+def _atomic_write(path: str | os.PathLike, content: str | bytes, binary: bool) -> None:
     tmp = temp_beside(path)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with (open(tmp, "wb") if binary
+              else open(tmp, "w", encoding="utf-8", newline="\n")) as f:
+            f.write(content)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

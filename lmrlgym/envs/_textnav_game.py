@@ -73,7 +73,7 @@ GRAMMAR = {
     "blend_descriptions": True,
 }
 #: Bumped whenever the build below changes, so old caches are not reused.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 
 # --- building and caching the game ------------------------------------------------------------
@@ -183,6 +183,18 @@ def _read_cache(directory: Path) -> dict[str, Path] | None:
         return None
 
 
+# The Z-machine header's serial number (bytes 0x12-0x17) is the compile date (YYMMDD), so two
+# builds of the same game on different days differ there. The interpreter only displays it and
+# the story checksum starts at 0x40, so a fixed serial makes a build byte-identical on any day.
+SERIAL_AT, SERIAL = 0x12, b"000000"
+
+
+def _pin_serial(path: Path) -> None:
+    story = bytearray(path.read_bytes())
+    story[SERIAL_AT : SERIAL_AT + len(SERIAL)] = SERIAL
+    path.write_bytes(bytes(story))
+
+
 def _compile_into(directory: Path) -> None:
     textworld = import_textworld()
     game = build_game()
@@ -194,6 +206,7 @@ def _compile_into(directory: Path) -> None:
         options.path = str(directory / f"{_room_slug(room)}.z8")
         options.force_recompile = True
         textworld.generator.compile_game(_variant(data, room_ids, room), options)
+        _pin_serial(Path(options.path))
         names = (f"{_room_slug(room)}.z8", f"{_room_slug(room)}.json")
         files[room] = {name: _sha256(directory / name) for name in names}
     # Written last: a manifest means a complete build.

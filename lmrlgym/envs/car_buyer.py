@@ -308,24 +308,25 @@ def _last_mention(line: str, regex: re.Pattern, name_of: Any) -> tuple[int, str]
     return last
 
 
-def named_brand(line: str) -> str | None:
-    """The last brand named (by name, short form or catalogue model), bare (``"Toyota"``)."""
+def _last_named(line: str, word_re: re.Pattern, lookup: dict[str, str], field: int) -> str | None:
+    """The name mentioned last in ``line``: a word of ``word_re`` (mapped by ``lookup``) or a
+    catalogue model (its (brand, type) entry at ``field``)."""
     model_re, models = _models()
     mentions = [
-        _last_mention(line, _BRAND_RE, lambda text: _BRAND_LOOKUP[text.lower()]),
-        _last_mention(line, model_re, lambda text: models[text][0]),
+        _last_mention(line, word_re, lambda text: lookup[text.lower()]),
+        _last_mention(line, model_re, lambda text: models[text][field]),
     ]
     return max((m for m in mentions if m), default=(0, None))[1]
+
+
+def named_brand(line: str) -> str | None:
+    """The last brand named (by name, short form or catalogue model), bare (``"Toyota"``)."""
+    return _last_named(line, _BRAND_RE, _BRAND_LOOKUP, 0)
 
 
 def named_type(line: str) -> str | None:
     """The last car type named (a catalogue model names its type)."""
-    model_re, models = _models()
-    mentions = [
-        _last_mention(line, _TYPE_RE, lambda text: _TYPE_LOOKUP[text.lower()]),
-        _last_mention(line, model_re, lambda text: models[text][1]),
-    ]
-    return max((m for m in mentions if m), default=(0, None))[1]
+    return _last_named(line, _TYPE_RE, _TYPE_LOOKUP, 1)
 
 
 def is_negated(line: str, start: int) -> bool:

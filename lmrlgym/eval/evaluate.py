@@ -255,7 +255,8 @@ def _run_batched(policy, task, resets, make, progress, max_concurrent, keep=None
             if is_lm:
                 actions = policy.act_turns(
                     [s.env.context_turns(s.info["turns"]) for s in live], window=False,
-                    action_sets=[legal_actions(s.env) for s in live] if with_sets else None)
+                    action_sets=[legal_actions(s.env) for s in live] if with_sets else None,
+                    sessions=[s.index for s in live])  # each episode keeps its KV cache
             else:
                 actions = policy.act([s.obs for s in live])
             if len(actions) != len(live):
@@ -283,6 +284,8 @@ def _run_batched(policy, task, resets, make, progress, max_concurrent, keep=None
     finally:
         for slot in slots:
             slot.env.close()
+        if is_lm:
+            policy.end_episodes()
     assert all(ep is not None for ep in episodes)
     return episodes  # type: ignore[return-value]
 

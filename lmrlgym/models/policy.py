@@ -31,6 +31,16 @@ Over a known set of legal actions (issue 16; ``action_sets`` of :meth:`LMPolicy.
 
 Either way the emitted ids are the candidate's ids, exactly as ``render()`` tokenizes that
 action turn, and a ``None`` action set falls back to free generation for that row.
+
+Across turns (``sessions`` of :meth:`LMPolicy.generate`: one key per live episode), a
+generated row keeps its KV cache: the ids it holds (prompt and fed action tokens) and their
+keys and values. The episode's next prompt is built as before; the part it shares with those
+ids from the start (more than the BOS: a whole history when the window keeps every turn, the
+unchanged head of an observation when it keeps only the latest) is taken from the stored cache
+(same ids at the same positions), and only the rest is fed. A prompt sharing only the BOS (the
+left truncation of the budget ``P`` shifts every position) and weights changed in place
+re-encode the whole prompt. So the ids fed equal those of re-encoding; the logits differ only
+by float rounding, as the in-turn KV cache's do.
 """
 
 from __future__ import annotations
@@ -38,12 +48,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from lmrlgym.core import Turn
 from lmrlgym.models.action_sets import ActionSet, ActionSetCache, choose, token_scores
@@ -67,6 +78,15 @@ class Generation:
     scores: list[list[float] | None]  # reranked rows: each candidate's score; else None
 
 
+@dataclasses.dataclass
+class _Past:
+    """A live episode's KV cache between turns: the ids it holds, and per cache layer (a
+    separate-layout model's policy layers, then its value layers) keys and values (H, T, D)."""
+
+    ids: list[int]
+    kv: list[tuple[Tensor, Tensor]]
+
+
 class LMPolicy:
     """A causal LM as a text policy (the ``lmrlgym.core.Policy`` protocol, plus ``act_turns``).
 
@@ -83,6 +103,9 @@ class LMPolicy:
     ``decoding.decode`` chooses how actions are decoded when the legal actions are known
     (module docstring); ``candidate_batch`` bounds the (prompt, candidate) rows of one rerank
     forward (Wordle's vocabulary is scored in chunks). Rerank always shares the prompt's cache.
+
+    ``reuse_cache`` keeps each live episode's KV cache between turns when the caller names the
+    episodes (``sessions``; module docstring); ``False`` re-encodes every prompt.
     """
 
     def __init__(
@@ -98,6 +121,7 @@ class LMPolicy:
         pad_budget: float = 0.25,
         name: str = "lm",
         candidate_batch: int = 256,
+        reuse_cache: bool = True,
     ):
         if max_context_tokens < 2:
             raise ValueError(f"max_context_tokens must be at least 2, got {max_context_tokens}")
@@ -128,6 +152,9 @@ class LMPolicy:
         self.pad_budget = pad_budget
         self.name = name
         self.candidate_batch = candidate_batch
+        self.reuse_cache = reuse_cache
+        self._pasts: dict[Hashable, _Past] = {}
+        self._pasts_weights: tuple[int, ...] = ()  # the parameters' versions the pasts belong to
         self.n_vocab = len(tokenizer)
         self.newline_id = newline_id(tokenizer)
         self.bos_id = tokenizer.bos_token_id
@@ -154,16 +181,18 @@ class LMPolicy:
         return self.act_turns([[Turn(obs, False)] for obs in observations], window=False)
 
     def act_turns(self, contexts: Sequence[Sequence[Turn]], window: bool = True,
-                  action_sets: Sequence[Sequence[str] | None] | None = None) -> list[str]:
+                  action_sets: Sequence[Sequence[str] | None] | None = None,
+                  sessions: Sequence[Hashable] | None = None) -> list[str]:
         """One action per turn history. ``window=True`` applies ``context_turns`` first (pass
         the full history); ``window=False`` takes each context as already windowed.
         ``action_sets`` (one entry per context: the legal actions without their newline, or
-        None) are used by the ``rerank`` and ``constrained`` modes."""
+        None) are used by the ``rerank`` and ``constrained`` modes; ``sessions`` as in
+        :meth:`generate`."""
         prompts = []
         for turns in contexts:
             ctx = self.context_turns(turns) if (window and self.context_turns) else list(turns)
             prompts.append(self.prompt(ctx))
-        return self.generate(prompts, action_sets).texts
+        return self.generate(prompts, action_sets, sessions).texts
 
     def prompt(self, context: Sequence[Turn]) -> list[int]:
         """The prompt ids of a windowed context: exactly what ``render()`` puts before an action."""
@@ -191,6 +220,10 @@ class LMPolicy:
                 "decode": d.decode,
                 **({"rerank_score": d.rerank_score} if d.decode == "rerank" else {})}
 
+    def end_episodes(self) -> None:
+        """Free the KV caches kept for live episodes (``sessions`` of :meth:`generate`)."""
+        self._pasts = {}
+
     def reseed(self, seed: int) -> None:
         self.settings = dataclasses.replace(self.settings, seed=seed)
         self.generator = torch.Generator().manual_seed(seed)
@@ -198,14 +231,22 @@ class LMPolicy:
     # --- generation --------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]],
-                 action_sets: Sequence[Sequence[str] | None] | None = None) -> Generation:
+                 action_sets: Sequence[Sequence[str] | None] | None = None,
+                 sessions: Sequence[Hashable] | None = None) -> Generation:
         """Generate one action for each prompt (token ids, BOS first, at most ``P`` long);
-        ``action_sets`` as in :meth:`act_turns`."""
+        ``action_sets`` as in :meth:`act_turns`.
+
+        ``sessions``: one key per prompt naming its episode (unique among the live ones). Each
+        generated row's cache is kept under its key for that episode's next prompt (with
+        ``reuse_cache``); the caches of episodes absent from a call are freed, so a finished
+        episode's cache goes as soon as the next turn is generated without it."""
         for p in prompts:
             if not p or len(p) > self.max_context_tokens:
                 raise ValueError(f"prompt of {len(p)} tokens; must be 1..{self.max_context_tokens}")
         if action_sets is not None and len(action_sets) != len(prompts):
             raise ValueError(f"{len(action_sets)} action sets for {len(prompts)} prompts")
+        if sessions is not None and len(sessions) != len(prompts):
+            raise ValueError(f"{len(sessions)} sessions for {len(prompts)} prompts")
         sets: list[ActionSet | None] = [None] * len(prompts)
         if action_sets is not None and self.settings.decode != "sample":
             sets = [None if a is None else self._action_sets(a) for a in action_sets]
@@ -218,11 +259,17 @@ class LMPolicy:
             rerank = self.settings.decode == "rerank"
             reranked = {i: a for i, a in enumerate(sets) if a is not None and rerank}
             generated = [i for i in range(len(prompts)) if i not in reranked]
+            keep = sessions is not None and self.reuse_cache and self.use_cache
+            pasts = self._resume(prompts, sessions) if keep else {}
             for chunk in self._chunks_of(generated, prompts):
-                gen, trunc = self._generate_batch([list(prompts[i]) for i in chunk],
-                                                  [sets[i] for i in chunk])
+                gen, trunc, kept = self._generate_batch(
+                    [list(prompts[i]) for i in chunk], [sets[i] for i in chunk],
+                    [pasts.get(i) for i in chunk], keep)
                 for i, g, t in zip(chunk, gen, trunc, strict=True):
                     ids[i], truncated[i] = g, t
+                for i, past in zip(chunk, kept, strict=True):
+                    if past is not None:
+                        self._pasts[sessions[i]] = past
             for chunk in self._chunks_of(list(reranked), prompts):
                 picks, chunk_scores = self._rerank_batch([list(prompts[i]) for i in chunk],
                                                          [reranked[i] for i in chunk])
@@ -238,6 +285,29 @@ class LMPolicy:
             self.n_free += sum(a is None for a in sets)
         self.last = Generation(texts, ids, truncated, [list(p) for p in prompts], scores)
         return self.last
+
+    def _resume(self, prompts: Sequence[Sequence[int]],
+                sessions: Sequence[Hashable]) -> dict[int, _Past]:
+        """``{i: the head of session i's stored past that prompt i starts with}``, where that
+        is more than the BOS and leaves a token to feed; every stored past is dropped from the
+        policy (the rows generated now store their own). Pasts made with other weights
+        (training changed them in place) are not used."""
+        weights = tuple(p._version for p in self.model.parameters())
+        stored, self._pasts = self._pasts, {}
+        if weights != self._pasts_weights:
+            stored, self._pasts_weights = {}, weights
+        out = {}
+        for i, key in enumerate(sessions):
+            past = stored.get(key)
+            if past is None:
+                continue
+            shared, n = 0, min(len(past.ids), len(prompts[i]) - 1)
+            while shared < n and past.ids[shared] == prompts[i][shared]:
+                shared += 1
+            if shared >= 2:
+                out[i] = past if shared == len(past.ids) else _Past(
+                    past.ids[:shared], [(k[:, :shared], v[:, :shared]) for k, v in past.kv])
+        return out
 
     def _chunks_of(self, rows: list[int], prompts: Sequence[Sequence[int]]) -> list[list[int]]:
         """:meth:`_chunks` of the prompts ``rows``, as indices into ``prompts``."""
@@ -275,18 +345,34 @@ class LMPolicy:
         return ids.to(self.model.device), mask.to(self.model.device)
 
     def _generate_batch(self, prompts: list[list[int]], sets: list[ActionSet | None],
-                        ) -> tuple[list[list[int]], list[bool]]:
-        """Token-by-token generation; a row with an action set walks its trie (constrained)."""
+                        pasts: list[_Past | None], keep: bool,
+                        ) -> tuple[list[list[int]], list[bool], list[_Past | None]]:
+        """Token-by-token generation; a row with an action set walks its trie (constrained).
+
+        A row with a past feeds only the rest of its prompt after the stored cache; with
+        ``keep`` each row's cache is returned as its new past (None where the cache's layers
+        cannot be stored)."""
         device = self.model.device
         B = len(prompts)
-        seq_ids, seq_mask = self._left_pad(prompts)  # (n, t): the rows still generating
+        rests = [p[len(q.ids):] if q is not None else p for p, q in zip(prompts, pasts, strict=True)]
+        seq_ids, seq_mask = self._left_pad(rests)  # (n, t): the rows still generating
+        cache = None
+        if any(q is not None for q in pasts):
+            cache, past_mask = _stack_pasts(pasts, self.model)
+            seq_mask = torch.cat([past_mask.to(device), seq_mask], 1)
         node = [0] * B  # each constrained row's trie node: the prefix generated so far
         new_ids = seq_ids  # what the next forward pass reads: the prompt, then one token
         rows = torch.arange(B)  # original index of each row still generating
         out_ids: list[list[int]] = [[] for _ in range(B)]
         finished = [False] * B
-        cache = None
+        kept: list[_Past | None] = [None] * B
         want_h = self.logits_adjust is not None
+
+        def store(ks: list[int]) -> None:  # rows ks (positions in the batch) keep their cache
+            for k in ks:
+                b = int(rows[k])
+                kept[b] = _row_past(cache, k, seq_mask[k], prompts[b] + out_ids[b][:-1])
+
         for _ in range(self.settings.max_new_tokens):
             position = (seq_mask.cumsum(1) - 1).clamp(min=0)
             if self.use_cache:
@@ -314,22 +400,28 @@ class LMPolicy:
                 finished[b] = bool(stop[k])
                 if sets[b] is not None:
                     node[b] = sets[b].children[node[b]][int(nxt[k])]
+            if keep:
+                store(stop.nonzero().squeeze(1).tolist())
             if bool(stop.all()):
                 break
-            keep = (~stop).nonzero().squeeze(1)
-            if len(keep) < len(rows):  # drop finished rows, their cache entries included
-                rows, nxt = rows[keep], nxt[keep]
-                seq_ids, seq_mask = seq_ids[keep.to(device)], seq_mask[keep.to(device)]
+            keep_rows = (~stop).nonzero().squeeze(1)
+            if len(keep_rows) < len(rows):  # drop finished rows, their cache entries included
+                rows, nxt = rows[keep_rows], nxt[keep_rows]
+                seq_ids, seq_mask = seq_ids[keep_rows.to(device)], seq_mask[keep_rows.to(device)]
                 if cache is not None:
-                    cache.batch_select_indices(keep.to(device))
+                    cache.batch_select_indices(keep_rows.to(device))
             new_ids = nxt[:, None].to(device)
             seq_ids = torch.cat([seq_ids, new_ids], 1)
             seq_mask = torch.cat([seq_mask, torch.ones_like(new_ids)], 1)
+        else:
+            if keep:  # the rows cut at max_new_tokens: their last token was never fed
+                seq_mask = seq_mask[:, :-1]
+                store(list(range(len(rows))))
         truncated = [not f for f in finished]
         for b in range(B):
             if truncated[b]:
                 out_ids[b].append(self.newline_id)
-        return out_ids, truncated
+        return out_ids, truncated, kept
 
     def _sample(self, logits: Tensor, allowed: Tensor | None = None) -> Tensor:
         """(N, V) float logits on CPU -> (N,) ids, with the policy's generator; ``allowed``
@@ -445,3 +537,49 @@ def _select_rows(cache: Any, rows: Tensor) -> Any:
 def _pad_to(ids: Tensor, width: int) -> Tensor:
     """(n, w) ids right-padded with 0 to (n, width)."""
     return torch.nn.functional.pad(ids, (0, width - ids.shape[1]))
+
+
+def _cache_layers(cache: Any) -> list[Any]:
+    """A cache's layers; a separate-layout model's policy layers, then its value layers."""
+    if isinstance(cache, DualCache):
+        return _cache_layers(cache.policy) + _cache_layers(cache.value)
+    return list(cache.layers)
+
+
+def _row_past(cache: Any, k: int, mask: Tensor, ids: list[int]) -> _Past | None:
+    """Row ``k`` of a batch cache, its real positions (``mask``) only, as the past of ``ids``;
+    None for a cache of other layer types than plain dynamic ones (a sliding window's would
+    not hold every position)."""
+    layers = _cache_layers(cache)
+    if any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    cols = mask.bool()
+    past = _Past(ids, [(layer.keys[k][:, cols], layer.values[k][:, cols]) for layer in layers])
+    assert past.kv[0][0].shape[1] == len(ids), "a kept cache must hold exactly its ids"
+    return past
+
+
+def _stack_pasts(pasts: list[_Past | None], model: Any) -> tuple[Any, Tensor]:
+    """A batch cache of the rows' pasts, left-padded with zeros to the longest (a row without
+    one is all padding), and its (B, C) attention mask."""
+    from lmrlgym.models.dual import DualLM
+
+    width = max(len(q.ids) for q in pasts if q is not None)
+    like = next(q for q in pasts if q is not None)
+    mask = torch.zeros((len(pasts), width), dtype=torch.long)
+    kv = []
+    for j, (k0, v0) in enumerate(like.kv):
+        keys = k0.new_zeros((len(pasts), k0.shape[0], width, k0.shape[2]))
+        values = v0.new_zeros((len(pasts), v0.shape[0], width, v0.shape[2]))
+        for b, q in enumerate(pasts):
+            if q is not None:
+                keys[b, :, width - len(q.ids):] = q.kv[j][0]
+                values[b, :, width - len(q.ids):] = q.kv[j][1]
+        kv.append((keys, values))
+    for b, q in enumerate(pasts):
+        if q is not None:
+            mask[b, width - len(q.ids):] = 1
+    if isinstance(model, DualLM):
+        n = model.policy.config.get_text_config(decoder=True).num_hidden_layers
+        return DualCache(DynamicCache(kv[:n]), DynamicCache(kv[n:])), mask
+    return DynamicCache(kv), mask

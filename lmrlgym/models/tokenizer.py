@@ -61,6 +61,16 @@ def train_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    return _wrap(tok)
+
+
+def tokenizer_from_json(text: str) -> PreTrainedTokenizerFast:
+    """The tokenizer whose ``backend_tokenizer.to_str()`` is ``text``, wrapped exactly as
+    :func:`train_tokenizer` wraps a freshly trained one (the data cache stores this string)."""
+    return _wrap(Tokenizer.from_str(text))
+
+
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
         clean_up_tokenization_spaces=False,

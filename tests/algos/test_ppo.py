@@ -38,9 +38,10 @@ from tests.algos.online_runs import (
 )
 
 # Mean-return gain that counts as learning (Maze-FO returns run from about −101 to 0, and the
-# standard error of a 50-episode mean is ~5). With this seed the PPO test's rounds gain 10.8,
-# 13.7 and 26.5 over the init (−75.5); a 4th round collapses to −155 (47 % illegal moves),
-# the paper's Maze-FO pattern, which is why only the first rounds are compared.
+# standard error of a 50-episode mean is ~5). With this seed the PPO test's settings gained
+# 10.8, 14.5 and 9.3 over the init (−75.5) after rounds 1, 2 and 3 (earlier code: 10.8, 13.7,
+# 26.5, then a 4th round collapsed to −155 with 47 % illegal moves, the paper's Maze-FO
+# pattern), which is why the test stops early.
 LEARNING_MARGIN = 10.0
 
 CFG = PPOConfig(clip_range=0.2, value_clip_range=0.2, vf_coef=0.5)
@@ -316,18 +317,19 @@ def eval_returns(run):
 @pytest.mark.slow
 def test_ppo_improves_its_bc_init_on_maze_fo(tmp_path_factory):
     # BC on the behaviour data succeeds in about half of the episodes; PPO moves the policy
-    # toward the goal within a few rounds. Each round is evaluated on the same 50 protocol
-    # episodes (2 per start cell) as the init (step 0), and, because Maze PPO is known to
-    # collapse later (illegal moves), the best of the first K rounds is compared.
+    # toward the goal within a few rounds. The policy after two rounds is evaluated on the same
+    # 50 protocol episodes (2 per start cell) as the init (step 0); see LEARNING_MARGIN for
+    # why it stops there. Evaluations change neither the rollouts nor the updates, so the
+    # round-2 gain is the one measured with an evaluation after every round.
     base = tmp_path_factory.getbasetemp()
     init = maze_bc_init(base)
     config = ppo.preset("Maze-FO-v0", init_from=str(init), out=str(base / "ppo_learn"),
-                        n_rounds=3, rollouts_per_round=32, batch_size=64, epochs_per_round=1,
-                        lr=5e-4, eval_every=1, eval_episodes=50, max_new_tokens=8, **TINY)
+                        n_rounds=2, rollouts_per_round=32, batch_size=64, epochs_per_round=1,
+                        lr=5e-4, eval_every=2, eval_episodes=50, max_new_tokens=8, **TINY)
     returns = eval_returns(ppo.train(config))
-    assert [s for s, _ in returns] == [0, 1, 2, 3]
-    init_return, best = returns[0][1], max(r for _, r in returns[1:])
-    assert best >= init_return + LEARNING_MARGIN, returns
+    assert [s for s, _ in returns] == [0, 2]
+    (_, init_return), (_, trained) = returns
+    assert trained >= init_return + LEARNING_MARGIN, returns
 
 
 def test_bad_input_names_the_flag(tmp_path):

@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from lmrlgym.bench.rollout_speed import MODES, bench_rollout, rollout_main
+from lmrlgym.bench.rollout_speed import (
+    EPISODE_MODES,
+    MODES,
+    bench_episodes,
+    bench_rollout,
+    rollout_main,
+)
 
 
 def test_bench_rollout_reports_every_mode():
@@ -29,7 +35,17 @@ def test_every_rollout_mode_generates_the_same_greedy_actions():
 
 def test_rollout_main_json(capsys):
     rollout_main("gpt2-tiny", prompts=2, prompts_unbatched=1, max_new_tokens=1, repeats=1,
-                 json_output=True)
+                 episodes=0, json_output=True)
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["mode"] for r in rows} == set(MODES)
     assert all("actions_per_s" in r for r in rows)
+
+
+def test_episode_rollout_modes_play_the_same_greedy_episodes():
+    # Naive, HF generate, ours with and without cross-turn KV reuse: only the speed differs.
+    rows = bench_episodes("gpt2-tiny", tasks=("Wordle-v0",), n_episodes=3, n_episodes_naive=3,
+                          max_new_tokens=3)
+    assert [r["mode"] for r in rows] == list(EPISODE_MODES)
+    assert len({r["episodes_sha1"] for r in rows}) == 1
+    assert all(r["actions"] >= 3 and r["vs_naive"] > 0 for r in rows)
+    assert rows[1]["vs_hf_generate"] == 1.0

@@ -255,6 +255,14 @@ def test_corrupted_cache_is_rebuilt(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [key]
 
 
+def test_story_files_carry_a_fixed_serial_not_the_compile_date():
+    # Otherwise a build on another day differs in the header (and the rebuild test above fails
+    # on any day after the cache was built).
+    story = _textnav_game.game_files()["kitchen"].read_bytes()
+    at = _textnav_game.SERIAL_AT
+    assert story[at : at + 6] == _textnav_game.SERIAL
+
+
 def test_unwritable_cache_names_the_variable(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match="LMRLGYM_CACHE"):
