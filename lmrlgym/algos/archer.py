@@ -68,6 +68,11 @@ class ArcherConfig(grpo.PGConfig):
     """Actor learning rate (released 20Q: ``lm_lr`` 1e-6; City 1e-5)."""
     gamma: float = 0.95
     """Per-turn discount of the critic (released: 0.95)."""
+    adam_eps: float = 1e-5
+    """AdamW ε of the actor: a young critic's ``Q − V`` is nearly flat (std 0.001 after 20
+    updates on Maze-FO), and with ε = 1e-8 Adam turned the actor's near-zero gradient into
+    full-size steps that drove the policy into illegal moves; 1e-5 (PPO's value in OpenAI
+    baselines and cleanrl) scales such steps down (docs/algorithms.md §3.9)."""
     critic_lr: float = 2e-5
     """Critic learning rate (released 20Q and City: 2e-5)."""
     critic_steps: int = 20

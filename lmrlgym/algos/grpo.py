@@ -63,6 +63,10 @@ class PGConfig(online.OnlineConfig):
     kl_coef: float = 0.0
     """Weight of the per-token k3 KL to the frozen initial policy, as a loss term (0: no
     reference is kept)."""
+    center_advantages: bool = True
+    """Subtract the round's mean advantage over its action tokens before the update: a
+    constant baseline shift (the gradient stays unbiased) that stops the collapse into
+    illegal actions on multi-turn tasks (docs/algorithms.md §3.8, "Token centring")."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -158,6 +162,18 @@ def spread(segment: Segment, per_turn: Sequence[float]) -> Tensor:
     """(k,): each action step of the row gets its turn's value from ``per_turn`` (the
     episode's values, one per action turn)."""
     return torch.tensor(per_turn, dtype=torch.float32)[token_turns(segment)]
+
+
+def center_tokens(adv: Sequence[Tensor]) -> list[Tensor]:
+    """Each row's per-token advantages minus their mean over all the rows' tokens, §3.8.
+
+    A constant baseline shift, so the policy gradient stays unbiased. Why it is needed: an
+    episode-level advantage given to every token weights episode ``i`` by its length ``L_i``,
+    and on multi-turn tasks the failed episodes are the long ones, so ``Σ_i L_i A_i < 0``: the
+    round pushes down the tokens every turn shares (``move``, the newline), and Adam turns that
+    small, consistent push into full-size steps toward tokens no legal action uses."""
+    shift = torch.cat(list(adv)).mean()
+    return [a - shift for a in adv]
 
 
 @dataclasses.dataclass
@@ -290,6 +306,9 @@ class PGMethod(online.OnlineMethod):
         adv = torch.cat([t.adv for t in targets])
         metrics.update({"train/advantage_mean": float(adv.mean()),
                         "train/advantage_std": float(adv.std(unbiased=False))})
+        if config.center_advantages:  # logged above before centring: the bias it removes
+            for t, centred in zip(targets, center_tokens([t.adv for t in targets]), strict=True):
+                t.adv = centred
         if self.reference is not None:
             metrics["train/kl_ref"] = float(torch.cat([ppo.k3(t.ref_logp - t.old_logp)
                                                        for t in targets]).mean())

@@ -111,12 +111,17 @@ class OnlineConfig(TrainConfig):
     """Rounds between env evaluations (0: only at the end)."""
     save_every: int = 5
     """Rounds between checkpoints (one is always written at the end)."""
+    adam_eps: float = 1e-8
+    """AdamW ε of the policy's optimizer (§2.4). Larger values damp steps on gradients near or
+    below it, which Adam would otherwise scale up to full size (ArCHer: 1e-5, §3.9)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("n_rounds", "rollouts_per_round", "rollout_batch_size", "epochs_per_round"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 < self.adam_eps < math.inf:
+            raise ValueError(f"--adam-eps must be positive and finite, got {self.adam_eps}")
         if not 0 < self.rollout_temperature < math.inf:
             raise ValueError(f"--rollout-temperature must be positive and finite, got "
                              f"{self.rollout_temperature}")
@@ -473,7 +478,8 @@ class OnlineLoop:
                  progress: Progress | None = None):
         self.config, self.run_dir, self.lm, self.tokenizer = config, run_dir, lm, tokenizer
         self.method, self.progress = method, progress if distributed.is_main() else None
-        self.optimizer = make_optimizer(method.parameters(), config.lr, config.weight_decay)
+        self.optimizer = make_optimizer(method.parameters(), config.lr, config.weight_decay,
+                                        eps=config.adam_eps)
         self.params = [p for p in method.parameters() if p.requires_grad]
         self.logger = MetricsLogger(run_dir, config.tensorboard)
         self.start, self.n_steps = 0, 0

@@ -129,14 +129,15 @@ class Profile:
 # sizes both online methods improved on their BC start on 10 of 10 seeds (docs/cpu-scale.md).
 # The methods beyond the paper get the same 4 rounds × 48 episodes (192 env episodes per cell):
 # the group methods as 6 start states × K = 8, and PPO's step size, epochs and batch; ArCHer
-# trains only its critic in round 1 (20 updates of 32 transitions per round, critic lr as the
-# tiny-model learning test, tests/algos/test_pg_methods.py).
+# trains only its critic in round 1 (100 updates of 32 transitions per round: after 20 its
+# Q − V carried no signal and the actor collapsed; critic lr as the tiny-model learning test,
+# tests/algos/test_pg_methods.py).
 _SMALL_PG = {"n_rounds": 4, "rollouts_per_round": 48, "lr": 3e-4, "epochs_per_round": 1,
              "batch_size": 64}
 SMALL_ONLINE = {"ppo": dict(_SMALL_PG),
                 "online_filtered_bc": {"n_rounds": 4, "rollouts_per_round": 48, "lr": 1e-3},
                 **{m: {**_SMALL_PG, "group_size": 8} for m in ("grpo", "rloo", "gigpo")},
-                "archer": {**_SMALL_PG, "warmup_rounds": 1, "critic_steps": 20,
+                "archer": {**_SMALL_PG, "warmup_rounds": 1, "critic_steps": 100,
                            "critic_batch_size": 32, "critic_lr": 1e-3}}
 
 

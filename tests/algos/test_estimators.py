@@ -11,7 +11,7 @@ import torch
 
 from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.gigpo import anchor_groups, gigpo_advantages, observation_keys
-from lmrlgym.algos.grpo import grpo_advantages, spread, token_turns
+from lmrlgym.algos.grpo import center_tokens, grpo_advantages, spread, token_turns
 from lmrlgym.algos.rloo import rloo_advantages
 from lmrlgym.core import Episode, Turn
 from lmrlgym.models.render import Segment
@@ -87,6 +87,15 @@ def test_spread_gives_each_action_token_its_turn_value():
                   terminal=True, episode_id=0, first_turn=2)
     assert token_turns(seg).tolist() == [2, 2, 3]
     assert spread(seg, [9.0, 9.0, 0.5, -1.5]).tolist() == [0.5, 0.5, -1.5]
+
+
+def test_centring_removes_the_length_weighted_mean_over_all_rows_tokens():
+    # A won 1-turn episode (A = +1, 2 tokens) and a lost 3-turn one (A = -1, 6 tokens): the
+    # group's advantages sum to 0 per episode but to 2 - 6 = -4 over the tokens (mean -0.5).
+    won, lost = torch.full((2,), 1.0), torch.full((6,), -1.0)
+    centred = center_tokens([won, lost[:4], lost[4:]])
+    assert [c.tolist() for c in centred] == [[1.5, 1.5], [-0.5] * 4, [-0.5] * 2]
+    assert float(torch.cat(centred).sum()) == 0.0
 
 
 # --- unbiasedness: E[Â | s, a] = 0 when every action is equally good ---------------------------
