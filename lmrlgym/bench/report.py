@@ -51,6 +51,14 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
+def print_table(header: list[str], cells: list[list[str]]) -> None:
+    """A plain left-aligned table on stdout, two spaces between columns (the speed benches)."""
+    cells = [header, *cells]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    for c in cells:
+        print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip())
+
+
 def t_interval(values: Sequence[float]) -> tuple[float, float]:
     """Mean and 95 % t-interval half-width over seeds (half-width NaN for a single seed)."""
     x = np.asarray(values, dtype=np.float64)

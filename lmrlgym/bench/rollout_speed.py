@@ -37,6 +37,7 @@ from typing import Annotated, Any
 import torch
 import tyro
 
+from lmrlgym.bench.report import print_table
 from lmrlgym.models.policy import Generation, LMPolicy
 
 MODES: dict[str, tuple[bool, bool]] = {  # mode -> (batched, use_cache)
@@ -226,13 +227,6 @@ def bench_episodes(
     return rows
 
 
-def _print_table(header: list[str], cells: list[list[str]]) -> None:
-    cells = [header, *cells]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    for c in cells:
-        print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip())
-
-
 def rollout_main(
     model: str = "gpt2-mini",
     prompts: int = 64,
@@ -280,13 +274,13 @@ def rollout_main(
         for r in rows + episode_rows:
             print(json.dumps(r))
         return
-    _print_table(["mode", "actions/s", "tokens/s", "speedup", "actions", "batch"],
+    print_table(["mode", "actions/s", "tokens/s", "speedup", "actions", "batch"],
                  [[r["mode"], f"{r['actions_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
                    f"{r['speedup_vs_unbatched_uncached']:.1f}x", str(r["actions"]),
                    str(r["batch_size"])] for r in rows])
     if episode_rows:
         print()
-        _print_table(["task", "rollout", "actions/s", "vs naive", "vs HF generate", "actions",
+        print_table(["task", "rollout", "actions/s", "vs naive", "vs HF generate", "actions",
                       "episodes"],
                      [[r["task"], r["mode"], f"{r['actions_per_s']:.1f}", f"{r['vs_naive']:.1f}x",
                        f"{r['vs_hf_generate']:.2f}x", str(r["actions"]), str(r["episodes"])]

@@ -197,12 +197,11 @@ def train_speed_main(
         for r in rows:
             print(json.dumps(r))
         return
-    header = ["algo", "tokens/s", "MFU", "GFLOP/s", "cost/token vs " + rows[0]["algo"]]
-    cells = [header] + [[r["algo"], f"{r['tokens_per_s']:.0f}", f"{100 * r['mfu']:.1f}%",
-                         f"{r['model_flops_per_s'] / 1e9:.2f}", f"{r['rel_cost_per_token']:.2f}x"]
-                        for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    for c in cells:
-        print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip())
+    from lmrlgym.bench.report import print_table
+
+    print_table(["algo", "tokens/s", "MFU", "GFLOP/s", "cost/token vs " + rows[0]["algo"]],
+                [[r["algo"], f"{r['tokens_per_s']:.0f}", f"{100 * r['mfu']:.1f}%",
+                  f"{r['model_flops_per_s'] / 1e9:.2f}", f"{r['rel_cost_per_token']:.2f}x"]
+                 for r in rows])
     print(f"matmul peak {rows[0]['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s, "
           f"{rows[0]['threads']} threads, mean row {rows[0]['rows_mean_tokens']:.0f} tokens")
