@@ -439,7 +439,7 @@ DESCRIPTIONS = {
     "env-server": "Serve tasks over HTTP sessions (client: lmrlgym.remote.make(url, task_id)).",
     "diagnose values": "Value map of an MC/ILQL Maze run: learned V and greedy moves vs optimal (PNG).",
     "bench report": "Write a results directory as a self-contained web page: --html OUT_DIR.",
-    "bench train": "Training tokens/s and MFU per algorithm on the default small model.",
+    "bench train": "Training tokens/s and MFU per algorithm, padded and packed, and TRL's SFTTrainer.",
     "bench rollout": "Generated actions/s with/without batching and KV cache, or --policy openai:...",
 }
 

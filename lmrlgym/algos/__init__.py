@@ -135,7 +135,7 @@ def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: s
 
 def training_rows(config: TrainConfig, run_dir: str | os.PathLike) -> list[Segment]:
     """The rendered training rows of an offline method's config (its dataset, split and the
-    run's tokenizer), as its loop trains on them; ``bench train-speed`` counts their FLOPs."""
+    run's tokenizer), as its loop trains on them; ``bench train`` counts their FLOPs."""
     from lmrlgym.algos.dataset import prepare_data
 
     return prepare_data(config, Path(run_dir)).train_rows

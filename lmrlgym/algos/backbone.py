@@ -18,6 +18,7 @@ from lmrlgym.algos.rundir import MODEL_DIR
 from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.dual import DualLM
 from lmrlgym.models.policy import LMPolicy, LogitsAdjust
+from lmrlgym.models.render import Batch
 
 
 def model_source(config: TrainConfig) -> str:
@@ -79,6 +80,19 @@ def hidden_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> T
     """Final hidden states ``h`` (B, T, d), after the final norm: the LM head's input (§2.1).
     ``base_model`` is the trunk of every Hugging Face causal LM (GPT-2's ``transformer``)."""
     return lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def batch_states(lm: nn.Module, batch: Batch) -> Tensor:
+    """:func:`hidden_states` of a collated batch's rows, (B, T, d). A packed batch
+    (``collate(pack=True)``) runs the trunk on its packed rows, with position ids and no 2D
+    mask so that attention stays inside each row, and returns the states in the padded layout
+    (zeros on padding, which every loss masks out)."""
+    p = batch.packing
+    if p is None:
+        return hidden_states(lm, batch.input_ids, batch.attention_mask)
+    h = lm.base_model(input_ids=p.input_ids, position_ids=p.position_ids,
+                      use_cache=False).last_hidden_state  # (R, T, d)
+    return p.unpack(h)  # (B, T, d)
 
 
 def action_logp(lm: nn.Module, h_act: Tensor, a: Tensor, n_vocab: int, banned: Tensor) -> Tensor:

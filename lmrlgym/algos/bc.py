@@ -15,7 +15,7 @@ Deviations from the original (docs/deviations.md):
 5. ``select_best`` picks the checkpoint by validation NLL, never by test episodes.
 
 Logged keys: ``train/{loss, nll, token_acc, lr, grad_norm, action_tokens, epoch}``,
-``time/tokens_per_s``, ``eval/loss`` (validation NLL) and the ``eval/*`` keys of evaluation.
+``time/{tokens_per_s, pad_fraction}``, ``eval/loss`` (validation NLL) and the ``eval/*`` keys of evaluation.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from lmrlgym.algos import presets
-from lmrlgym.algos.backbone import build_lm, hidden_states, lm_policy
+from lmrlgym.algos.backbone import batch_states, build_lm, lm_policy
 from lmrlgym.algos.checkpoint import export_lm
 from lmrlgym.algos.config import TrainConfig
 from lmrlgym.algos.dataset import prepare_data
@@ -97,7 +97,7 @@ def train(
 
     def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h = hidden_states(lm, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h = batch_states(lm, batch)  # (B, T, d)
         h = h[:, :-1][act]  # (n, d): logits only where a token is chosen
         logits = lm_head(h)[:, : data.n_vocab]  # (n, V): extra embedding rows sliced off
         return bc_loss(logits, batch)

@@ -87,6 +87,12 @@ class TrainConfig:
     ``r=8,alpha=16,dropout=0.05,targets=c_attn|c_proj``; value heads stay fully trainable."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Run training forwards under torch.autocast in this dtype (weights and optimizer stay fp32)."""
+    packing: bool = False
+    """Pack each microbatch's rows end to end into fewer rows for the trunk's forward pass
+    (position ids restart per row, so attention stays inside it: the model's attention must
+    honour packed position ids, as Transformers' GPT-2 does through its mask utilities). Equal to
+    the padded batch up to float rounding; faster when row lengths vary. Dropout masks differ,
+    so a run with dropout is not bit-for-bit the padded run."""
     data_parallel: Literal["ddp", "fsdp"] = "ddp"
     """How the ranks of a torchrun/accelerate job hold the model: ``ddp`` replicates it;
     ``fsdp`` shards each transformer block's weights, gradients and optimizer state over the

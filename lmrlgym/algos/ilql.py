@@ -21,7 +21,7 @@ Deviations from the original (docs/deviations.md):
 
 Logged keys: ``train/{loss, q_loss, v_loss, cql_loss, bc_loss, q1_mean, q2_mean, target_q_mean,
 v_mean, v_next_mean, td_target_mean, reward_mean, advantage_mean, lr, grad_norm,
-action_tokens, epoch}``, ``time/tokens_per_s`` and the ``eval/*`` keys.
+action_tokens, epoch}``, ``time/{tokens_per_s, pad_fraction}`` and the ``eval/*`` keys.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from torch import Tensor, nn
 
 from lmrlgym.algos import presets
 from lmrlgym.algos.backbone import (
+    batch_states,
     build_lm,
     disable_dropout,
-    hidden_states,
     last_token_states,
     lm_policy,
     value_trunk,
@@ -180,12 +180,12 @@ def train(config: ILQLConfig, progress: Progress | None = None) -> Path:
 
     def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h_all = hidden_states(trunk, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h_all = batch_states(trunk, batch)  # (B, T, d)
         h = h_all[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
         v = heads["v"](h_all)  # (B, T)
         with torch.no_grad():
             if config.target_trunk:
-                th = hidden_states(target["trunk"], batch.input_ids, batch.attention_mask)
+                th = batch_states(target["trunk"], batch)
                 th = th[:, :-1][act]  # (n, d) target trunk
             else:
                 th = h  # target heads read the online hidden states (§2.3)

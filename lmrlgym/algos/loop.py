@@ -247,7 +247,8 @@ class Loop:
             epoch, idx = self.schedule(step * self.config.grad_accum + j)
             self.epoch = epoch + (idx[0] if len(idx) else 0) / max(self.schedule.n_rows, 1)
             idx = self.parallel.shard(idx)  # this rank's slice of the global microbatch
-            batch = collate([self.data.train_rows[i] for i in idx], self.pad_id)
+            batch = collate([self.data.train_rows[i] for i in idx], self.pad_id,
+                            self.config.packing)
             with self.amp.autocast():
                 yield batch.to(self.config.device)
 
@@ -258,7 +259,7 @@ class Loop:
         loss, metrics, attended = self.parallel.weigh(loss, metrics, batch.n_action_tokens,
                                                       int(batch.attention_mask.sum()))
         self.amp.backward(loss / self.config.grad_accum)
-        self.mean.add(metrics)
+        self.mean.add({**metrics, "time/pad_fraction": batch.pad_fraction})  # this rank's
         self.tokens += attended
 
     def optimizer_step(self, step: int) -> None:
@@ -342,7 +343,8 @@ class Loop:
         rows = self.data.val_rows
         for i in range(0, len(rows), self.micro):
             report(self.progress, "validate", i, len(rows))
-            batch = collate(rows[i : i + self.micro], self.pad_id).to(self.config.device)
+            batch = collate(rows[i : i + self.micro], self.pad_id,
+                            self.config.packing).to(self.config.device)
             n = batch.n_action_tokens
             for k, v in self.validate(batch).items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n

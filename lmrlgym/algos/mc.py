@@ -17,7 +17,7 @@ Deviations from the original (docs/deviations.md):
 4. Dropout is off (the original trained with it on); AdamW with gradient clipping (§2.4).
 
 Logged keys: ``train/{loss, q_loss, cql_loss, bc_loss, q_mean, return_mean, q_abs_err, lr,
-grad_norm, action_tokens, epoch}``, ``time/tokens_per_s`` and the ``eval/*`` keys.
+grad_norm, action_tokens, epoch}``, ``time/{tokens_per_s, pad_fraction}`` and the ``eval/*`` keys.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from lmrlgym.algos import presets
-from lmrlgym.algos.backbone import build_lm, disable_dropout, hidden_states, lm_policy, value_trunk
+from lmrlgym.algos.backbone import batch_states, build_lm, disable_dropout, lm_policy, value_trunk
 from lmrlgym.algos.bc import bc_loss
 from lmrlgym.algos.checkpoint import export_lm
 from lmrlgym.algos.config import ValueGuidedConfig
@@ -135,7 +135,7 @@ def train(config: MCConfig, progress: Progress | None = None) -> Path:
 
     def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h = hidden_states(trunk, batch.input_ids, batch.attention_mask)  # (B, T, d)
+        h = batch_states(trunk, batch)  # (B, T, d)
         h = h[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
         lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_term > 0 else None  # (n, V)
         return mc_loss(q_head(h), lm_logits, batch, config)

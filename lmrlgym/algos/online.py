@@ -97,6 +97,7 @@ class OnlineConfig(TrainConfig):
     vocab_size: tyro.conf.Suppress[int] = 1024
     # Every rank holds the whole model: start_online_run says why FSDP is refused.
     data_parallel: tyro.conf.Suppress[Literal["ddp", "fsdp"]] = "ddp"
+    packing: tyro.conf.Suppress[bool] = False  # rounds collate their own rows, padded
     n_rounds: int = 60
     """Rollout/update rounds."""
     rollouts_per_round: int = 512

@@ -21,7 +21,20 @@ attention ``6 · layers · d · L²`` for forward + backward):
   forward over ``next_ids`` when a row has one.
 
 Padding tokens are not counted (``time/tokens_per_s`` counts real tokens), so padding waste
-lowers MFU, as it should.
+lowers MFU, as it should. Each algorithm runs padded and packed (``--packing``), with the share of
+the trunk's input positions that are padding (``time/pad_fraction``).
+
+In the same run, TRL's ``SFTTrainer`` (the tool a user would pick for supervised fine-tuning)
+trains the same model preset on the same rows at the same batch size and step count: the rendered
+rows are given to it pre-tokenized, with the action mask as its ``completion_mask`` and
+``completion_only_loss=True``, so it minimises BC's loss on the same tokens from the same
+contexts (text would be re-tokenized across turn boundaries, and prompt/completion pairs cannot
+express an append-only row's several actions). TRL's defaults stay except where they would
+measure something else: fp32 like ours (its default is bf16 autocast), no gradient
+checkpointing (its default recomputes activations, a memory saving a 4M-parameter model does not
+need), AdamW(0.9, 0.95) at BC's constant learning rate and clip 1.0, offline (``report_to="none"``,
+no checkpoints). Its FLOPs are counted as BC's (the same work; TRL's head also scores the
+non-action tokens, which is not counted), and its rate over the same second half of the steps.
 """
 
 from __future__ import annotations
@@ -31,13 +44,10 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import torch
 import tyro
-
-if TYPE_CHECKING:
-    from lmrlgym.algos import TrainConfig
 
 ALGOS = ("bc", "filtered_bc", "mc", "ilql")
 
@@ -107,55 +117,134 @@ def bench_train(
     episodes: int = 64,
     seed: int = 0,
     workdir: str | None = None,
+    packing: tuple[bool, ...] = (False, True),
+    trl: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train each algorithm for ``2 · steps`` steps and measure the last ``steps``.
+    """Train each algorithm for ``2 · steps`` steps and measure the last ``steps``, once per
+    ``packing`` setting, then (``trl``) TRL's ``SFTTrainer`` on the first run's rows.
 
-    Returns one dict per algorithm: ``algo``, ``tokens_per_s``, ``mfu``, ``model_flops_per_s``,
-    ``matmul_flops_per_s``, ``flops_per_token``, ``rel_cost_per_token`` (vs the first algorithm)
-    and the workload (``rows_mean_tokens``, ``action_fraction``, ``batch_size``, ``threads``).
+    Returns one dict per run: ``algo`` (``trl_sft`` for TRL), ``packing``, ``pad_fraction``,
+    ``tokens_per_s``, ``mfu``, ``model_flops_per_s``, ``matmul_flops_per_s``,
+    ``flops_per_token``, ``rel_cost_per_token`` (vs the first run) and the workload
+    (``rows_mean_tokens``, ``action_fraction``, ``batch_size``, ``threads``).
     """
-    from lmrlgym.algos import algorithm
+    from lmrlgym.algos import TOKENIZER_DIR, algorithm, training_rows
     from lmrlgym.data.generate import generate_dataset
+    from lmrlgym.models.tokenizer import load_tokenizer
 
     for algo in algos:
         if algo not in ALGOS:
             raise ValueError(f"unknown algorithm {algo!r}; valid: {', '.join(ALGOS)}")
+    if not algos or not packing:
+        raise ValueError("bench train needs at least one algorithm and one packing setting")
     with tempfile.TemporaryDirectory(dir=workdir, prefix="lmrlgym-bench-train-") as tmp:
         root = Path(tmp)
         data = root / "data"
         generate_dataset("Maze-PO-v0", data, episodes, "maze-mixture(p_solver=0.15)", seed=seed)
         peak = matmul_flops_per_s()
         rows: list[dict[str, Any]] = []
+        runs = []
         for algo in algos:
             module = algorithm(algo)
             extra = {"keep": "top_fraction", "top_fraction": 1.0} if algo == "filtered_bc" else {}
-            config = module.preset(
-                "Maze-PO-v0", data=str(data), out=str(root / algo), model=model, seed=seed,
-                batch_size=batch_size, max_steps=2 * steps, log_every=steps,
-                save_every=10 * steps, max_context_tokens=max_context_tokens, val_fraction=0.0,
-                tensorboard=False, **extra)
-            run_dir = module.train(config)
-            lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").split("\n") if x]
-            tokens_per_s = [x["time/tokens_per_s"] for x in lines if "time/tokens_per_s" in x][-1]
-            flops_per_token, stats = _workload_flops(algo, config, run_dir, model)
-            model_flops = tokens_per_s * flops_per_token
-            rows.append({"algo": algo, "tokens_per_s": tokens_per_s, "mfu": model_flops / peak,
-                         "model_flops_per_s": model_flops, "matmul_flops_per_s": peak,
-                         "flops_per_token": flops_per_token, "model": model,
-                         "batch_size": batch_size, "threads": torch.get_num_threads(), **stats})
-        for r in rows:  # wall-clock seconds per token relative to the first algorithm
+            for pack in packing:
+                config = module.preset(
+                    "Maze-PO-v0", data=str(data), out=str(root / f"{algo}-{int(pack)}"), model=model,
+                    seed=seed, batch_size=batch_size, max_steps=2 * steps, log_every=steps,
+                    save_every=10 * steps, max_context_tokens=max_context_tokens,
+                    val_fraction=0.0, tensorboard=False, packing=pack, **extra)
+                run_dir = module.train(config)
+                runs.append((config, run_dir))
+                last = _last_logged(run_dir, ("time/tokens_per_s", "time/pad_fraction"))
+                tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
+                segments = training_rows(config, run_dir)
+                rows.append(_result(algo, pack, last["time/pad_fraction"],
+                                    last["time/tokens_per_s"], model, tokenizer, segments, peak,
+                                    batch_size))
+        if trl:
+            config, run_dir = runs[0]
+            tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
+            segments = training_rows(config, run_dir)
+            tokens_per_s, pad = trl_sft_rate(segments, tokenizer, model, batch_size, steps, seed,
+                                             root / "trl")
+            rows.append(_result("trl_sft", False, pad, tokens_per_s, model, tokenizer, segments,
+                                peak, batch_size))
+        for r in rows:  # wall-clock seconds per token relative to the first run
             r["rel_cost_per_token"] = rows[0]["tokens_per_s"] / r["tokens_per_s"]
         return rows
 
 
-def _workload_flops(algo: str, config: TrainConfig, run_dir: Path, model: str) -> tuple[float, dict]:
-    """Average model FLOPs per real token over the training rows, and the row statistics."""
-    from lmrlgym.algos import TOKENIZER_DIR, training_rows
-    from lmrlgym.models.tokenizer import load_tokenizer
+def _last_logged(run_dir: Path, keys: tuple[str, ...]) -> dict[str, float]:
+    """The last logged value of each of ``keys`` in a run's ``metrics.jsonl``."""
+    out: dict[str, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        out.update({k: record[k] for k in keys if k in record})
+    return out
 
-    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
-    shape = model_shape(model, tokenizer)
-    rows = training_rows(config, run_dir)
+
+def _result(algo: str, packing: bool, pad_fraction: float, tokens_per_s: float, model: str,
+            tokenizer: Any, segments: list, peak: float, batch_size: int) -> dict[str, Any]:
+    """One table row: the measured rate, and the MFU from the workload's FLOPs per token
+    (TRL's are BC's)."""
+    flops_per_token, stats = _workload_flops("bc" if algo == "trl_sft" else algo,
+                                             model_shape(model, tokenizer), segments)
+    model_flops = tokens_per_s * flops_per_token
+    return {"algo": algo, "packing": packing, "pad_fraction": pad_fraction,
+            "tokens_per_s": tokens_per_s, "mfu": model_flops / peak,
+            "model_flops_per_s": model_flops, "matmul_flops_per_s": peak,
+            "flops_per_token": flops_per_token, "model": model, "batch_size": batch_size,
+            "threads": torch.get_num_threads(), **stats}
+
+
+def trl_sft_rate(segments: list, tokenizer: Any, model: str, batch_size: int, steps: int,
+                 seed: int, out: Path) -> tuple[float, float]:
+    """TRL ``SFTTrainer`` on ``segments`` (see the module docstring) for ``2 · steps`` steps:
+    real tokens/s over the last ``steps``, and the share of padding in those batches."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from lmrlgym.models.factory import build_model
+
+    torch.manual_seed(seed)
+    lm = build_model(model, tokenizer)
+    dataset = Dataset.from_dict({"input_ids": [s.input_ids.tolist() for s in segments],
+                                 "completion_mask": [s.action_mask.long().tolist() for s in segments]})
+    args = SFTConfig(
+        output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=2 * steps,
+        learning_rate=1e-4, lr_scheduler_type="constant", adam_beta1=0.9, adam_beta2=0.95,
+        weight_decay=0.0, max_grad_norm=1.0, bf16=False, activation_checkpointing=False,
+        completion_only_loss=True, max_length=None, seed=seed, use_cpu=True, report_to="none",
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
+    ends: list[float] = []  # perf_counter at the end of each optimizer step
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            ends.append(time.perf_counter())
+
+    trainer = SFTTrainer(model=lm, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[Clock()])
+    trainer.remove_callback(PrinterCallback)  # its log lines would mix into the table
+    collate = trainer.data_collator
+    real: list[int] = []  # real tokens of each batch, in the order the steps consume them
+    slots: list[int] = []
+
+    def counting(examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(examples)
+        real.append(int(batch["attention_mask"].sum()))
+        slots.append(batch["input_ids"].numel())
+        return batch
+
+    trainer.data_collator = counting
+    trainer.train()
+    timed = slice(steps, 2 * steps)
+    tokens_per_s = sum(real[timed]) / (ends[2 * steps - 1] - ends[steps - 1])
+    return tokens_per_s, 1.0 - sum(real[timed]) / sum(slots[timed])
+
+
+def _workload_flops(algo: str, shape: Shape, rows: list) -> tuple[float, dict]:
+    """Average model FLOPs per real token over the training rows, and the row statistics."""
     flops = tokens = acts = 0.0
     for seg in rows:
         n_act = int(seg.action_mask[1:].sum())
@@ -172,11 +261,14 @@ def train_speed_main(
     batch_size: int = 16,
     steps: int = 6,
     max_context_tokens: int = 512,
+    packing: tuple[bool, ...] = (False, True),
+    trl: bool | None = None,
     threads: int | None = None,
     seed: int = 0,
     json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
-    """Measure training tokens/s and MFU per algorithm on a Maze-PO workload.
+    """Measure training tokens/s and MFU per algorithm on a Maze-PO workload, padded and
+    packed, and TRL's SFTTrainer on the same model and rows.
 
     Args:
         model: Model preset or local model directory.
@@ -184,24 +276,39 @@ def train_speed_main(
         batch_size: Rows per optimizer step.
         steps: Timed optimizer steps per algorithm (after as many warm-up steps).
         max_context_tokens: Prompt budget P, which bounds the row length.
+        packing: Packing settings to run each algorithm with (--packing of training).
+        trl: Also time TRL's SFTTrainer (default: when trl is installed, the dev extra).
         threads: torch intra-op threads (default: torch's choice; 1 is faster on a busy machine).
         seed: Seed of the dataset, model init and batch order.
-        json_output: One JSON object per algorithm (algo, tokens_per_s, mfu, ...).
+        json_output: One JSON object per run (algo, packing, tokens_per_s, mfu, ...).
     """
+    import importlib.util
+
     if threads is not None:
         if threads <= 0:
             raise ValueError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
-    rows = bench_train(model, tuple(algos), batch_size, steps, max_context_tokens, seed=seed)
+    has_trl = importlib.util.find_spec("trl") is not None
+    if trl and not has_trl:
+        raise ValueError('--trl needs trl (pip install "lmrlgym[dev]"), or pass --no-trl')
+    rows = bench_train(model, tuple(algos), batch_size, steps, max_context_tokens, seed=seed,
+                       packing=tuple(packing), trl=has_trl if trl is None else trl)
     if json_output:
         for r in rows:
             print(json.dumps(r))
         return
     from lmrlgym.bench.report import print_table
 
-    print_table(["algo", "tokens/s", "MFU", "GFLOP/s", "cost/token vs " + rows[0]["algo"]],
-                [[r["algo"], f"{r['tokens_per_s']:.0f}", f"{100 * r['mfu']:.1f}%",
+    first = rows[0]["algo"] + (" packed" if rows[0]["packing"] else "")
+    print_table(["algo", "packing", "padding", "tokens/s", "MFU", "GFLOP/s", "cost/token vs " + first],
+                [[r["algo"], "yes" if r["packing"] else "no", f"{100 * r['pad_fraction']:.1f}%",
+                  f"{r['tokens_per_s']:.0f}", f"{100 * r['mfu']:.1f}%",
                   f"{r['model_flops_per_s'] / 1e9:.2f}", f"{r['rel_cost_per_token']:.2f}x"]
                  for r in rows])
     print(f"matmul peak {rows[0]['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s, "
           f"{rows[0]['threads']} threads, mean row {rows[0]['rows_mean_tokens']:.0f} tokens")
+    trl_rows = [r for r in rows if r["algo"] == "trl_sft"]
+    for r in rows:
+        if trl_rows and r["algo"] == "bc":
+            print(f"bc {'packed' if r['packing'] else 'padded'} / TRL SFTTrainer tokens/s: "
+                  f"{r['tokens_per_s'] / trl_rows[0]['tokens_per_s']:.2f}x")

@@ -16,7 +16,8 @@ Every action turn appears in exactly one row, so no reward is ever cut, and each
 trained on exactly the prompt (at most ``P`` tokens, BOS included) that the policy sees when it
 generates that action.
 
-``collate`` pads segments on the right into a :class:`Batch` of tensors.
+``collate`` pads segments on the right into a :class:`Batch` of tensors and, with
+``pack=True``, also packs them end to end into fewer rows for the trunk (:class:`Packing`).
 """
 
 from __future__ import annotations
@@ -276,6 +277,68 @@ def render(
 
 
 @dataclasses.dataclass
+class Packing:
+    """A batch's rows laid end to end in ``R <= B`` rows of the batch's width ``T`` (first-fit
+    decreasing), so the trunk's forward pass spends little on padding. Position ids restart at
+    0 in each original row: a model whose attention honours packed position ids
+    (Transformers' mask utilities, with no 2D attention mask and no cache) keeps every token's
+    attention inside its own row, so the hidden states equal the padded batch's."""
+
+    input_ids: Tensor  # (R, T) long, the rest of each packed row padded with pad_id
+    position_ids: Tensor  # (R, T) long: 0, 1, ... within each original row and within the padding
+    index: Tensor  # (B, T) long: flat (R·T) position of each batch token, R·T on padding
+
+    def to(self, device: torch.device | str) -> Packing:
+        return Packing(self.input_ids.to(device), self.position_ids.to(device), self.index.to(device))
+
+    def unpack(self, h: Tensor) -> Tensor:
+        """(R, T, d) hidden states of the packed rows -> (B, T, d) in the batch's padded layout,
+        zeros on padding."""
+        flat = h.flatten(0, 1)  # (R·T, d)
+        return torch.cat([flat, flat.new_zeros(1, flat.shape[1])])[self.index]  # (B, T, d)
+
+
+def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: row indices grouped into bins of at most ``capacity`` tokens
+    (longest rows first, ties by index, so the packing is a pure function of the lengths)."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if lengths[i] > capacity:
+            raise ValueError(f"row {i} has {lengths[i]} tokens, more than the capacity {capacity}")
+        k = next((k for k, f in enumerate(free) if f >= lengths[i]), len(bins))
+        if k == len(bins):
+            bins.append([])
+            free.append(capacity)
+        bins[k].append(i)
+        free[k] -= lengths[i]
+    return bins
+
+
+def pack_rows(segments: Sequence[Segment], pad_id: int) -> Packing:
+    """:class:`Packing` of ``segments`` (see :func:`pack_bins`) at the batch's width."""
+    lengths = [len(s) for s in segments]
+    T = max(lengths)
+    bins = pack_bins(lengths, T)
+    # The padding is never read (it attends only to itself and unpack drops it); pad ids at a
+    # row's end would only make Transformers warn that no attention mask was passed.
+    ids = torch.full((len(bins), T), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(bins), T), dtype=torch.long)
+    index = torch.full((len(segments), T), len(bins) * T, dtype=torch.long)
+    for r, rows in enumerate(bins):
+        start = 0
+        for b in rows:
+            n = lengths[b]
+            ids[r, start : start + n] = segments[b].input_ids
+            pos[r, start : start + n] = torch.arange(n)
+            index[b, :n] = r * T + start + torch.arange(n)
+            start += n
+        pos[r, start:] = torch.arange(T - start)
+        ids[r, start:] = ids[r, 0]
+    return Packing(ids, pos, index)
+
+
+@dataclasses.dataclass
 class Batch:
     """Right-padded segments. ``B`` rows, ``T`` = longest row, ``T'`` = longest ``next_ids``
     (0 when no row has one)."""
@@ -293,13 +356,21 @@ class Batch:
     last_index: Tensor  # (B,) long: index of each row's last real token
     episode_id: Tensor  # (B,) long
     first_turn: Tensor  # (B,) long
+    packing: Packing | None = None  # the same rows packed for the trunk (collate(pack=True))
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+        return Batch(**{f.name: None if (v := getattr(self, f.name)) is None else v.to(device)
+                        for f in dataclasses.fields(self)})
 
     @property
     def n_action_tokens(self) -> int:
         return int((self.action_mask & self.attention_mask.bool()).sum())
+
+    @property
+    def pad_fraction(self) -> float:
+        """Share of the trunk's input positions that are padding (of the packed rows if any)."""
+        ids = self.input_ids if self.packing is None else self.packing.input_ids
+        return 1.0 - float(self.attention_mask.sum()) / max(ids.numel(), 1)
 
 
 def _pad(seqs: Sequence[Tensor], value: float | int | bool, dtype: torch.dtype) -> Tensor:
@@ -310,8 +381,9 @@ def _pad(seqs: Sequence[Tensor], value: float | int | bool, dtype: torch.dtype) 
     return out
 
 
-def collate(segments: Sequence[Segment], pad_id: int) -> Batch:
-    """Pad segments on the right into one :class:`Batch`."""
+def collate(segments: Sequence[Segment], pad_id: int, pack: bool = False) -> Batch:
+    """Pad segments on the right into one :class:`Batch`; ``pack`` also packs them for the
+    trunk (``Batch.packing``)."""
     if not segments:
         raise ValueError("collate() needs at least one segment")
     lengths = torch.tensor([len(s) for s in segments], dtype=torch.long)
@@ -332,4 +404,5 @@ def collate(segments: Sequence[Segment], pad_id: int) -> Batch:
         last_index=lengths - 1,
         episode_id=torch.tensor([s.episode_id for s in segments], dtype=torch.long),
         first_turn=torch.tensor([s.first_turn for s in segments], dtype=torch.long),
+        packing=pack_rows(segments, pad_id) if pack else None,
     )

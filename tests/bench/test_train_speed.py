@@ -34,9 +34,31 @@ def test_bench_train_measures_each_algorithm(tmp_path):
                            episodes=4, workdir=str(tmp_path))
     finally:
         torch.set_num_threads(threads)
-    assert [r["algo"] for r in rows] == ["bc", "ilql"]
+    assert [(r["algo"], r["packing"]) for r in rows] == [
+        ("bc", False), ("bc", True), ("ilql", False), ("ilql", True)]
     for r in rows:
         assert r["tokens_per_s"] > 0 and 0 < r["mfu"] and r["matmul_flops_per_s"] > 0
         assert r["flops_per_token"] > 0 and 0 < r["action_fraction"] < 1
+        assert 0 <= r["pad_fraction"] < 1
     assert rows[0]["rel_cost_per_token"] == 1.0
-    assert rows[1]["flops_per_token"] > rows[0]["flops_per_token"]  # ILQL does more per token
+    assert rows[2]["flops_per_token"] > rows[0]["flops_per_token"]  # ILQL does more per token
+    assert rows[1]["pad_fraction"] <= rows[0]["pad_fraction"]  # the same batches, packed
+
+
+def test_bench_train_times_trl_sft_on_the_same_rows(tmp_path, monkeypatch):
+    pytest.importorskip("trl", reason='needs trl: pip install "lmrlgym[dev]"')
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # everything is local; a download would fail
+    model = micro_model(tmp_path / "micro")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = bench_train(model, ("bc",), batch_size=4, steps=1, max_context_tokens=64,
+                           episodes=4, workdir=str(tmp_path), packing=(True,), trl=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r["algo"], r["packing"]) for r in rows] == [("bc", True), ("trl_sft", False)]
+    bc, trl = rows
+    assert trl["tokens_per_s"] > 0 and 0 < trl["mfu"] < 1.5 and 0 <= trl["pad_fraction"] < 1
+    # The same rows: the same FLOPs per token and workload statistics as BC's.
+    assert trl["flops_per_token"] == bc["flops_per_token"]
+    assert trl["rows_mean_tokens"] == bc["rows_mean_tokens"]
