@@ -55,12 +55,20 @@ class Cell:
         return f"{self.task}__{self.method}__{self.seed}"
 
 
+# Config fields added after cells were first hashed, with their defaults: left out of the hash
+# at that default, so cells hashed before the field existed stay done.
+LATER_FIELDS = {"allow_partial": False, "packing": False}
+
+
 def config_hash(obj: Any) -> str:
-    """Hash of a cell's settings (config fields except paths, and ``allow_partial``, which
-    the bench never sets: cells hashed before it existed stay done) for resumability."""
+    """Hash of a cell's settings (config fields except paths, and the :data:`LATER_FIELDS` at
+    their defaults) for resumability."""
     d = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
-    for k in ("out", "resume", "data", "init_from", "init", "allow_partial"):
+    for k in ("out", "resume", "data", "init_from", "init"):
         d.pop(k, None)
+    for k, default in LATER_FIELDS.items():
+        if k in d and d[k] == default:
+            del d[k]
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
