@@ -1,8 +1,20 @@
-"""Shared test helpers: skipping specs whose optional dependencies are missing."""
+"""Shared test fixtures and helpers."""
 
 import pytest
+import torch
 
 from lmrlgym.registry import EnvSpec
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    # Two xdist workers share the CI machine's 2 cores: with torch's default of one thread per
+    # core each worker's OpenMP threads spin against the other's and tiny-model steps run
+    # several times slower than with one thread.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def skip_if_missing(spec: EnvSpec) -> None:
