@@ -13,7 +13,8 @@ per move; ``--turn-all`` is the package's ``backup="turn"`` (every token of the 
 to the turn's target, V at every token fits the turn's target Q). ``--algo mc`` regresses Q on
 the returns-to-go (the package's ``mc_loss``); ``--algo sup`` regresses Q and V on the tabular
 ILQL fixed point (scripts/maze_value_ceiling.py), the representation's ceiling without TD.
-``--aux-mc W`` adds an MC-return head on the same trunk. ``dec`` reranks by Q at the move word
+``--aux-mc W`` adds an MC-return head on the same trunk; ``--mix-mc λ`` mixes the return-to-go
+into the turn-level Q target. ``dec`` reranks by Q at the move word
 (where the four moves part), ``tgt`` by Q at the newline from the Polyak (EMA) weights;
 ``--dump`` prints every start cell's V and per-move Q (dec / last / tgt / ``−1 + γ V(next)``)
 at the end.
@@ -58,6 +59,8 @@ p.add_argument("--bias", type=float, default=0.0)
 p.add_argument("--level", default="token")
 p.add_argument("--no-target-trunk", action="store_true")
 p.add_argument("--turn-all", action="store_true")
+p.add_argument("--mix-mc", type=float, default=0.0,
+               help="λ: Q targets (1 − λ)(r + γ V(s')) + λ · (MC return-to-go)")
 p.add_argument("--aux-mc", type=float, default=0.0,
                help="weight of an auxiliary head on the same trunk regressing MC returns-to-go")
 p.add_argument("--dump", action="store_true", help="print the per-move Q table at the end")
@@ -245,6 +248,8 @@ def forward_turn(batch):
         v_boot = bootstrap_values(lm, heads["v"], batch, v)
     # chain rows: one turn per row (FO). next state value = v_boot
     y = r[end & act] + args.gamma * v_boot
+    if args.mix_mc:  # chain rows: one turn per row, its return-to-go at the turn's last token
+        y = (1 - args.mix_mc) * y + args.mix_mc * batch.returns[:, 1:][end & act].float()
     if args.turn_all:  # Q at every action token -> the turn's y; V at every one -> target Q_end
         row = act.nonzero()[:, 0]
         qa1 = heads["q1"](h[act]).gather(-1, a[act][:, None]).squeeze(-1)
