@@ -9,7 +9,15 @@ report the greedy-move accuracy, the reranked return and its normalised score.
 ``--level token`` is ILQL's token-level loss (the package's ``ilql_loss``); ``--level turn``
 backs up only whole turns (Q at the action's newline toward ``r + γ V(s')``, V at the last
 observation token fit by expectile to the target Q there), which skips the two intra-turn hops
-per move. ``--algo mc`` regresses Q on the returns-to-go (the package's ``mc_loss``).
+per move; ``--turn-all`` is the package's ``backup="turn"`` (every token of the move regresses
+to the turn's target, V at every token fits the turn's target Q). ``--algo mc`` regresses Q on
+the returns-to-go (the package's ``mc_loss``); ``--algo sup`` regresses Q and V on the tabular
+ILQL fixed point (scripts/maze_value_ceiling.py), the representation's ceiling without TD.
+``--aux-mc W`` adds an MC-return head on the same trunk; ``--mix-mc λ`` mixes the return-to-go
+into the turn-level Q target. ``dec`` reranks by Q at the move word
+(where the four moves part), ``tgt`` by Q at the newline from the Polyak (EMA) weights;
+``--dump`` prints every start cell's V and per-move Q (dec / last / tgt / ``−1 + γ V(next)``)
+at the end.
 
     python scripts/maze_value_learning.py --algo ilql --level turn --steps 2000 --bs 64 \
         --polyak 0.05 --tau 0.9 --gamma 0.9 --bias -5 --data DATA_DIR
@@ -50,6 +58,12 @@ p.add_argument("--head", default="mlp")
 p.add_argument("--bias", type=float, default=0.0)
 p.add_argument("--level", default="token")
 p.add_argument("--no-target-trunk", action="store_true")
+p.add_argument("--turn-all", action="store_true")
+p.add_argument("--mix-mc", type=float, default=0.0,
+               help="λ: Q targets (1 − λ)(r + γ V(s')) + λ · (MC return-to-go)")
+p.add_argument("--aux-mc", type=float, default=0.0,
+               help="weight of an auxiliary head on the same trunk regressing MC returns-to-go")
+p.add_argument("--dump", action="store_true", help="print the per-move Q table at the end")
 p.add_argument("--data", required=True)
 args = p.parse_args()
 torch.manual_seed(args.seed)
@@ -83,6 +97,7 @@ heads = nn.ModuleDict(
         "q1": make_head(args.head, d, V, args.bias),
         "q2": make_head(args.head, d, V, args.bias),
         "v": make_head(args.head, d, 1, args.bias),
+        "mc": make_head(args.head, d, V, args.bias),
     }
 )
 target = nn.ModuleDict(
@@ -104,11 +119,11 @@ move_ids = [tok(m + "\n", add_special_tokens=False)["input_ids"] for m in COMMAN
 
 
 @torch.no_grad()
-def probe():
+def probe(dump=False):
     lm.eval()
     # one row per (cell, move): BOS + obs + move
     seqs, meta = [], []
-    for c in cells:
+    for c in [*cells, *(c for c in maze.fo_texts if c not in cells and c != maze.goal)]:
         obs = tok(maze.fo_texts[c], add_special_tokens=False)["input_ids"]
         for j, m in enumerate(move_ids):
             seqs.append([bos] + obs + m)
@@ -120,23 +135,41 @@ def probe():
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
     h = lm.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-    vmap, score_last, score_sum = {}, {}, {}
+    th = target["trunk"].base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    vmap, score_last, score_sum, score_dec, score_tgt = {}, {}, {}, {}, {}
     for i, (c, j, n0) in enumerate(meta):
         m = move_ids[j]
         hs = h[i, n0 - 1 : n0 - 1 + len(m)]  # states choosing each action token
-        if args.algo == "ilql":
+        if args.algo in ("ilql", "sup"):
             q = torch.minimum(heads["q1"](hs), heads["q2"](hs))
             v = heads["v"](hs)
         else:
             q = heads["q1"](hs)
             v = torch.zeros(len(m))
         qa = q[torch.arange(len(m)), torch.tensor(m)]
-        vmap[c] = float(v[0]) if args.algo == "ilql" else None
+        vmap[c] = float(v[0]) if args.algo in ("ilql", "sup") else None
         score_last[c, j] = float(qa[-1])
         score_sum[c, j] = float((qa - v).sum())
+        score_dec[c, j] = float(qa[1])
+        if args.algo in ("ilql", "sup"):  # the Polyak (EMA) weights: target trunk and target Q heads
+            ths = th[i, n0 - 1 : n0 - 1 + len(m)]
+            tq = torch.minimum(target["q1"](ths), target["q2"](ths))
+            score_tgt[c, j] = float(tq[torch.arange(len(m)), torch.tensor(m)][-1])
     lm.train()
+    if dump:  # per start cell: distance, V, and per move Q(dec), Q(last), −1 + γ V(next)
+        for c in cells:
+            row = [f"{c} d={maze.distance[c]} V={vmap[c]:.2f} opt={maze.optimal_command(c)[5:]}:"]
+            for j, m in enumerate(COMMANDS):
+                n = maze.transition[c, m]
+                boot = 0.0 if n == maze.goal else -1 + args.gamma * vmap[n]
+                row.append(f"{m[5:]} {score_dec[c, j]:.2f}/{score_last[c, j]:.2f}/"
+                           f"{score_tgt[c, j]:.2f}/{boot:.2f}")
+            print("  ".join(row))
     out = {}
-    for name, sc in (("last", score_last), ("sum", score_sum)):
+    for name, sc in (("last", score_last), ("sum", score_sum), ("dec", score_dec),
+                     ("tgt", score_tgt)):
+        if not sc:
+            continue
         pol = {c: max(range(4), key=lambda j: sc[c, j]) for c in cells}
         acc = np.mean([COMMANDS[pol[c]] == maze.optimal_command(c) for c in cells])
         rets = []
@@ -163,7 +196,7 @@ def probe():
             norm=round(norm, 1),
             rho=round(spearmanr([qmax[c] for c in cells], [true_v[c] for c in cells])[0], 3),
         )
-    if args.algo == "ilql":
+    if args.algo in ("ilql", "sup"):
         out["v_rho"] = round(spearmanr([vmap[c] for c in cells], [true_v[c] for c in cells])[0], 3)
         out["v_range"] = (round(min(vmap.values()), 2), round(max(vmap.values()), 2))
     return out
@@ -215,6 +248,22 @@ def forward_turn(batch):
         v_boot = bootstrap_values(lm, heads["v"], batch, v)
     # chain rows: one turn per row (FO). next state value = v_boot
     y = r[end & act] + args.gamma * v_boot
+    if args.mix_mc:  # chain rows: one turn per row, its return-to-go at the turn's last token
+        y = (1 - args.mix_mc) * y + args.mix_mc * batch.returns[:, 1:][end & act].float()
+    if args.turn_all:  # Q at every action token -> the turn's y; V at every one -> target Q_end
+        row = act.nonzero()[:, 0]
+        qa1 = heads["q1"](h[act]).gather(-1, a[act][:, None]).squeeze(-1)
+        qa2 = heads["q2"](h[act]).gather(-1, a[act][:, None]).squeeze(-1)
+        ql = (0.5 * (qa1 - y[row]) ** 2).mean() + (0.5 * (qa2 - y[row]) ** 2).mean()
+        va = v[:, :-1][act]
+        w = torch.where(tq[row] >= va, args.tau, 1 - args.tau)
+        vl = (w * 0.5 * (va - tq[row]) ** 2).mean()
+        loss = ql + vl
+        if args.aux_mc:  # MC returns are fixed per cell: a target the trunk cannot alias away
+            g = batch.returns[:, 1:][act].float()
+            qmc = heads["mc"](h[act]).gather(-1, a[act][:, None]).squeeze(-1)
+            loss = loss + args.aux_mc * (0.5 * (qmc - g) ** 2).mean()
+        return loss, {"train/q_loss": ql, "train/v_loss": vl, "train/v_mean": va.mean()}
     vs = v[:, :-1][start]
     ql = (0.5 * (q1 - y) ** 2).mean() + (0.5 * (q2 - y) ** 2).mean()
     w = torch.where(tq >= vs, args.tau, 1 - args.tau)
@@ -245,6 +294,38 @@ def forward(batch):
     return ilql_loss(heads["q1"](h), heads["q2"](h), tq1, tq2, v, v_boot, None, batch, cfg)
 
 
+if args.algo == "sup":  # targets: the tabular ILQL fixed point (scripts/maze_value_ceiling.py)
+    import sys
+
+    sys.path.insert(0, "scripts")
+    from maze_value_ceiling import iql_q, transitions
+
+    tab_q, tab_v = iql_q(transitions(args.data, args.gamma), args.gamma, args.tau)
+    cell_of = {text: cell for cell, text in maze.fo_texts.items()}
+    row_q = []  # per row (one action turn each): (tabular Q of the move, tabular V of the cell)
+    for e in eps:
+        for k in range(0, len(e.turns) - 1, 2):
+            c = cell_of[e.turns[k].text]
+            row_q.append((tab_q[c, e.turns[k + 1].text.strip()], tab_v[c]))
+    assert len(row_q) == len(rows)
+
+
+def forward_sup(batch, idx):
+    act, a, _, _ = step_view_(batch)
+    h = lm.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask
+                      ).last_hidden_state[:, :-1]
+    row = act.nonzero()[:, 0]
+    tq = torch.tensor([row_q[i][0] for i in idx])[row]
+    tv = torch.tensor([row_q[i][1] for i in idx])[row]
+    q1 = heads["q1"](h[act]).gather(-1, a[act][:, None]).squeeze(-1)
+    q2 = heads["q2"](h[act]).gather(-1, a[act][:, None]).squeeze(-1)
+    va = heads["v"](h[act])
+    ql = (0.5 * (q1 - tq) ** 2).mean() + (0.5 * (q2 - tq) ** 2).mean()
+    vl = (0.5 * (va - tv) ** 2).mean()
+    return ql + vl, {"train/q_loss": ql, "train/v_loss": vl, "train/v_mean": va.mean()}
+
+
+step_view_ = common.step_view
 rng = np.random.default_rng(args.seed)
 t0 = time.time()
 order = rng.permutation(len(rows))
@@ -253,9 +334,10 @@ for step in range(1, args.steps + 1):
     if pos + args.bs > len(order):
         order = rng.permutation(len(rows))
         pos = 0
-    batch = collate([rows[i] for i in order[pos : pos + args.bs]], tok.pad_token_id)
+    idx = order[pos : pos + args.bs]
+    batch = collate([rows[i] for i in idx], tok.pad_token_id)
     pos += args.bs
-    loss, m = forward(batch)
+    loss, m = forward_sup(batch, idx) if args.algo == "sup" else forward(batch)
     opt.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_([*lm.parameters(), *heads.parameters()], 1.0)
@@ -274,6 +356,6 @@ for step in range(1, args.steps + 1):
                 for k, v in m.items()
                 if k in ("train/q_loss", "train/v_loss", "train/v_mean", "train/q_mean")
             },
-            probe(),
+            probe(args.dump and step == args.steps),
             flush=True,
         )

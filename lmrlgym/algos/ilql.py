@@ -49,7 +49,14 @@ from lmrlgym.algos.config import ValueGuidedConfig
 from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.progress import Progress
-from lmrlgym.algos.rl import next_state_value, polyak_update, step_discount, step_mean, step_view
+from lmrlgym.algos.rl import (
+    next_state_value,
+    polyak_update,
+    step_discount,
+    step_mean,
+    step_view,
+    turn_end_index,
+)
 from lmrlgym.eval.value_map import ValueReadout
 from lmrlgym.models.heads import make_head
 from lmrlgym.models.policy import LMPolicy, LogitsAdjust
@@ -89,6 +96,18 @@ class ILQLConfig(ValueGuidedConfig):
     """Initial Q and V: the zero-initialised output layer's bias (original: 0 on Maze/Chess)."""
     truncation_is_terminal: bool = False
     """Bootstrap truncated episodes with 0, as the original did (§1.8); default: from V."""
+    backup: Literal["token", "turn"] = "token"
+    """How far one TD backup reaches (§3.4). ``"token"`` (the original's): each action token
+    backs up to V of the next token's state, so a k-token move takes k hops. ``"turn"``: every
+    token of an action turn backs up to its turn's target ``r + γ V(s′)`` (s′ after the env's
+    reply), and V at each of them fits the target Q at the turn's last token: one hop per move.
+    Needs ``discount_mode="turn"``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backup == "turn" and self.discount_mode != "turn":
+            raise ValueError("--backup turn needs --discount-mode turn: a turn-level backup "
+                             "discounts once per turn")
 
 
 CONFIG = ILQLConfig
@@ -120,20 +139,27 @@ def ilql_loss(
     ``q1, q2``: (n, V) online Q heads at the action steps; ``tq1, tq2``: (n, V) target heads
     there (no grad); ``v``: (B, T) V head on the online hidden states; ``v_boot``: (B,) V after
     each row's last step, × (1 − terminal), no grad; ``lm_logits``: (n, V) or None.
+    ``cfg.backup == "turn"`` gives every step the TD target and the target Q of its turn's last
+    step, ``e(i)``: ``y_i = y_e(i)``, ``q̄_i = q̄_e(i)``.
     """
     act, a, r, end = step_view(batch)  # (B, S)
     d = step_discount(end, cfg.gamma, cfg.discount_mode)  # (B, S)
     v_s = v[:, :-1].float()  # (B, S) V(s_i)
     v_next = next_state_value(v_s.detach(), act, v_boot)  # (B, S) V(s_next(i)), online V
-    y = (r + d * v_next)[act].detach()  # (n,) TD target
+    y = (r + d * v_next).detach()  # (B, S) TD target
     a, v_a = a[act], v_s[act]  # (n,)
     q1_a = q1.float().gather(-1, a[:, None]).squeeze(-1)  # (n,)
     q2_a = q2.float().gather(-1, a[:, None]).squeeze(-1)  # (n,)
-    q_loss = step_mean(0.5 * (q1_a - y) ** 2) + step_mean(0.5 * (q2_a - y) ** 2)
     # V regresses to the smaller target Q with an expectile (IQL): an in-support maximum that
     # never queries unseen actions.
     tq_a = torch.minimum(tq1.float().gather(-1, a[:, None]), tq2.float().gather(-1, a[:, None]))
     tq_a = tq_a.squeeze(-1).detach()  # (n,)
+    if cfg.backup == "turn":  # one hop per turn: read y and q̄ at the turn's last step
+        last = turn_end_index(act, end)  # (B, S)
+        y = y.gather(1, last)
+        tq_a = torch.zeros_like(v_s).masked_scatter(act, tq_a).gather(1, last)[act]
+    y = y[act]  # (n,)
+    q_loss = step_mean(0.5 * (q1_a - y) ** 2) + step_mean(0.5 * (q2_a - y) ** 2)
     w = torch.where(tq_a >= v_a, cfg.tau, 1.0 - cfg.tau)  # (n,) expectile weight
     v_loss = step_mean(w * 0.5 * (v_a - tq_a) ** 2)
     cql = step_mean(q1.float().logsumexp(-1) - q1_a) + step_mean(q2.float().logsumexp(-1) - q2_a)

@@ -58,6 +58,17 @@ def next_step_index(act: Tensor) -> Tensor:
     return torch.where(nxt == S, -1, nxt)
 
 
+def turn_end_index(act: Tensor, end: Tensor) -> Tensor:
+    """(B, S) bool, (B, S) bool -> (B, S) long: the slot of the last token of each step's action
+    turn, i.e. the first turn-ending step ``j >= i`` in the row (``i`` itself if the row has none
+    after it; ``render()`` never cuts a turn, so every action step finds its turn's end)."""
+    B, S = act.shape
+    arange = torch.arange(S, device=act.device).expand(B, S)
+    pos = torch.where(act & end.bool(), arange, S)  # non-ending slots -> sentinel S
+    at_or_after = pos.flip(1).cummin(1).values.flip(1)  # first turn end at index >= i
+    return torch.where(at_or_after == S, arange, at_or_after)
+
+
 def next_state_value(v_steps: Tensor, act: Tensor, v_boot: Tensor) -> Tensor:
     """V of each step's next state: the next step's V in the row, else the row's bootstrap.
 

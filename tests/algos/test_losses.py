@@ -91,6 +91,37 @@ def test_ilql_loss_hand_computed_chain_with_turn_discount():
     assert m["train/advantage_mean"].item() == pytest.approx(((0.4 - 0.3) + (0.2 - 0.7)) / 2)
 
 
+def test_ilql_turn_backup_gives_every_token_its_turns_target():
+    # Two turns in one row: tokens 2, 0 (slots 1, 2; reward 1) then env 1, token 2 (slot 4,
+    # reward -1). Turn backup: slot 1 takes slot 2's TD target and target Q; V(s2) still backs
+    # up turn 1 (its next state is the next turn's first step, slot 4).
+    b = batch(ids=[0, 1, 2, 0, 1, 2], mask=[0, 0, 1, 1, 0, 1], rewards=[0, 0, 0, 1.0, 0, -1.0],
+              turn_end=[False, False, False, True, False, True])
+    g, tau = 0.9, 0.8
+    cfg = ILQLConfig(gamma=g, tau=tau, cql_weight=0.0, bc_weight=0.0, backup="turn")
+    q1 = torch.tensor([[0.0, 0.0, 1.0], [2.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # 1, 2, -1
+    q2 = q1.clone()
+    tq1 = torch.tensor([[0.0, 0.0, 0.4], [1.0, 0.0, 0.0], [0.0, 0.0, -2.0]])  # 0.4, 1.0, -2
+    tq2 = torch.tensor([[0.0, 0.0, 0.6], [0.2, 0.0, 0.0], [0.0, 0.0, -1.0]])  # min 0.4, 0.2, -2
+    v = torch.tensor([[9.0, 0.3, 0.7, 5.0, -0.5, 5.0]])  # V(s1) 0.3, V(s2) 0.7, V(s4) -0.5
+    loss, m = ilql_loss(q1, q2, tq1, tq2, v, torch.tensor([0.5]), None, b, cfg)
+    y1 = 1.0 + g * -0.5  # turn 1: reward + γ V(s4), for both of its tokens
+    y2 = -1.0 + g * 0.5  # turn 2: reward + γ v_boot
+    q_loss = 2 * (0.5 * (1 - y1) ** 2 + 0.5 * (2 - y1) ** 2 + 0.5 * (-1 - y2) ** 2) / 3
+    # q̄ of turn 1 is slot 2's 0.2 for both tokens: below V(s1) = 0.3 and V(s2) = 0.7 (1 − τ);
+    # turn 2: q̄ = -2 < V(s4) = -0.5 (1 − τ)
+    v_loss = (1 - tau) * 0.5 * (0.1**2 + 0.5**2 + 1.5**2) / 3
+    assert m["train/td_target_mean"].item() == pytest.approx((2 * y1 + y2) / 3)
+    assert m["train/q_loss"].item() == pytest.approx(q_loss)
+    assert m["train/v_loss"].item() == pytest.approx(v_loss)
+    assert loss.item() == pytest.approx(q_loss + v_loss, rel=1e-6)
+    token = dataclasses.replace(cfg, backup="token")  # slot 1 backs up to V(s2) instead
+    assert ilql_loss(q1, q2, tq1, tq2, v, torch.tensor([0.5]), None, b, token)[1][
+        "train/td_target_mean"].item() == pytest.approx((0.7 + y1 + y2) / 3)
+    with pytest.raises(ValueError, match="--backup turn needs --discount-mode turn"):
+        ILQLConfig(backup="turn", discount_mode="token")
+
+
 def test_ilql_token_discount_and_terminal_bootstrap():
     b = batch(ids=[0, 1, 2, 0], mask=[0, 0, 1, 1], rewards=[0, 0, 0, 1.0],
               turn_end=[False, False, False, True])

@@ -17,6 +17,7 @@ from lmrlgym.algos.rl import (
     returns_to_go,
     step_discount,
     step_view,
+    turn_end_index,
 )
 
 # §1.5 worked example: BOS Q: \n go left \n ok \n stop \n
@@ -43,6 +44,15 @@ def test_step_view_and_next_pointers_of_worked_example():
     assert r[0, 4].item() == -1 and r[0, 8].item() == 1
     nxt = next_step_index(act)[0]
     assert [nxt[i].item() for i in (2, 3, 4, 7, 8)] == [3, 4, 7, 8, -1]
+
+
+def test_turn_end_index_points_every_action_step_at_its_turn_end():
+    act, _, _, end = step_view(example_batch())
+    last = turn_end_index(act, end)[0]
+    # turn "go left \n" = slots 2-4 (end at 4); turn "stop \n" = slots 7-8 (end at 8)
+    assert [last[i].item() for i in (2, 3, 4, 7, 8)] == [4, 4, 4, 8, 8]
+    cut = turn_end_index(act, torch.zeros_like(end))[0]  # no turn end in the row: own slot
+    assert [cut[i].item() for i in (2, 3, 4, 7, 8)] == [2, 3, 4, 7, 8]
 
 
 def test_step_view_ignores_padding():
