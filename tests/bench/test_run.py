@@ -7,6 +7,7 @@ import json
 import pytest
 
 from lmrlgym.algos.bc import BCConfig
+from lmrlgym.algos.ilql import ILQLConfig
 from lmrlgym.bench import presets, run
 from lmrlgym.cli import main
 from tests.algos.helpers import micro_model, plant_pickles
@@ -136,3 +137,7 @@ def test_fields_added_later_leave_old_cells_done_at_their_defaults():
     old = {k: v for k, v in config.items() if k not in run.LATER_FIELDS}
     assert run.config_hash(BCConfig(task="Maze-FO-v0")) == run.config_hash(old)
     assert run.config_hash(BCConfig(task="Maze-FO-v0", packing=True)) != run.config_hash(old)
+    ilql = ILQLConfig(task="Maze-FO-v0")
+    old = {k: v for k, v in dataclasses.asdict(ilql).items() if k not in run.LATER_FIELDS}
+    assert run.config_hash(ilql) == run.config_hash(old)
+    assert run.config_hash(dataclasses.replace(ilql, backup="turn")) != run.config_hash(old)
