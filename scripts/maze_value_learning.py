@@ -14,7 +14,9 @@ to the turn's target, V at every token fits the turn's target Q). ``--algo mc`` 
 the returns-to-go (the package's ``mc_loss``); ``--algo sup`` regresses Q and V on the tabular
 ILQL fixed point (scripts/maze_value_ceiling.py), the representation's ceiling without TD.
 ``--aux-mc W`` adds an MC-return head on the same trunk; ``--mix-mc λ`` mixes the return-to-go
-into the turn-level Q target. ``dec`` reranks by Q at the move word
+into the turn-level Q target (``--mix-mc-steps N``: λ falls linearly to 0 over the first N steps,
+then pure TD; ``--mc-boot``: that return bootstraps with γ^K V at a truncated record's cut
+instead of ending there). ``dec`` reranks by Q at the move word
 (where the four moves part), ``tgt`` by Q at the newline from the Polyak (EMA) weights;
 ``--dump`` prints every start cell's V and per-move Q (dec / last / tgt / ``−1 + γ V(next)``)
 at the end.
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 from lmrlgym.algos import rl as common
+from lmrlgym.algos.backbone import last_token_states
 from lmrlgym.algos.ilql import ILQLConfig, bootstrap_values, ilql_loss
 from lmrlgym.algos.mc import MCConfig, mc_loss
 from lmrlgym.data.io import read_episodes
@@ -61,6 +64,10 @@ p.add_argument("--no-target-trunk", action="store_true")
 p.add_argument("--turn-all", action="store_true")
 p.add_argument("--mix-mc", type=float, default=0.0,
                help="λ: Q targets (1 − λ)(r + γ V(s')) + λ · (MC return-to-go)")
+p.add_argument("--mix-mc-steps", type=int, default=0,
+               help="anneal --mix-mc linearly to 0 over this many steps (0: constant λ)")
+p.add_argument("--mc-boot", action="store_true",
+               help="--mix-mc's return bootstraps at a truncated episode's cut: G + γ^K V(s_cut)")
 p.add_argument("--aux-mc", type=float, default=0.0,
                help="weight of an auxiliary head on the same trunk regressing MC returns-to-go")
 p.add_argument("--dump", action="store_true", help="print the per-move Q table at the end")
@@ -89,6 +96,20 @@ print(
     "moves tokens",
     [tok(m + "\n", add_special_tokens=False)["input_ids"] for m in COMMANDS],
 )
+# per row (one move each): moves K to the record's end, index of its cut observation (-1: none)
+cut_texts = sorted({e.turns[-1].text for e in eps if e.truncated})
+row_k, row_cut = [], []
+for e in eps:
+    n = sum(t.is_action for t in e.turns)
+    row_k += range(n, 0, -1)
+    row_cut += [cut_texts.index(e.turns[-1].text) if e.truncated else -1] * n
+assert len(row_k) == len(rows)
+row_k, row_cut = torch.tensor(row_k, dtype=torch.float32), torch.tensor(row_cut)
+cut_ids = [[tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"]] for t in cut_texts]
+cut_batch = torch.full((len(cut_ids), max(map(len, cut_ids))), tok.pad_token_id)
+cut_mask = torch.zeros_like(cut_batch)
+for i, c in enumerate(cut_ids):
+    cut_batch[i, : len(c)], cut_mask[i, : len(c)] = torch.tensor(c), 1
 lm = build_model(args.model, tok, dropout=0.0)
 d = lm.get_output_embeddings().in_features
 V = len(tok)
@@ -218,7 +239,14 @@ def spearmanr(a, b):
     return (float(np.corrcoef(ra, rb)[0, 1]),)
 
 
-def forward_turn(batch):
+def mix_weight(step):
+    """λ of --mix-mc at this step: constant, or linear to 0 over --mix-mc-steps, then pure TD."""
+    if not args.mix_mc_steps:
+        return args.mix_mc
+    return args.mix_mc * max(0.0, 1 - (step - 1) / args.mix_mc_steps)
+
+
+def forward_turn(batch, idx, lam):
     act, a, r, end = common.step_view(batch)
     h_all = lm.base_model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask
@@ -248,8 +276,14 @@ def forward_turn(batch):
         v_boot = bootstrap_values(lm, heads["v"], batch, v)
     # chain rows: one turn per row (FO). next state value = v_boot
     y = r[end & act] + args.gamma * v_boot
-    if args.mix_mc:  # chain rows: one turn per row, its return-to-go at the turn's last token
-        y = (1 - args.mix_mc) * y + args.mix_mc * batch.returns[:, 1:][end & act].float()
+    if lam:  # chain rows: one turn per row, its return-to-go at the turn's last token
+        g = batch.returns[:, 1:][end & act].float()
+        if args.mc_boot:  # the cut is no end: bootstrap there, as TD does at the row's end
+            with torch.no_grad():
+                v_cut = heads["v"](last_token_states(lm, cut_batch, cut_mask)).float()
+            cut = row_cut[idx]
+            g = g + (cut >= 0) * args.gamma ** row_k[idx] * v_cut[cut.clamp(min=0)]
+        y = (1 - lam) * y + lam * g
     if args.turn_all:  # Q at every action token -> the turn's y; V at every one -> target Q_end
         row = act.nonzero()[:, 0]
         qa1 = heads["q1"](h[act]).gather(-1, a[act][:, None]).squeeze(-1)
@@ -271,9 +305,9 @@ def forward_turn(batch):
     return ql + vl, {"train/q_loss": ql, "train/v_loss": vl, "train/v_mean": vs.mean()}
 
 
-def forward(batch):
+def forward(batch, idx, lam):
     if args.level == "turn" and args.algo == "ilql":
-        return forward_turn(batch)
+        return forward_turn(batch, idx, lam)
     act, _, _, _ = common.step_view(batch)
     h_all = lm.base_model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask
@@ -337,7 +371,7 @@ for step in range(1, args.steps + 1):
     idx = order[pos : pos + args.bs]
     batch = collate([rows[i] for i in idx], tok.pad_token_id)
     pos += args.bs
-    loss, m = forward_sup(batch, idx) if args.algo == "sup" else forward(batch)
+    loss, m = forward_sup(batch, idx) if args.algo == "sup" else forward(batch, idx, mix_weight(step))
     opt.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_([*lm.parameters(), *heads.parameters()], 1.0)
