@@ -143,10 +143,11 @@ def bench_train(
         generate_dataset("Maze-PO-v0", data, episodes, "maze-mixture(p_solver=0.15)", seed=seed)
         peak = matmul_flops_per_s()
         rows: list[dict[str, Any]] = []
-        runs = []
+        first: tuple[Any, list] | None = None  # the first run's tokenizer and rows, for TRL
         for algo in algos:
             module = algorithm(algo)
             extra = {"keep": "top_fraction", "top_fraction": 1.0} if algo == "filtered_bc" else {}
+            workload = None  # the algorithm's tokenizer and rows: packing does not change them
             for pack in packing:
                 config = module.preset(
                     "Maze-PO-v0", data=str(data), out=str(root / f"{algo}-{int(pack)}"), model=model,
@@ -154,17 +155,16 @@ def bench_train(
                     save_every=10 * steps, max_context_tokens=max_context_tokens,
                     val_fraction=0.0, tensorboard=False, packing=pack, **extra)
                 run_dir = module.train(config)
-                runs.append((config, run_dir))
                 last = _last_logged(run_dir, ("time/tokens_per_s", "time/pad_fraction"))
-                tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
-                segments = training_rows(config, run_dir)
+                workload = workload or (load_tokenizer(run_dir / TOKENIZER_DIR),
+                                        training_rows(config, run_dir))
+                first = first or workload
+                tokenizer, segments = workload
                 rows.append(_result(algo, pack, last["time/pad_fraction"],
                                     last["time/tokens_per_s"], model, tokenizer, segments, peak,
                                     batch_size))
         if trl:
-            config, run_dir = runs[0]
-            tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
-            segments = training_rows(config, run_dir)
+            tokenizer, segments = first
             tokens_per_s, pad = trl_sft_rate(segments, tokenizer, model, batch_size, steps, seed,
                                              root / "trl")
             rows.append(_result("trl_sft", False, pad, tokens_per_s, model, tokenizer, segments,
