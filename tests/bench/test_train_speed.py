@@ -1,7 +1,6 @@
 """``bench train``: the FLOP count by hand, and one tiny end-to-end measurement."""
 
 import pytest
-import torch
 
 from lmrlgym.bench.train_speed import Shape, bench_train, flops_per_row
 from tests.algos.helpers import micro_model
@@ -27,13 +26,8 @@ def test_flops_per_row_by_hand():
 
 def test_bench_train_measures_each_algorithm(tmp_path):
     model = micro_model(tmp_path / "micro")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rows = bench_train(model, ("bc", "ilql"), batch_size=4, steps=1, max_context_tokens=64,
-                           episodes=4, workdir=str(tmp_path))
-    finally:
-        torch.set_num_threads(threads)
+    rows = bench_train(model, ("bc", "ilql"), batch_size=4, steps=1, max_context_tokens=64,
+                       episodes=4, workdir=str(tmp_path))  # one torch thread: tests/conftest.py
     assert [(r["algo"], r["packing"]) for r in rows] == [
         ("bc", False), ("bc", True), ("ilql", False), ("ilql", True)]
     for r in rows:
@@ -49,13 +43,8 @@ def test_bench_train_times_trl_sft_on_the_same_rows(tmp_path, monkeypatch):
     pytest.importorskip("trl", reason='needs trl: pip install "lmrlgym[dev]"')
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # everything is local; a download would fail
     model = micro_model(tmp_path / "micro")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rows = bench_train(model, ("bc",), batch_size=4, steps=1, max_context_tokens=64,
-                           episodes=4, workdir=str(tmp_path), packing=(True,), trl=True)
-    finally:
-        torch.set_num_threads(threads)
+    rows = bench_train(model, ("bc",), batch_size=4, steps=1, max_context_tokens=64,
+                       episodes=4, workdir=str(tmp_path), packing=(True,), trl=True)
     assert [(r["algo"], r["packing"]) for r in rows] == [("bc", True), ("trl_sft", False)]
     bc, trl = rows
     assert trl["tokens_per_s"] > 0 and 0 < trl["mfu"] < 1.5 and 0 <= trl["pad_fraction"] < 1
