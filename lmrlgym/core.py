@@ -263,17 +263,17 @@ class TextEnv(EpisodeView, gym.Env[str, str]):
         return normalized
 
     def _info(self, extra: dict[str, Any], *, illegal: bool) -> dict[str, Any]:
-        info = {
-            "turns": list(self._turns),
-            "seed": self._episode_seed,
-            "deterministic": self.deterministic,
-            "illegal": illegal,
-            "success": self._success,
-        }
-        if self.action_set_in_info:
-            info["action_set"] = self.action_set()
-        info.update(extra)
-        return info
+        """``info``: the env's own keys (``extra``, a fresh dict from each ``_reset``/``_step``)
+        with the common ones added in place, so a step builds one dict. The common keys are
+        the base class's, except ``action_set``, which an env may give itself."""
+        extra["turns"] = list(self._turns)
+        extra["seed"] = self._episode_seed
+        extra["deterministic"] = self.deterministic
+        extra["illegal"] = illegal
+        extra["success"] = self._success
+        if self.action_set_in_info and "action_set" not in extra:
+            extra["action_set"] = self.action_set()
+        return extra
 
 
 # Turn(...) without the Python-level __new__ NamedTuple adds (two turns per step).
