@@ -97,13 +97,12 @@ def test_bad_settings_name_the_flag():
 
 # Per method: the group methods K = 8 at PPO's test step size, each for the fewest rounds
 # that clear the margin with room (the per-round returns in the test below); RLOO at 2e-4 (its
-# advantages are raw returns, std ~30, and at 5e-4 it rose and fell: -75 -> -73 -> -99); ArCHer
-# with 100 critic updates per round (after 20 its Q − V still has std 0.001; its actor's Adam
-# ε of 1e-5 keeps steps on that noise small, docs/algorithms.md §3.9) at 1e-4: at 5e-4 two BC
-# inits differing by 1e-5 in their weights (built with 1 and 2 threads) gave -75 -> -51 and
-# -75 -> -350; at 1e-4 both learn (-75 -> -59 and -63) with 1 % illegal moves. Its critic here
-# takes 50 updates per round at 2e-3 instead (-75 -> -61, at two thirds of the CPU time; batch
-# 16 did not learn: -75 -> -76).
+# advantages are raw returns, std ~30, and at 5e-4 it rose and fell: -75 -> -73 -> -99). ArCHer
+# at 1e-4: at 5e-4 two BC inits differing by 1e-5 in their weights (built with 1 and 2 threads)
+# gave -75 -> -51 and -75 -> -350. Its critic needs enough updates per round: after 20 its Q − V
+# still had std 0.001 (its actor's Adam ε of 1e-5 keeps steps on that noise small,
+# docs/algorithms.md §3.9). 100 updates at 1e-3 learn (-75 -> -63, 1 % illegal moves), and so do
+# 50 at 2e-3 (-75 -> -61) at two thirds of the CPU time; batch 16 did not (-75 -> -76).
 LEARN = {
     "grpo": dict(group_size=8, lr=5e-4, n_rounds=2),
     "rloo": dict(group_size=8, lr=2e-4, n_rounds=3),
