@@ -81,7 +81,9 @@ class Generation:
 @dataclasses.dataclass
 class _Past:
     """A live episode's KV cache between turns: the ids it holds, and per cache layer (a
-    separate-layout model's policy layers, then its value layers) keys and values (H, T, D)."""
+    separate-layout model's policy layers, then its value layers) keys and values (T, H, D),
+    position first, so a batch's pasts are cut out and stacked with one gather and one scatter
+    per tensor."""
 
     ids: list[int]
     kv: list[tuple[Tensor, Tensor]]
@@ -306,7 +308,7 @@ class LMPolicy:
                 shared += 1
             if shared >= 2:
                 out[i] = past if shared == len(past.ids) else _Past(
-                    past.ids[:shared], [(k[:, :shared], v[:, :shared]) for k, v in past.kv])
+                    past.ids[:shared], [(k[:shared], v[:shared]) for k, v in past.kv])
         return out
 
     def _chunks_of(self, rows: list[int], prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -369,9 +371,12 @@ class LMPolicy:
         want_h = self.logits_adjust is not None
 
         def store(ks: list[int]) -> None:  # rows ks (positions in the batch) keep their cache
-            for k in ks:
-                b = int(rows[k])
-                kept[b] = _row_past(cache, k, seq_mask[k], prompts[b] + out_ids[b][:-1])
+            if not ks:
+                return
+            bs = [int(rows[k]) for k in ks]
+            for b, past in zip(bs, _row_pasts(cache, ks, seq_mask, [prompts[b] + out_ids[b][:-1]
+                                                                    for b in bs]), strict=True):
+                kept[b] = past
 
         for _ in range(self.settings.max_new_tokens):
             position = (seq_mask.cumsum(1) - 1).clamp(min=0)
@@ -546,17 +551,22 @@ def _cache_layers(cache: Any) -> list[Any]:
     return list(cache.layers)
 
 
-def _row_past(cache: Any, k: int, mask: Tensor, ids: list[int]) -> _Past | None:
-    """Row ``k`` of a batch cache, its real positions (``mask``) only, as the past of ``ids``;
-    None for a cache of other layer types than plain dynamic ones (a sliding window's would
-    not hold every position)."""
+def _row_pasts(cache: Any, ks: list[int], mask: Tensor, ids: list[list[int]]) -> list[_Past | None]:
+    """Rows ``ks`` of a batch cache, each row's real positions (``mask`` (n, W)) only, as the
+    pasts of ``ids``; Nones for a cache of other layer types than plain dynamic ones (a sliding
+    window's would not hold every position)."""
     layers = _cache_layers(cache)
     if any(type(layer) is not DynamicLayer for layer in layers):
-        return None
-    cols = mask.bool()
-    past = _Past(ids, [(layer.keys[k][:, cols], layer.values[k][:, cols]) for layer in layers])
-    assert past.kv[0][0].shape[1] == len(ids), "a kept cache must hold exactly its ids"
-    return past
+        return [None] * len(ks)
+    real = mask[ks].bool()  # (m, W)
+    row, col = real.nonzero(as_tuple=True)  # row-major: each row's positions in order
+    row = torch.tensor(ks, device=mask.device)[row]
+    counts = real.sum(1).tolist()
+    assert counts == [len(i) for i in ids], "a kept cache must hold exactly its ids"
+    # (total, H, D) per tensor, cut into the rows' (T, H, D) pieces.
+    parts = [[t.transpose(1, 2)[row, col].split(counts) for t in (layer.keys, layer.values)]
+             for layer in layers]
+    return [_Past(ids[m], [(k[m], v[m]) for k, v in parts]) for m in range(len(ks))]
 
 
 def _stack_pasts(pasts: list[_Past | None], model: Any) -> tuple[Any, Tensor]:
@@ -565,20 +575,21 @@ def _stack_pasts(pasts: list[_Past | None], model: Any) -> tuple[Any, Tensor]:
     from lmrlgym.models.dual import DualLM
 
     width = max(len(q.ids) for q in pasts if q is not None)
-    like = next(q for q in pasts if q is not None)
-    mask = torch.zeros((len(pasts), width), dtype=torch.long)
+    have = [(b, q) for b, q in enumerate(pasts) if q is not None]
+    # Where each row's positions go in the (B * C) flattened batch: right-aligned in its row.
+    slots = torch.cat([torch.arange((b + 1) * width - len(q.ids), (b + 1) * width) for b, q in have])
+    mask = torch.zeros(len(pasts) * width, dtype=torch.long)
+    mask[slots] = 1
+    mask = mask.view(len(pasts), width)
     kv = []
-    for j, (k0, v0) in enumerate(like.kv):
-        keys = k0.new_zeros((len(pasts), k0.shape[0], width, k0.shape[2]))
-        values = v0.new_zeros((len(pasts), v0.shape[0], width, v0.shape[2]))
-        for b, q in enumerate(pasts):
-            if q is not None:
-                keys[b, :, width - len(q.ids):] = q.kv[j][0]
-                values[b, :, width - len(q.ids):] = q.kv[j][1]
-        kv.append((keys, values))
-    for b, q in enumerate(pasts):
-        if q is not None:
-            mask[b, width - len(q.ids):] = 1
+    for j in range(len(have[0][1].kv)):
+        pair = []
+        for t in (0, 1):
+            src = torch.cat([q.kv[j][t] for _, q in have])  # (total, H, D)
+            out = src.new_zeros((len(pasts) * width, *src.shape[1:]))
+            out.index_copy_(0, slots.to(src.device), src)
+            pair.append(out.view(len(pasts), width, *src.shape[1:]).transpose(1, 2))  # (B, H, C, D)
+        kv.append(tuple(pair))
     if isinstance(model, DualLM):
         n = model.policy.config.get_text_config(decoder=True).num_hidden_layers
         return DualCache(DynamicCache(kv[:n]), DynamicCache(kv[n:])), mask

@@ -104,9 +104,9 @@ def test_kept_cache_equals_reencoding_and_leaves_with_its_episode(tok, model):
     policy.generate(prompts, sessions=["a", "b", "c"])
     past = policy._pasts["b"]
     out = model(torch.tensor([past.ids]), use_cache=True)
-    for layer, (keys, values) in zip(out.cache.layers, past.kv, strict=True):
-        assert torch.allclose(layer.keys[0], keys, atol=1e-5)
-        assert torch.allclose(layer.values[0], values, atol=1e-5)
+    for layer, (keys, values) in zip(out.cache.layers, past.kv, strict=True):  # past: (T, H, D)
+        assert torch.allclose(layer.keys[0], keys.transpose(0, 1), atol=1e-5)
+        assert torch.allclose(layer.values[0], values.transpose(0, 1), atol=1e-5)
     policy.generate([past.ids + prompts[0][1:]], sessions=["b"])
     assert set(policy._pasts) == {"b"}  # "a" and "c" finished: their caches are gone
     policy.end_episodes()
