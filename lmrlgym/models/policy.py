@@ -575,20 +575,22 @@ def _stack_pasts(pasts: list[_Past | None], model: Any) -> tuple[Any, Tensor]:
     from lmrlgym.models.dual import DualLM
 
     width = max(len(q.ids) for q in pasts if q is not None)
-    have = [(b, q) for b, q in enumerate(pasts) if q is not None]
-    # Where each row's positions go in the (B * C) flattened batch: right-aligned in its row.
-    slots = torch.cat([torch.arange((b + 1) * width - len(q.ids), (b + 1) * width) for b, q in have])
-    mask = torch.zeros(len(pasts) * width, dtype=torch.long)
-    mask[slots] = 1
-    mask = mask.view(len(pasts), width)
+    pad = [width - len(q.ids) if q is not None else width for q in pasts]  # left padding per row
+    mask = (torch.arange(width)[None, :] >= torch.tensor(pad)[:, None]).long()
+    like = next(q for q in pasts if q is not None)
     kv = []
-    for j in range(len(have[0][1].kv)):
+    for j in range(len(like.kv)):
         pair = []
         for t in (0, 1):
-            src = torch.cat([q.kv[j][t] for _, q in have])  # (total, H, D)
-            out = src.new_zeros((len(pasts) * width, *src.shape[1:]))
-            out.index_copy_(0, slots.to(src.device), src)
-            pair.append(out.view(len(pasts), width, *src.shape[1:]).transpose(1, 2))  # (B, H, C, D)
+            zeros = like.kv[j][t].new_zeros((width, *like.kv[j][t].shape[1:]))
+            parts = []  # one concatenation copies every row's past into place: (B * C, H, D)
+            for q, n in zip(pasts, pad, strict=True):
+                if n:
+                    parts.append(zeros[:n])
+                if q is not None:
+                    parts.append(q.kv[j][t])
+            stacked = torch.cat(parts).view(len(pasts), width, *zeros.shape[1:])
+            pair.append(stacked.transpose(1, 2))  # (B, H, C, D)
         kv.append(tuple(pair))
     if isinstance(model, DualLM):
         n = model.policy.config.get_text_config(decoder=True).num_hidden_layers
