@@ -82,8 +82,8 @@ class Generation:
 class _Past:
     """A live episode's KV cache between turns: the ids it holds, and per cache layer (a
     separate-layout model's policy layers, then its value layers) keys and values (T, H, D),
-    position first, so a batch's pasts are cut out and stacked with one gather and one scatter
-    per tensor."""
+    position first, so a batch's pasts are cut out with one gather and stacked back with one
+    concatenation per tensor."""
 
     ids: list[int]
     kv: list[tuple[Tensor, Tensor]]
