@@ -16,7 +16,13 @@ ILQL fixed point (scripts/maze_value_ceiling.py), the representation's ceiling w
 ``--aux-mc W`` adds an MC-return head on the same trunk; ``--mix-mc λ`` mixes the return-to-go
 into the turn-level Q target (``--mix-mc-steps N``: λ falls linearly to 0 over the first N steps,
 then pure TD; ``--mc-boot``: that return bootstraps with γ^K V at a truncated record's cut
-instead of ending there). ``dec`` reranks by Q at the move word
+instead of ending there). ``--aux-lm W`` adds a world-model loss on the same trunk: next-token
+cross-entropy, through the trunk's own (tied) LM head, on the observation tokens of the row and
+of the next observation appended after the move (one pass over row + next observation; the
+value heads read the row's positions, which the appended tokens cannot change). ``--n-step N``
+backs Q up over N moves of the behaviour from the same record, ``Σ_{k<N} γ^k r_{t+k} + γ^N
+V(s_{t+N})``: no bootstrap where the episode terminates sooner, γ^m V(s_cut) where the record
+is cut after m < N moves. ``dec`` reranks by Q at the move word
 (where the four moves part), ``tgt`` by Q at the newline from the Polyak (EMA) weights;
 ``--dump`` prints every start cell's V and per-move Q (dec / last / tgt / ``−1 + γ V(next)``)
 at the end.
@@ -70,9 +76,19 @@ p.add_argument("--mc-boot", action="store_true",
                help="--mix-mc's return bootstraps at a truncated episode's cut: G + γ^K V(s_cut)")
 p.add_argument("--aux-mc", type=float, default=0.0,
                help="weight of an auxiliary head on the same trunk regressing MC returns-to-go")
+p.add_argument("--aux-lm", type=float, default=0.0,
+               help="weight of next-token cross-entropy on the observation tokens (row + next obs)")
+p.add_argument("--n-step", type=int, default=1,
+               help="turn-level Q target over this many behaviour moves, then bootstrapped")
 p.add_argument("--dump", action="store_true", help="print the per-move Q table at the end")
 p.add_argument("--data", required=True)
 args = p.parse_args()
+if (args.aux_lm or args.n_step != 1) and (args.level, args.algo) != ("turn", "ilql"):
+    p.error("--aux-lm and --n-step need --level turn --algo ilql")
+if args.aux_lm and not args.turn_all:
+    p.error("--aux-lm needs --turn-all")
+if args.n_step < 1:
+    p.error(f"--n-step must be at least 1, got {args.n_step}")
 torch.manual_seed(args.seed)
 random.seed(args.seed)
 np.random.seed(args.seed)
@@ -105,6 +121,28 @@ for e in eps:
     row_cut += [cut_texts.index(e.turns[-1].text) if e.truncated else -1] * n
 assert len(row_k) == len(rows)
 row_k, row_cut = torch.tensor(row_k, dtype=torch.float32), torch.tensor(row_cut)
+
+
+def n_step_plan(rewards, k_left, gamma, n):
+    """Per row (rows of one record consecutive, one move each; ``k_left`` = moves from this row to
+    the record's end, this one included): m = min(n, k_left) moves summed, the discounted reward
+    sum over them, and the row whose next state bootstraps (its V is 0 where that row ends a
+    terminated episode, V(s_cut) where it ends a truncated record)."""
+    k = np.asarray(k_left, np.int64)
+    m = np.minimum(n, k)
+    g = np.zeros(len(k))
+    for j in range(n):  # the j-th move ahead counts where the record still has it
+        live = j < m
+        g[live] += gamma**j * np.asarray(rewards, np.float64)[np.flatnonzero(live) + j]
+    return m, g, np.arange(len(k)) + m - 1
+
+
+# hand check: a record of 3 moves (rewards −1, −1, 0; terminated) and one of 2 (cut), n 2, γ 0.5
+_m, _g, _j = n_step_plan([-1, -1, 0, -1, -1], [3, 2, 1, 2, 1], 0.5, 2)
+assert _m.tolist() == [2, 2, 1, 2, 1] and _j.tolist() == [1, 2, 2, 4, 4]
+assert np.allclose(_g, [-1.5, -1.0, 0.0, -1.5, -1.0])
+row_r = [float(s.rewards.sum()) for s in rows]
+ns_m, ns_g, ns_j = (torch.tensor(x) for x in n_step_plan(row_r, row_k, args.gamma, args.n_step))
 cut_ids = [[tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"]] for t in cut_texts]
 cut_batch = torch.full((len(cut_ids), max(map(len, cut_ids))), tok.pad_token_id)
 cut_mask = torch.zeros_like(cut_batch)
@@ -246,12 +284,47 @@ def mix_weight(step):
     return args.mix_mc * max(0.0, 1 - (step - 1) / args.mix_mc_steps)
 
 
+def with_next_obs(batch):
+    """Each row followed by its next observation (BOS dropped): ids, mask, and which slots predict
+    an observation token (the row's own after BOS, and the appended ones)."""
+    seqs, obs = [], []
+    for b in range(len(batch.input_ids)):
+        n = int(batch.attention_mask[b].sum())
+        nxt = batch.next_ids[b, 1 : int(batch.next_attention_mask[b].sum())]  # empty: terminal
+        seqs.append(torch.cat([batch.input_ids[b, :n], nxt]))
+        obs.append(torch.cat([~batch.action_mask[b, 1:n], torch.ones(len(nxt), dtype=torch.bool)]))
+    L = max(map(len, seqs))
+    ids = torch.full((len(seqs), L), tok.pad_token_id)
+    mask, pred = torch.zeros_like(ids), torch.zeros(len(seqs), L - 1, dtype=torch.bool)
+    for b, (q, o) in enumerate(zip(seqs, obs, strict=True)):
+        ids[b, : len(q)], mask[b, : len(q)], pred[b, : len(o)] = q, 1, o
+    return ids, mask, pred
+
+
+def n_step_boot(idx):
+    """V (online trunk and head, no grad) after the bootstrap row of each batch row, 0 at a terminal."""
+    boot = collate([rows[j] for j in ns_j[idx].tolist()], tok.pad_token_id)
+    v = torch.zeros(len(idx))
+    has = boot.has_next.nonzero().squeeze(1)
+    if len(has):
+        h = last_token_states(lm, boot.next_ids[has], boot.next_attention_mask[has])
+        v[has] = heads["v"](h).float()
+    return v * (~boot.terminal).float()
+
+
 def forward_turn(batch, idx, lam):
     act, a, r, end = common.step_view(batch)
-    h_all = lm.base_model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask
-    ).last_hidden_state
     B, S = act.shape
+    if args.aux_lm:  # one pass over row + next observation; the row's states are unchanged
+        ids, mask, pred = with_next_obs(batch)
+        h_ext = lm.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = lm.get_output_embeddings()(h_ext[:, :-1][pred])
+        lm_loss = nn.functional.cross_entropy(logits.float(), ids[:, 1:][pred])
+        h_all = h_ext[:, : S + 1]
+    else:
+        h_all = lm.base_model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state
     # turn start slot: action step whose previous slot is not an action step
     prev = torch.cat([torch.zeros(B, 1, dtype=torch.bool), act[:, :-1]], 1)
     start = act & ~prev
@@ -273,9 +346,12 @@ def forward_turn(batch, idx, lam):
             .squeeze(-1)
         )
 
-        v_boot = bootstrap_values(lm, heads["v"], batch, v)
-    # chain rows: one turn per row (FO). next state value = v_boot
-    y = r[end & act] + args.gamma * v_boot
+        if args.n_step == 1:
+            v_boot = bootstrap_values(lm, heads["v"], batch, v)
+            # chain rows: one turn per row (FO). next state value = v_boot
+            y = r[end & act] + args.gamma * v_boot
+        else:  # the behaviour's next m − 1 moves from the same record, then V
+            y = ns_g[idx].float() + args.gamma ** ns_m[idx].float() * n_step_boot(idx)
     if lam:  # chain rows: one turn per row, its return-to-go at the turn's last token
         g = batch.returns[:, 1:][end & act].float()
         if args.mc_boot:  # the cut is no end: bootstrap there, as TD does at the row's end
@@ -297,7 +373,11 @@ def forward_turn(batch, idx, lam):
             g = batch.returns[:, 1:][act].float()
             qmc = heads["mc"](h[act]).gather(-1, a[act][:, None]).squeeze(-1)
             loss = loss + args.aux_mc * (0.5 * (qmc - g) ** 2).mean()
-        return loss, {"train/q_loss": ql, "train/v_loss": vl, "train/v_mean": va.mean()}
+        logs = {"train/q_loss": ql, "train/v_loss": vl, "train/v_mean": va.mean()}
+        if args.aux_lm:
+            loss = loss + args.aux_lm * lm_loss
+            logs["train/lm_loss"] = lm_loss
+        return loss, logs
     vs = v[:, :-1][start]
     ql = (0.5 * (q1 - y) ** 2).mean() + (0.5 * (q2 - y) ** 2).mean()
     w = torch.where(tq >= vs, args.tau, 1 - args.tau)
@@ -388,7 +468,7 @@ for step in range(1, args.steps + 1):
             {
                 k: round(float(v.detach()), 3)
                 for k, v in m.items()
-                if k in ("train/q_loss", "train/v_loss", "train/v_mean", "train/q_mean")
+                if k in ("train/q_loss", "train/v_loss", "train/v_mean", "train/q_mean", "train/lm_loss")
             },
             probe(args.dump and step == args.steps),
             flush=True,
