@@ -20,8 +20,8 @@ Deviations from the original (docs/deviations.md):
 5. No checkpoint "selection" by a training loss: the final checkpoint is exported.
 
 Logged keys: ``train/{loss, q_loss, v_loss, cql_loss, bc_loss, q1_mean, q2_mean, target_q_mean,
-v_mean, v_next_mean, td_target_mean, reward_mean, advantage_mean, lr, grad_norm,
-action_tokens, epoch}``, ``time/{tokens_per_s, pad_fraction}`` and the ``eval/*`` keys.
+v_mean, v_next_mean, td_target_mean, reward_mean, advantage_mean, aux_lm_loss, lr, grad_norm,
+action_tokens, epoch}`` (``aux_lm_loss`` with ``aux_lm_weight > 0``), ``time/{tokens_per_s, pad_fraction}`` and the ``eval/*`` keys.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from lmrlgym.algos.backbone import (
     batch_states,
     build_lm,
     disable_dropout,
+    hidden_states,
     last_token_states,
     lm_policy,
     value_trunk,
@@ -58,6 +59,7 @@ from lmrlgym.algos.rl import (
     turn_end_index,
 )
 from lmrlgym.eval.value_map import ValueReadout
+from lmrlgym.models.factory import positions
 from lmrlgym.models.heads import make_head
 from lmrlgym.models.policy import LMPolicy, LogitsAdjust
 from lmrlgym.models.render import Batch
@@ -102,12 +104,26 @@ class ILQLConfig(ValueGuidedConfig):
     token of an action turn backs up to its turn's target ``r + γ V(s′)`` (s′ after the env's
     reply), and V at each of them fits the target Q at the turn's last token: one hop per move.
     Needs ``discount_mode="turn"``."""
+    aux_lm_weight: float = 0.0
+    """Weight of a world-model loss on the value trunk (ours, §3.4; 0: off). Each row is read
+    with its next context (``next_ids`` without BOS; nothing after a terminal move) appended after
+    its last action, and the value trunk's own LM head is trained by next-token cross-entropy on
+    the observation tokens of that sequence, the appended ones included, so the states at a move
+    must carry what its next observation depends on. The value heads read the row's positions,
+    which the appended tokens cannot change. Needs ``value_model="separate"``; measured on
+    Maze-FO with ``backup="turn"`` (docs/cpu-scale.md). This pass is not packed."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.backup == "turn" and self.discount_mode != "turn":
             raise ValueError("--backup turn needs --discount-mode turn: a turn-level backup "
                              "discounts once per turn")
+        if self.aux_lm_weight < 0:
+            raise ValueError(f"--aux-lm-weight must be non-negative, got {self.aux_lm_weight}")
+        if self.aux_lm_weight > 0 and self.value_model != "separate":
+            raise ValueError(f"--aux-lm-weight {self.aux_lm_weight} needs --value-model separate: "
+                             "in the shared layout the trunk's LM head is the policy, which a "
+                             "loss on observation tokens would change")
 
 
 CONFIG = ILQLConfig
@@ -132,9 +148,10 @@ def preset(task: str, **overrides: Any) -> ILQLConfig:
 
 def ilql_loss(
     q1: Tensor, q2: Tensor, tq1: Tensor, tq2: Tensor, v: Tensor, v_boot: Tensor,
-    lm_logits: Tensor | None, batch: Batch, cfg: ILQLConfig,
+    lm_logits: Tensor | None, batch: Batch, cfg: ILQLConfig, aux_lm: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``L = L_Q + L_V + cql_weight · L_CQL + bc_weight · L_BC`` (§3.4; ``cfg.bc_term``).
+    """``L = L_Q + L_V + cql_weight · L_CQL + bc_weight · L_BC [+ aux_lm_weight · L_LM]`` (§3.4;
+    ``cfg.bc_term``; ``aux_lm``: :func:`aux_lm_loss`, None when ``cfg.aux_lm_weight`` is 0).
 
     ``q1, q2``: (n, V) online Q heads at the action steps; ``tq1, tq2``: (n, V) target heads
     there (no grad); ``v``: (B, T) V head on the online hidden states; ``v_boot``: (B,) V after
@@ -176,7 +193,43 @@ def ilql_loss(
         bc, _ = bc_loss(lm_logits, batch)
         loss = loss + cfg.bc_term * bc
         metrics["train/bc_loss"] = bc
+    if aux_lm is not None:
+        loss = loss + cfg.aux_lm_weight * aux_lm
+        metrics["train/aux_lm_loss"] = aux_lm
     return loss, {"train/loss": loss, **metrics}
+
+
+def with_next_context(batch: Batch, pad_id: int, max_len: int | None = None,
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row followed by its next context (``next_ids`` without BOS; none after a terminal
+    move), right-padded to ``W``: ``ids`` (B, W), ``mask`` (B, W) and ``obs`` (B, W − 1) bool,
+    true where slot ``t`` predicts an observation token ``t + 1`` (the row's own env tokens and
+    every appended one). The row's tokens keep their positions, so a causal trunk's states there
+    are those of the row alone. ``max_len`` (the model's positions) cuts appended tokens only."""
+    n = batch.attention_mask.sum(1)  # (B,) row lengths
+    m = (batch.next_attention_mask.sum(1) - 1).clamp(min=0)  # (B,) appended: next_ids minus BOS
+    if max_len is not None:
+        m = torch.minimum(m, (max_len - n).clamp(min=0))
+    T = batch.input_ids.shape[1]
+    W = int((n + m).max())
+    k = torch.arange(W, device=n.device)[None, :] - n[:, None]  # (B, W) offset into next_ids[1:]
+    appended = (k >= 0) & (k < m[:, None])  # (B, W)
+    ids = nn.functional.pad(batch.input_ids, (0, W - T), value=pad_id)  # (B, W)
+    if appended.any():
+        nxt = batch.next_ids.gather(1, (k + 1).clamp(0, batch.next_ids.shape[1] - 1))  # (B, W)
+        ids = torch.where(appended, nxt, ids)
+    own = nn.functional.pad(batch.attention_mask.bool() & ~batch.action_mask, (0, W - T))
+    mask = nn.functional.pad(batch.attention_mask, (0, W - T)) | appended.long()  # (B, W)
+    return ids, mask, (own | appended)[:, 1:]
+
+
+def aux_lm_loss(lm_head: nn.Module, h: Tensor, ids: Tensor, obs: Tensor, n_vocab: int) -> Tensor:
+    """Mean next-token cross-entropy of ``lm_head`` (float32, over the first ``n_vocab`` logits)
+    at the slots ``obs`` (B, W − 1) of the rows ``ids`` (B, W) with states ``h`` (B, W, d), as
+    :func:`with_next_context` gives them; 0 when no slot is marked."""
+    logits = lm_head(h[:, :-1][obs])[:, :n_vocab].float()  # (k, V)
+    ce = nn.functional.cross_entropy(logits, ids[:, 1:][obs], reduction="sum")
+    return ce / max(int(obs.sum()), 1)
 
 
 def train(config: ILQLConfig, progress: Progress | None = None) -> Path:
@@ -204,9 +257,18 @@ def train(config: ILQLConfig, progress: Progress | None = None) -> Path:
     optimizer = make_optimizer([*trunk.parameters(), *heads.parameters()], config.lr,
                                       config.weight_decay)
 
+    n_positions = positions(lm.config)
+
     def forward(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         act, _, _, _ = step_view(batch)  # (B, S)
-        h_all = batch_states(trunk, batch)  # (B, T, d)
+        aux = None
+        if config.aux_lm_weight > 0:  # one pass over each row + its next context
+            ids, mask, obs = with_next_context(batch, data.tokenizer.pad_token_id, n_positions)
+            h_ext = hidden_states(trunk, ids, mask)  # (B, W, d)
+            aux = aux_lm_loss(trunk.get_output_embeddings(), h_ext, ids, obs, data.n_vocab)
+            h_all = h_ext[:, : batch.input_ids.shape[1]]  # (B, T, d) the rows' own states
+        else:
+            h_all = batch_states(trunk, batch)  # (B, T, d)
         h = h_all[:, :-1][act]  # (n, d): Q and logits only where a token is chosen
         v = heads["v"](h_all)  # (B, T)
         with torch.no_grad():
@@ -219,7 +281,7 @@ def train(config: ILQLConfig, progress: Progress | None = None) -> Path:
             v_boot = bootstrap_values(trunk, heads["v"], batch, v)  # (B,)
         lm_logits = lm_head(h)[:, : data.n_vocab] if config.bc_term > 0 else None  # (n, V)
         return ilql_loss(heads["q1"](h), heads["q2"](h), tq1, tq2, v, v_boot, lm_logits, batch,
-                         config)
+                         config, aux)
 
     def make_policy() -> LMPolicy:
         return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta), value_lm)

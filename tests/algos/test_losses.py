@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmrlgym.algos.bc import bc_loss
-from lmrlgym.algos.ilql import ILQLConfig, ilql_loss
+from lmrlgym.algos.ilql import ILQLConfig, aux_lm_loss, ilql_loss, with_next_context
 from lmrlgym.algos.mc import MCConfig, mc_loss
 from lmrlgym.algos.rl import EmptyActionBatch
 
@@ -120,6 +120,53 @@ def test_ilql_turn_backup_gives_every_token_its_turns_target():
         "train/td_target_mean"].item() == pytest.approx((0.7 + y1 + y2) / 3)
     with pytest.raises(ValueError, match="--backup turn needs --discount-mode turn"):
         ILQLConfig(backup="turn", discount_mode="token")
+
+
+def test_ilql_aux_lm_loss_reads_the_observations_with_the_next_context_appended():
+    # Row 0: BOS 5 6 | action 3 4, next context BOS 7 8 (appended: 7 8). Row 1: BOS 5 | action 3,
+    # terminal (nothing appended); collated with pad 9.
+    pad = 9
+    b = SimpleNamespace(
+        input_ids=torch.tensor([[0, 5, 6, 3, 4], [0, 5, 3, pad, pad]]),
+        attention_mask=torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
+        action_mask=torch.tensor([[0, 0, 0, 1, 1], [0, 0, 1, 0, 0]], dtype=torch.bool),
+        next_ids=torch.tensor([[0, 7, 8], [pad, pad, pad]]),
+        next_attention_mask=torch.tensor([[1, 1, 1], [0, 0, 0]]),
+    )
+    ids, mask, obs = with_next_context(b, pad)
+    assert ids.tolist() == [[0, 5, 6, 3, 4, 7, 8], [0, 5, 3, pad, pad, pad, pad]]
+    assert mask.tolist() == [[1] * 7, [1, 1, 1, 0, 0, 0, 0]]
+    # Slot t predicts token t + 1: 5, 6 (row 0's observation), 7, 8 (appended); row 1's 5.
+    slots = [(0, 0), (0, 1), (0, 4), (0, 5), (1, 0)]
+    assert obs.nonzero().tolist() == [list(s) for s in slots]
+    cut, _, cut_obs = with_next_context(b, pad, max_len=6)  # the model's positions: cut 8
+    assert cut[0].tolist() == [0, 5, 6, 3, 4, 7] and int(cut_obs.sum()) == 4
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 12, bias=False)  # 12 embedding rows, 10 of them the vocabulary
+    h = torch.randn(2, 7, 4)
+    logits = torch.stack([head(h[r, t])[:10] for r, t in slots])
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([5, 6, 7, 8, 5]))
+    assert aux_lm_loss(head, h, ids, obs, 10).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert aux_lm_loss(head, h, ids, torch.zeros_like(obs), 10).item() == 0.0
+
+
+def test_ilql_aux_lm_loss_adds_its_weight_times_the_term_and_needs_a_separate_value_trunk():
+    b = batch(ids=[0, 1, 2, 0], mask=[0, 0, 1, 1], rewards=[0, 0, 0, 1.0],
+              turn_end=[False, False, False, True])
+    q = torch.tensor([[0.0, 0.0, 1.0], [2.0, 0.0, 0.0]])
+    v = torch.tensor([[9.0, 0.3, 0.7, 5.0]])
+    args = (q, q.clone(), q.clone(), q.clone(), v, torch.tensor([0.5]), None, b)
+    cfg = ILQLConfig(value_model="separate", backup="turn")
+    loss0, m0 = ilql_loss(*args, cfg)
+    loss, m = ilql_loss(*args, dataclasses.replace(cfg, aux_lm_weight=0.1), torch.tensor(2.0))
+    assert "train/aux_lm_loss" not in m0 and m["train/aux_lm_loss"].item() == 2.0
+    assert loss.item() == pytest.approx(loss0.item() + 0.2, rel=1e-6)
+    assert m["train/q_loss"] == m0["train/q_loss"] and m["train/v_loss"] == m0["train/v_loss"]
+    with pytest.raises(ValueError, match="--aux-lm-weight 0.1 needs --value-model separate"):
+        ILQLConfig(aux_lm_weight=0.1)
+    with pytest.raises(ValueError, match="--aux-lm-weight must be non-negative"):
+        ILQLConfig(value_model="separate", aux_lm_weight=-1.0)
 
 
 def test_ilql_token_discount_and_terminal_bootstrap():

@@ -154,3 +154,43 @@ def test_bc_weight_defaults_per_layout_and_is_refused_in_separate_mode(module, c
         parse_config(module.CONFIG.ALGO, ["--value-model", "separate", "--bc-weight", "1"])
     assert exit_info.value.code == 2
     assert "--bc-weight 1.0 with --value-model separate" in " ".join(capsys.readouterr().err.split())
+
+
+
+def test_ilql_aux_lm_loss_leaves_the_rows_states_unchanged(assets, tmp_path, capsys):
+    # Step 1 starts from the same weights and batch: the appended next context comes after each
+    # row's positions, so the states the V head reads there are the plain pass's, and the total
+    # adds aux_lm_weight × the logged world-model loss. Weight 0 logs no such loss.
+    def first_step(out, **kw):
+        seen = {}
+        make_heads, ilql_loss = ilql.make_heads, ilql.ilql_loss
+
+        def record(module, args):  # the V head's first input: the rows' states, (B, T, d)
+            seen.setdefault("h", args[0].detach())
+
+        def heads_spy(*args):
+            heads = make_heads(*args)
+            heads["v"].register_forward_pre_hook(record)
+            return heads
+
+        def loss_spy(*args):
+            seen.setdefault("batch", args[7])
+            return ilql_loss(*args)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ilql, "make_heads", heads_spy)
+            mp.setattr(ilql, "ilql_loss", loss_spy)
+            run = ilql.train(config(ilql, assets, tmp_path / out, max_steps=1, backup="turn", **kw))
+        return run, seen["h"][seen["batch"].attention_mask.bool()]  # (tokens, d)
+
+    plain, h_plain = first_step("plain")
+    aux, h_aux = first_step("aux", aux_lm_weight=0.1)
+    torch.testing.assert_close(h_aux, h_plain, rtol=1e-5, atol=1e-5)
+    assert losses(plain, "train/aux_lm_loss") == []
+    (lm,) = losses(aux, "train/aux_lm_loss")
+    assert 0 < lm < 10  # a real cross-entropy over a ~300-token vocabulary
+    assert losses(aux)[0] == pytest.approx(losses(plain)[0] + 0.1 * lm, rel=1e-5)
+    with pytest.raises(SystemExit) as exit_info:  # the CLI: a clear message, exit code 2
+        parse_config("ilql", ["--aux-lm-weight", "0.1"])
+    assert exit_info.value.code == 2
+    assert "--aux-lm-weight 0.1 needs --value-model separate" in capsys.readouterr().err

@@ -141,3 +141,5 @@ def test_fields_added_later_leave_old_cells_done_at_their_defaults():
     old = {k: v for k, v in dataclasses.asdict(ilql).items() if k not in run.LATER_FIELDS}
     assert run.config_hash(ilql) == run.config_hash(old)
     assert run.config_hash(dataclasses.replace(ilql, backup="turn")) != run.config_hash(old)
+    aux = dataclasses.replace(ilql, value_model="separate", aux_lm_weight=0.1)
+    assert run.config_hash(aux) != run.config_hash(dataclasses.replace(aux, aux_lm_weight=0.0))
