@@ -125,11 +125,9 @@ def load_policy(run_dir: str | os.PathLike, beta: float | None = None, device: s
     heads = load_heads(run_dir, module.make_heads(config, d, len(tokenizer))).to(device).eval()
     beta = config.beta if beta is None else float(beta)
     policy = lm_policy(lm, tokenizer, config, module.logits_adjust(heads, beta), value_lm,
-                       decoding, batch_size, name=f"{config.ALGO}(beta={beta:g})")
-    policy.beta = beta
-    # For `lmrlgym diagnose values`: the trunk the heads read and how to read Q and V.
-    policy.value_trunk = lm if value_lm is None else value_lm
-    policy.value_readout = module.value_readout(heads)
+                       decoding, batch_size, name=f"{config.ALGO}(beta={beta:g})",
+                       value_readout=module.value_readout(heads), beta=beta)
+    policy.value_trunk = lm if value_lm is None else value_lm  # for `lmrlgym diagnose values`
     return policy
 
 

@@ -17,7 +17,7 @@ from lmrlgym.algos.dataset import context_fn
 from lmrlgym.algos.rundir import MODEL_DIR
 from lmrlgym.models.decoding import Decoding
 from lmrlgym.models.dual import DualLM
-from lmrlgym.models.policy import LMPolicy, LogitsAdjust
+from lmrlgym.models.policy import LMPolicy, LogitsAdjust, ValueReadout
 from lmrlgym.models.render import Batch
 
 
@@ -120,7 +120,8 @@ def last_token_states(lm: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
 def lm_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: TrainConfig,
               logits_adjust: LogitsAdjust | None = None, value_lm: nn.Module | None = None,
               decoding: Decoding | None = None, batch_size: int = 64,
-              name: str | None = None) -> LMPolicy:
+              name: str | None = None, value_readout: ValueReadout | None = None,
+              beta: float = 1.0) -> LMPolicy:
     """The evaluation policy of a run: ancestral sampling (or greedy) from the LM, value-guided
     by ``logits_adjust`` for MC/ILQL (§3.5). With a separate value trunk ``value_lm`` the
     heads read its hidden states (:class:`~lmrlgym.models.dual.DualLM`) while ``lm`` gives the
@@ -130,4 +131,5 @@ def lm_policy(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, config: TrainCo
     return LMPolicy(model, tokenizer, config.decoding if decoding is None else decoding,
                     context_turns=context_fn(config.task),
                     max_context_tokens=config.max_context_tokens, logits_adjust=logits_adjust,
-                    batch_size=batch_size, name=name or config_algo(config))
+                    batch_size=batch_size, name=name or config_algo(config),
+                    value_readout=value_readout, beta=beta)

@@ -58,10 +58,9 @@ from lmrlgym.algos.rl import (
     step_view,
     turn_end_index,
 )
-from lmrlgym.eval.value_map import ValueReadout
 from lmrlgym.models.factory import positions
 from lmrlgym.models.heads import make_head
-from lmrlgym.models.policy import LMPolicy, LogitsAdjust
+from lmrlgym.models.policy import LMPolicy, LogitsAdjust, ValueReadout
 from lmrlgym.models.render import Batch
 
 
@@ -284,7 +283,8 @@ def train(config: ILQLConfig, progress: Progress | None = None) -> Path:
                          config, aux)
 
     def make_policy() -> LMPolicy:
-        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta), value_lm)
+        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta), value_lm,
+                         value_readout=value_readout(heads), beta=config.beta)
 
     def export(run_dir: Path) -> None:
         export_lm(lm, data.tokenizer, run_dir, dict(heads), value_lm)

@@ -41,8 +41,8 @@ from lmrlgym.algos.rundir import (
 from lmrlgym.core import Episode
 from lmrlgym.data.io import write_json
 from lmrlgym.eval.evaluate import EvalResult, evaluate
-from lmrlgym.eval.value_map import MAZE_TASKS, ValueReadout, maze_value_map
-from lmrlgym.models.policy import LMPolicy
+from lmrlgym.eval.value_map import MAZE_TASKS, maze_value_map
+from lmrlgym.models.policy import LMPolicy, ValueReadout
 from lmrlgym.models.render import Batch, collate
 
 # A dataset's episodes and how many malformed lines --skip-bad skipped.

@@ -37,9 +37,8 @@ from lmrlgym.algos.dataset import prepare_data
 from lmrlgym.algos.loop import Loop, make_optimizer, set_seed, start_run
 from lmrlgym.algos.progress import Progress
 from lmrlgym.algos.rl import step_mean, step_view
-from lmrlgym.eval.value_map import ValueReadout
 from lmrlgym.models.heads import make_head
-from lmrlgym.models.policy import LMPolicy, LogitsAdjust
+from lmrlgym.models.policy import LMPolicy, LogitsAdjust, ValueReadout
 from lmrlgym.models.render import Batch
 
 
@@ -141,7 +140,8 @@ def train(config: MCConfig, progress: Progress | None = None) -> Path:
         return mc_loss(q_head(h), lm_logits, batch, config)
 
     def make_policy() -> LMPolicy:
-        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta), value_lm)
+        return lm_policy(lm, data.tokenizer, config, logits_adjust(heads, config.beta), value_lm,
+                         value_readout=value_readout(heads), beta=config.beta)
 
     def export(run_dir: Path) -> None:
         export_lm(lm, data.tokenizer, run_dir, dict(heads), value_lm)

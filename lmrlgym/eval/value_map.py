@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from lmrlgym.envs.maze import COMMANDS, Cell, MazeEnv
+from lmrlgym.models.policy import ValueReadout
 
-# hidden (N, d) -> (Q over the vocabulary (N, V), V (N,) or None when the method has no V)
-ValueReadout = Callable[[Tensor], tuple[Tensor, Tensor | None]]
 MAZE_TASKS = ("Maze-FO-v0", "Maze-PO-v0")
 
 

@@ -13,9 +13,9 @@ import dataclasses
 from typing import Literal
 
 Decode = Literal["sample", "rerank", "constrained"]
-RerankScore = Literal["logprob", "value"]
+RerankScore = Literal["logprob", "value", "turn"]
 DECODE_MODES: tuple[str, ...] = ("sample", "rerank", "constrained")
-RERANK_SCORES: tuple[str, ...] = ("logprob", "value")
+RERANK_SCORES: tuple[str, ...] = ("logprob", "value", "turn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,8 @@ class Decoding:
     (``rerank``), or sampling only tokens that continue a legal action (``constrained``)."""
     rerank_score: RerankScore = "logprob"
     """With ``rerank``: a candidate's log-probability under the policy, or (value-guided
-    policies) its summed β·(Q − V), the original's Maze reranker (§3.5)."""
+    policies) its summed β·(Q − V), the original's Maze reranker (§3.5), or β·Q at its last
+    token (``turn``: the Q a turn-level backup trains, §3.4)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -58,8 +59,8 @@ class Decoding:
         if self.rerank_score not in RERANK_SCORES:
             raise ValueError(f"rerank_score must be one of {', '.join(RERANK_SCORES)}, "
                              f"got {self.rerank_score!r}")
-        if self.rerank_score == "value" and self.decode != "rerank":
-            raise ValueError("rerank_score='value' only applies to decode='rerank'")
+        if self.rerank_score != "logprob" and self.decode != "rerank":
+            raise ValueError(f"rerank_score={self.rerank_score!r} only applies to decode='rerank'")
         if self.decode == "rerank" and (self.top_k is not None or self.top_p is not None):
             raise ValueError("top_k/top_p do not apply to decode='rerank' (it draws whole "
                              "actions from softmax(score / temperature))")

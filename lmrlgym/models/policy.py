@@ -65,6 +65,8 @@ from lmrlgym.models.render import ContextFn, TokenCache, prompt_ids
 from lmrlgym.models.tokenizer import newline_id
 
 LogitsAdjust = Callable[[Tensor, Tensor], Tensor]
+# hidden (N, d) -> (Q over the vocabulary (N, V), V (N,) or None when the method has no V)
+ValueReadout = Callable[[Tensor], tuple[Tensor, Tensor | None]]
 
 
 @dataclasses.dataclass
@@ -124,6 +126,8 @@ class LMPolicy:
         name: str = "lm",
         candidate_batch: int = 256,
         reuse_cache: bool = True,
+        value_readout: ValueReadout | None = None,
+        beta: float = 1.0,
     ):
         if max_context_tokens < 2:
             raise ValueError(f"max_context_tokens must be at least 2, got {max_context_tokens}")
@@ -131,9 +135,8 @@ class LMPolicy:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if pad_budget < 0:
             raise ValueError(f"pad_budget must be >= 0, got {pad_budget}")
-        if decoding.rerank_score == "value" and logits_adjust is None:
-            raise ValueError("rerank_score='value' needs a value-guided policy (MC or ILQL, "
-                             "with logits_adjust); this policy has no value heads")
+        self.logits_adjust, self.value_readout, self.beta = logits_adjust, value_readout, beta
+        self._check_scores(decoding)
         if candidate_batch < 1:
             raise ValueError(f"candidate_batch must be positive, got {candidate_batch}")
         max_new_tokens = decoding.max_new_tokens
@@ -148,7 +151,6 @@ class LMPolicy:
         self.settings = decoding
         self.context_turns = context_turns
         self.max_context_tokens = max_context_tokens
-        self.logits_adjust = logits_adjust
         self.use_cache = use_cache
         self.batch_size = batch_size
         self.pad_budget = pad_budget
@@ -225,6 +227,14 @@ class LMPolicy:
     def end_episodes(self) -> None:
         """Free the KV caches kept for live episodes (``sessions`` of :meth:`generate`)."""
         self._pasts = {}
+
+    def _check_scores(self, decoding: Decoding) -> None:
+        if decoding.rerank_score == "value" and self.logits_adjust is None:
+            raise ValueError("rerank_score='value' needs a value-guided policy (MC or ILQL, "
+                             "with logits_adjust); this policy has no value heads")
+        if decoding.rerank_score == "turn" and self.value_readout is None:
+            raise ValueError("rerank_score='turn' needs a value-guided policy (MC or ILQL, "
+                             "with its value readout); this policy has no value heads")
 
     def reseed(self, seed: int) -> None:
         self.settings = dataclasses.replace(self.settings, seed=seed)
@@ -459,8 +469,9 @@ class LMPolicy:
         The prompts are prefilled once; their (prompt, candidate) rows are then scored
         ``candidate_batch`` at a time on a copy of the prompts' cache indexed by row, each
         candidate's tokens fed right-padded after its prompt."""
+        self._check_scores(self.settings)  # settings may be replaced between calls (serve)
         device = self.model.device
-        want_h = self.logits_adjust is not None
+        want_h = self.logits_adjust is not None or self.value_readout is not None
         ids, mask = self._left_pad(prompts)
         out = self.model(ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                          use_cache=True, logits_to_keep=1, output_hidden_states=want_h)
@@ -486,12 +497,17 @@ class LMPolicy:
                 logits = torch.cat([logits, step.logits[..., : self.n_vocab].float()], 1)
                 if want_h:
                     h = torch.cat([h, step.hidden_states[-1]], 1)
-            ref = logits[real]  # (K, V): the real (prompt, candidate, token) positions
-            policy_logits = self.logits_adjust(h[real], ref).float() if want_h else ref
-            per_token = token_scores(ref, policy_logits, targets[real], self.settings.rerank_score,
-                                     self._banned.to(device))
-            per_row = torch.zeros(n, dtype=torch.float64, device=device).index_add_(
-                0, real.nonzero()[:, 0], per_token.double())
+            if self.settings.rerank_score == "turn":  # β·Q of the last token (V(s) is shared)
+                last = (lengths - 1).to(device)
+                q, _ = self.value_readout(h[torch.arange(n, device=device), last])  # (n, V)
+                per_row = self.beta * q.gather(1, targets.gather(1, last[:, None])).squeeze(1).double()
+            else:
+                ref = logits[real]  # (K, V): the real (prompt, candidate, token) positions
+                adjusted = self.logits_adjust(h[real], ref).float() if self.logits_adjust else ref
+                per_token = token_scores(ref, adjusted, targets[real], self.settings.rerank_score,
+                                         self._banned.to(device))
+                per_row = torch.zeros(n, dtype=torch.float64, device=device).index_add_(
+                    0, real.nonzero()[:, 0], per_token.double())
             for (b, c0, c1), part in zip(chunk, per_row.cpu().split([c1 - c0 for _, c0, c1 in chunk]),
                                          strict=True):
                 scores[b][c0:c1] = part

@@ -148,6 +148,31 @@ def test_shared_cache_scores_equal_separate_full_forwards(lm, score, guided):
     assert [tok.decode(i) for i in pol.last.action_ids] == out
 
 
+def test_turn_score_is_beta_q_at_each_candidates_last_token(lm):
+    # A turn-level backup trains Q at the action's last token toward r + γ V(s'), so "turn"
+    # ranks the candidates by it; a toy readout Q = h W, V = h · 1 (V must not enter).
+    tok, model = lm
+    w = torch.randn(model.config.n_embd, model.config.vocab_size, generator=torch.Generator().manual_seed(2))
+    readout = lambda h: (h @ w, h.sum(-1))  # noqa: E731
+    sets = [SHARED_PREFIXES, ("go", "move upward")]
+    observations = ["You are at 1,2.\n", "Say something 0.\n"]
+    pol = LMPolicy(model, tok, Decoding(greedy=True, max_new_tokens=8, decode="rerank",
+                                        rerank_score="turn"),
+                   max_context_tokens=64, value_readout=readout, beta=3.0, candidate_batch=3)
+    out = pol.act_turns(contexts(observations), window=False, action_sets=sets)
+    for prompt, actions, scores, chosen in zip(pol.last.prompt_ids, sets, pol.last.scores, out,
+                                               strict=True):
+        expected = []
+        for a in actions:
+            ids = tok.encode(a + "\n", add_special_tokens=False)
+            h = model(torch.tensor([prompt + ids[:-1]]), output_hidden_states=True).hidden_states[-1]
+            expected.append(3.0 * readout(h[0, -1:])[0][0, ids[-1]].item())  # the newline's Q
+        assert scores == pytest.approx(expected, abs=1e-4)
+        assert chosen == actions[max(range(len(actions)), key=expected.__getitem__)] + "\n"
+    with pytest.raises(ValueError, match="rerank_score='turn' needs a value-guided policy"):
+        LMPolicy(model, tok, Decoding(decode="rerank", rerank_score="turn"), max_context_tokens=64)
+
+
 def test_value_score_needs_value_heads_and_rerank(lm):
     tok, model = lm
     with pytest.raises(ValueError, match="value-guided policy"):
