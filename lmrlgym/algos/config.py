@@ -7,7 +7,7 @@ import dataclasses
 import math
 from typing import Any, Literal
 
-from lmrlgym.models.decoding import Decoding
+from lmrlgym.models.decoding import Decoding, RerankScore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +71,10 @@ class TrainConfig:
     decode: Literal["sample", "rerank", "constrained"] = "sample"
     """How evaluation picks actions: free sampling, or over the env's legal actions (Maze,
     Wordle, Text-Nav, Chess): rerank scores each one, constrained spells only legal ones (§4.1)."""
-    rerank_score: Literal["logprob", "value"] = "logprob"
+    rerank_score: RerankScore = "logprob"
     """With rerank: the action's log-probability, or (MC/ILQL) its summed β·(Q − V), the
-    original's Maze reranker (§3.5)."""
+    original's Maze reranker (§3.5), or β·Q at its last token (``turn``, for turn-level
+    backups, §3.4)."""
     save_every: int = 200
     """Optimizer steps between checkpoints (one is always written at the end)."""
     keep_checkpoints: int = 2

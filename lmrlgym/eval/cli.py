@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 import tyro
 
+from lmrlgym.models.decoding import RerankScore
+
 
 def eval_main(
     run: Path | None = None,
@@ -24,7 +26,7 @@ def eval_main(
     max_new_tokens: int | None = None,
     beta: float | None = None,
     decode: Literal["sample", "rerank", "constrained"] | None = None,
-    rerank_score: Literal["logprob", "value"] | None = None,
+    rerank_score: RerankScore | None = None,
     policy: str | None = None,
     env_kwargs: str = "{}",
     batch_size: int = 64,
@@ -60,8 +62,8 @@ def eval_main(
             candidate or by sampling constrained to spell one; default: the run's (MC and ILQL
             rerank on Maze). Recorded in the summary.
         rerank_score: With --decode rerank: the candidate's log-probability under the policy,
-            or (MC/ILQL runs) its summed beta*(Q - V), the original's Maze reranker; default:
-            the run's.
+            or (MC/ILQL runs) its summed beta*(Q - V), the original's Maze reranker, or beta*Q
+            at its last token (turn, for turn-level backups); default: the run's.
         policy: Instead of a run: a scripted policy spec (e.g. maze-optimal) or a served model
             behind an OpenAI-compatible endpoint, openai:<base_url>/<model> (e.g.
             openai:http://127.0.0.1:8000/v1/maze-bc; --greedy sends temperature 0).

@@ -77,5 +77,6 @@ def test_trained_run_default_out_dir(tmp_path, capsys):
     episodes, _ = read_episodes(tmp_path / "menu" / "episodes.jsonl")
     actions = {t.text for ep in episodes for t in ep.turns if t.is_action}
     assert actions <= {"hello there\n", "go left\n", "stop\n"}
-    with pytest.raises(ValueError, match="value-guided policy"):  # a BC run has no value heads
-        eval_main(run=run, task=MENU_TASK, episodes=2, decode="rerank", rerank_score="value")
+    for score in ("value", "turn"):  # a BC run has no value heads
+        with pytest.raises(ValueError, match=f"rerank_score='{score}' needs a value-guided policy"):
+            eval_main(run=run, task=MENU_TASK, episodes=2, decode="rerank", rerank_score=score)
