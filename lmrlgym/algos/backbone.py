@@ -68,10 +68,16 @@ def disable_dropout(module: nn.Module) -> None:
 
 def value_trunk(lm: nn.Module, config: ValueGuidedConfig) -> nn.Module:
     """The trunk the value heads read (§2.3): ``lm`` itself in shared mode; in separate mode a
-    trainable copy of it, and ``lm`` becomes the frozen policy (no gradients, eval mode)."""
+    trainable copy of it (``value_init="fresh"``: a newly initialised model of its config), and
+    ``lm`` becomes the frozen policy (no gradients, eval mode)."""
     if config.value_model == "shared":
         return lm
-    trunk = copy.deepcopy(lm)
+    if config.value_init == "fresh":  # same architecture, new weights from the seeded RNG
+        trunk = type(lm)(copy.deepcopy(lm.config)).to(lm.device)
+        disable_dropout(trunk)
+        trunk.train(lm.training)
+    else:
+        trunk = copy.deepcopy(lm)
     lm.requires_grad_(False).eval()
     return trunk
 

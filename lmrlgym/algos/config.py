@@ -155,6 +155,11 @@ class ValueGuidedConfig(TrainConfig):
     one forward pass per decoded token). ``separate``: the original's layout: the value heads
     read their own trunk, a copy of the initial (``init_from``) model that only the value
     losses train, and the policy's logits come from a frozen copy of that model."""
+    value_init: Literal["policy", "fresh"] = "policy"
+    """How the separate value trunk starts: ``policy``, a copy of the initial model (the
+    original's layout); ``fresh``, the same architecture with new random weights, so the value
+    losses do not start from features shaped by next-token prediction (ours; measured on
+    Maze-FO in docs/cpu-scale.md). Separate mode only."""
     bc_weight: float | None = None
     """Weight of the BC term that keeps the shared LM head ≈ π_β (ours, §2.3). Default (None):
     1.0 in shared mode, 0 in separate mode, where π_β is frozen (a positive weight is an error)."""
@@ -167,6 +172,12 @@ class ValueGuidedConfig(TrainConfig):
             raise ValueError(f"--bc-weight {self.bc_weight} with --value-model separate: the "
                              "policy is a frozen copy of the initial model, so there is no LM "
                              "head to train; leave --bc-weight unset (0 there) or pass 0")
+        if self.value_init == "fresh" and self.value_model != "separate":
+            raise ValueError("--value-init fresh needs --value-model separate: in the shared "
+                             "layout the value heads read the policy's own trunk")
+        if self.value_init == "fresh" and self.lora:
+            raise ValueError("--value-init fresh with --lora: LoRA trains adapters on a "
+                             "pretrained trunk, and a fresh trunk has nothing pretrained")
 
     @property
     def bc_term(self) -> float:

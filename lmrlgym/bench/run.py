@@ -58,7 +58,7 @@ class Cell:
 # Config fields added after cells were first hashed, with their defaults: left out of the hash
 # at that default, so cells hashed before the field existed stay done.
 LATER_FIELDS = {"allow_partial": False, "packing": False, "backup": "token",
-                "aux_lm_weight": 0.0}
+                "aux_lm_weight": 0.0, "value_init": "policy"}
 
 
 def config_hash(obj: Any) -> str:

@@ -194,3 +194,34 @@ def test_ilql_aux_lm_loss_leaves_the_rows_states_unchanged(assets, tmp_path, cap
         parse_config("ilql", ["--aux-lm-weight", "0.1"])
     assert exit_info.value.code == 2
     assert "--aux-lm-weight 0.1 needs --value-model separate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [mc, ilql])
+def test_a_fresh_value_trunk_is_new_weights_of_the_same_model(module, assets, capsys):
+    # value_init="fresh": the value trunk has the policy's architecture and none of its weights,
+    # drawn from the seeded RNG (the same seed gives the same trunk), with dropout off; the
+    # policy is still the frozen BC model.
+    cfg = config(module, assets, assets["root"] / "unused", value_init="fresh")
+
+    def trunk(seed):
+        lm = backbone.build_lm(cfg, load_policy(assets["bc"]).tokenizer)
+        torch.manual_seed(seed)
+        return lm, backbone.value_trunk(lm, cfg)
+
+    lm, fresh = trunk(0)
+    lm_w, fresh_w = lm.state_dict(), fresh.state_dict()
+    assert fresh is not lm and fresh_w.keys() == lm_w.keys()
+    assert all(fresh_w[k].shape == lm_w[k].shape for k in lm_w)
+    weights = [k for k in lm_w if k.endswith(".weight") and lm_w[k].ndim == 2]
+    assert weights and not any(torch.equal(fresh_w[k], lm_w[k]) for k in weights)
+    assert all(torch.equal(fresh_w[k], trunk(0)[1].state_dict()[k]) for k in lm_w)
+    assert not all(torch.equal(fresh_w[k], trunk(1)[1].state_dict()[k]) for k in weights)
+    assert fresh.training and not lm.training and not any(p.requires_grad for p in lm.parameters())
+    assert all(m.p == 0 for m in fresh.modules() if isinstance(m, torch.nn.Dropout))
+    copied = backbone.value_trunk(backbone.build_lm(cfg, load_policy(assets["bc"]).tokenizer),
+                                  config(module, assets, assets["root"] / "unused"))
+    assert all(torch.equal(copied.state_dict()[k], lm_w[k]) for k in lm_w)  # the default copies
+    with pytest.raises(SystemExit) as exit_info:  # the CLI: a clear message, exit code 2
+        parse_config(module.CONFIG.ALGO, ["--value-init", "fresh"])
+    assert exit_info.value.code == 2
+    assert "--value-init fresh needs --value-model separate" in capsys.readouterr().err
