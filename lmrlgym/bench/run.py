@@ -172,6 +172,15 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
 
     config = cell_config(profile, cell, out, data)
     run_dir = Path(config.out)
+    if run_dir.exists() and latest_checkpoint(run_dir) is not None and not _same_settings(
+            run_dir, config):
+        # A run of other settings must not be resumed (it would finish the old run); it is
+        # kept beside the new one, replacing an older one kept there.
+        old = run_dir.with_name(run_dir.name + ".replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        run_dir.rename(old)
+        warnings.warn(f"{run_dir}: trained with other settings; moved to {old.name}, "
+                      "training anew", stacklevel=2)
     if run_dir.exists() and latest_checkpoint(run_dir) is not None:
         config = dataclasses.replace(config, resume=str(run_dir))
     elif run_dir.exists():
@@ -183,6 +192,17 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
     result = evaluate(policy, cell.task, profile.eval_episodes(cell.task), seed=cell.seed,
                       env_kwargs=profile.env_kwargs(cell.task), out_dir=out / "evals" / cell.key)
     return {"run_dir": str(run_dir), **_summary_fields(result.summary)}
+
+
+def _same_settings(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``run_dir`` was started with ``config``'s settings (as :func:`config_hash`
+    compares them); a run whose config cannot be read counts as different."""
+    from lmrlgym.algos import load_config
+
+    try:
+        return config_hash(load_config(run_dir)) == config_hash(config)
+    except (OSError, ValueError):
+        return False
 
 
 def cell_config(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> TrainConfig:

@@ -70,10 +70,20 @@ def test_grid_resumes_and_reruns_broken_cells(tmp_path, tiny_profile):
 def test_changed_settings_rerun_the_cell(tmp_path, tiny_profile, monkeypatch):
     out = tmp_path / "grid"
     run.run_grid("tiny", out, methods=["bc"])
+    run_dir = out / "runs" / f"{TASK}__bc__0"
+    assert json.loads((run_dir / "config.json").read_text())["max_steps"] == 2
     changed = presets.dataclasses.replace(tiny_profile, offline_steps={"*": 3})
     monkeypatch.setitem(presets.PROFILES, "tiny", changed)
-    with pytest.warns(UserWarning, match="settings changed"):
+    with pytest.warns(UserWarning, match="settings changed"), \
+            pytest.warns(UserWarning, match="trained with other settings; moved to"):
         run.run_grid("tiny", out, methods=["bc"])
+    # Trained anew with the new settings, not resumed from the old run's last checkpoint (which
+    # would finish the old run); the old run is kept beside it.
+    assert json.loads((run_dir / "config.json").read_text())["max_steps"] == 3
+    steps = [json.loads(x).get("step") for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(s for s in steps if s is not None) == 3
+    old = run_dir.with_name(run_dir.name + ".replaced")
+    assert json.loads((old / "config.json").read_text())["max_steps"] == 2
 
 
 def test_a_cell_whose_run_holds_planted_pickles_is_refused_not_unpickled(tmp_path, tiny_profile,
