@@ -5,6 +5,7 @@ policy of a run (docs/algorithms.md §2.1, §2.3, §3.5)."""
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,6 +73,10 @@ def value_trunk(lm: nn.Module, config: ValueGuidedConfig) -> nn.Module:
     ``lm`` becomes the frozen policy (no gradients, eval mode)."""
     if config.value_model == "shared":
         return lm
+    if not config.init_from and not (config.decode == "rerank" and config.rerank_score == "turn"):
+        warnings.warn("--value-model separate without --init-from: the frozen policy π_β is the "
+                      f"untrained --model {config.model!r}, which this run's decoding "
+                      f"({config.decode}) reads; pass --init-from a BC run", stacklevel=2)
     if config.value_init == "fresh":  # same architecture, new weights from the seeded RNG
         trunk = type(lm)(copy.deepcopy(lm.config)).to(lm.device)
         disable_dropout(trunk)

@@ -73,6 +73,9 @@ def parse_train(algo: str, argv: list[str],
         choice = choose_preset(preset or "auto", _peek(argv, "--device"))
         task = _peek(argv, "--task") or module.CONFIG.task
         default = sized_config(choice.profile, algo, task, device=choice.device)
+        layout = _peek(argv, "--value-model")
+        if layout and getattr(default, "value_model", layout) != layout:
+            default = default.with_value_model(layout)  # the preset's other layout's fields go
     description = f"{(module.CONFIG.__doc__ or '').strip()}\n\n{PRESET_HELP}"
     config = tyro.cli(module.CONFIG, args=argv, default=default, description=description,
                       prog=prog or f"lmrlgym train {algo}")

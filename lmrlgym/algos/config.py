@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from lmrlgym.models.decoding import Decoding, RerankScore
 
@@ -178,6 +178,17 @@ class ValueGuidedConfig(TrainConfig):
         if self.value_init == "fresh" and self.lora:
             raise ValueError("--value-init fresh with --lora: LoRA trains adapters on a "
                              "pretrained trunk, and a fresh trunk has nothing pretrained")
+
+    SEPARATE_ONLY: ClassVar[tuple[str, ...]] = ("value_init",)
+    """Fields that apply to the separate layout only (reset by :meth:`with_value_model`)."""
+
+    def with_value_model(self, value_model: str) -> ValueGuidedConfig:
+        """This config in ``value_model``'s layout; leaving the separate layout resets the
+        :attr:`SEPARATE_ONLY` fields to their defaults. ``lmrlgym train --value-model shared``
+        uses it, so a preset's separate-trunk settings do not turn the flag into an error."""
+        reset = {} if value_model == "separate" else {
+            f.name: f.default for f in dataclasses.fields(self) if f.name in self.SEPARATE_ONLY}
+        return dataclasses.replace(self, value_model=value_model, **reset)
 
     @property
     def bc_term(self) -> float:

@@ -2,8 +2,10 @@
 heads train, π_β is the frozen BC model, the export round-trips through ``load_policy``, and
 resume is exact."""
 
+import dataclasses
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -191,7 +193,7 @@ def test_ilql_aux_lm_loss_leaves_the_rows_states_unchanged(assets, tmp_path, cap
     assert 0 < lm < 10  # a real cross-entropy over a ~300-token vocabulary
     assert losses(aux)[0] == pytest.approx(losses(plain)[0] + 0.1 * lm, rel=1e-5)
     with pytest.raises(SystemExit) as exit_info:  # the CLI: a clear message, exit code 2
-        parse_config("ilql", ["--aux-lm-weight", "0.1"])
+        parse_config("ilql", ["--aux-lm-weight", "0.1", "--value-model", "shared"])
     assert exit_info.value.code == 2
     assert "--aux-lm-weight 0.1 needs --value-model separate" in capsys.readouterr().err
 
@@ -222,6 +224,36 @@ def test_a_fresh_value_trunk_is_new_weights_of_the_same_model(module, assets, ca
                                   config(module, assets, assets["root"] / "unused"))
     assert all(torch.equal(copied.state_dict()[k], lm_w[k]) for k in lm_w)  # the default copies
     with pytest.raises(SystemExit) as exit_info:  # the CLI: a clear message, exit code 2
-        parse_config(module.CONFIG.ALGO, ["--value-init", "fresh"])
+        parse_config(module.CONFIG.ALGO, ["--value-init", "fresh", "--value-model", "shared"])
     assert exit_info.value.code == 2
     assert "--value-init fresh needs --value-model separate" in capsys.readouterr().err
+
+
+def test_choosing_the_shared_layout_drops_the_presets_separate_trunk_settings(capsys):
+    # The cpu preset's ILQL on Maze-FO trains a fresh separate value trunk with the world-model
+    # loss; --value-model shared on the command line gets the shared layout with those two at
+    # their defaults, not an error about flags the user never gave. Given explicitly, they
+    # still conflict.
+    args = ["--preset", "cpu", "--task", "Maze-FO-v0"]
+    preset = parse_config("ilql", args)
+    assert (preset.value_model, preset.value_init, preset.aux_lm_weight) == ("separate", "fresh", 0.1)
+    shared = parse_config("ilql", [*args, "--value-model", "shared"])
+    assert (shared.value_model, shared.value_init, shared.aux_lm_weight) == ("shared", "policy", 0.0)
+    assert shared.backup == preset.backup and shared.gamma == preset.gamma  # the rest is kept
+    with pytest.raises(SystemExit):
+        parse_config("ilql", [*args, "--value-model", "shared", "--aux-lm-weight", "0.1"])
+    assert "--aux-lm-weight 0.1 needs --value-model separate" in capsys.readouterr().err
+
+
+def test_a_separate_run_without_a_bc_init_warns_unless_only_the_values_decode(assets):
+    # Without --init-from the frozen policy is the untrained --model: fine when the four moves
+    # are reranked by Q alone (rerank_score="turn"), a warning for every decoding that reads it.
+    lm = backbone.build_lm(config(ilql, assets, assets["root"] / "unused"),
+                           load_policy(assets["bc"]).tokenizer)
+    alone = config(ilql, assets, assets["root"] / "unused", init_from=None)
+    with pytest.warns(UserWarning, match="separate without --init-from: the frozen policy"):
+        backbone.value_trunk(lm, alone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backbone.value_trunk(lm, dataclasses.replace(alone, decode="rerank", rerank_score="turn"))
+        backbone.value_trunk(lm, config(ilql, assets, assets["root"] / "unused"))  # with a BC init
