@@ -10,7 +10,8 @@
   and scripted-optimum references on every other task; minutes on a 2-core CPU.
 
 Per-task hyperparameters come from each algorithm's ``preset(task)`` (paper Table 3: β, γ, τ,
-CQL weight, learning rates, prompt lengths); a profile only rescales sizes and learning rates. ``lmrlgym bench run --profile P --dry-run`` prints every cell's resolved config.
+CQL weight, learning rates, prompt lengths); a profile rescales sizes and learning rates, and the
+small ones set the documented CPU-scale values (``SMALL_VALUE``, ``CPU_MAZE_ILQL``). ``lmrlgym bench run --profile P --dry-run`` prints every cell's resolved config.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ SMALL_VALUE = {
     "ilql": {"gamma": 0.9, "beta": 4.0, "polyak_alpha": 0.05},
 }
 SMALL_TASK_VALUE = {("Maze-FO-v0", "mc"): {"head_bias": -5.0}}
+# ILQL on Maze-FO in the cpu profile (docs/cpu-scale.md, "The cpu profile's ILQL"): the value
+# heads on a fresh trunk of their own, one TD hop per move, the world-model loss that tells
+# mirror cells apart, and the four moves reranked by Q at each move's last token. The policy's
+# LM plays no part in that decoding. 2,000 steps: the value map orders the cells (ρ > 0.9) by
+# ~1,000 and the moves follow by ~1,500-2,000.
+CPU_MAZE_ILQL = {
+    "value_model": "separate", "value_init": "fresh", "backup": "turn", "discount_mode": "turn",
+    "aux_lm_weight": 0.1, "gamma": 0.9, "tau": 0.9, "polyak_alpha": 0.05, "head_bias": -5.0,
+    "cql_weight": 0.0, "lr": 1e-3, "batch_size": 64, "max_steps": 2000,
+    "decode": "rerank", "rerank_score": "turn",
+}
 
 # Small profiles: a Wordle guess is ~10 tokens, so the default 1920 + 128 budget only slows
 # an untrained tiny model down; the window still holds the whole game.
@@ -178,7 +190,7 @@ _CPU = Profile(
     online=SMALL_ONLINE,
     # 512 merges keep "move right\n" at ~3 tokens (320 leaves it at ~9, over the 8 cap).
     extra={"*": {"vocab_size": 512}, **SMALL_VALUE},
-    task_extra=SMALL_TASK_VALUE,
+    task_extra={**SMALL_TASK_VALUE, ("Maze-FO-v0", "ilql"): CPU_MAZE_ILQL},
     lengths=SMALL_LENGTHS,
 )
 
@@ -196,6 +208,8 @@ PROFILES: dict[str, Profile] = {
         offline_steps={"*": 100, "Maze-FO-v0": 300},
         # The paper's six only: the four newer online methods do not fit its 15 minutes.
         method_names=PAPER_METHODS,
+        # ILQL keeps the shared layout's 300 steps: the cpu profile's 2,000 would not fit either.
+        task_extra=SMALL_TASK_VALUE,
     ),
     "cpu": _CPU,
     "full": Profile(
