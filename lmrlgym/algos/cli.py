@@ -7,6 +7,7 @@ The progress bar lives here, not in the training loops.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,19 @@ def _pop(argv: list[str], flag: str) -> tuple[list[str], str | None]:
     return rest, value
 
 
+def _fit_preset(default: TrainConfig, argv: list[str]) -> TrainConfig:
+    """The preset ``default`` without the settings that only make sense beside flags the user
+    did not give: ``--value-model shared`` drops the separate trunk's fields, and ``--lora``
+    (adapters on the pretrained trunk) a fresh value trunk, unless ``--value-init`` is given."""
+    layout = _peek(argv, "--value-model")
+    if layout and getattr(default, "value_model", layout) != layout:
+        default = default.with_value_model(layout)
+    if (_peek(argv, "--lora") and getattr(default, "value_init", None) == "fresh"
+            and _peek(argv, "--value-init") is None):
+        default = dataclasses.replace(default, value_init="policy")
+    return default
+
+
 PRESET_HELP = ("--preset {auto,cpu,paper}: the sizes the defaults below come from (default: auto). "
                "cpu: the benchmark's `cpu` profile (tiny GPT-2, few steps and rollouts, larger "
                "learning rates: minutes on a laptop); paper: the paper's settings (its models and "
@@ -72,10 +86,7 @@ def parse_train(algo: str, argv: list[str],
     else:
         choice = choose_preset(preset or "auto", _peek(argv, "--device"))
         task = _peek(argv, "--task") or module.CONFIG.task
-        default = sized_config(choice.profile, algo, task, device=choice.device)
-        layout = _peek(argv, "--value-model")
-        if layout and getattr(default, "value_model", layout) != layout:
-            default = default.with_value_model(layout)  # the preset's other layout's fields go
+        default = _fit_preset(sized_config(choice.profile, algo, task, device=choice.device), argv)
     description = f"{(module.CONFIG.__doc__ or '').strip()}\n\n{PRESET_HELP}"
     config = tyro.cli(module.CONFIG, args=argv, default=default, description=description,
                       prog=prog or f"lmrlgym train {algo}")

@@ -240,9 +240,15 @@ def test_choosing_the_shared_layout_drops_the_presets_separate_trunk_settings(ca
     shared = parse_config("ilql", [*args, "--value-model", "shared"])
     assert (shared.value_model, shared.value_init, shared.aux_lm_weight) == ("shared", "policy", 0.0)
     assert shared.backup == preset.backup and shared.gamma == preset.gamma  # the rest is kept
+    # --lora trains adapters on the pretrained trunk: the value trunk starts from the policy.
+    lora = parse_config("ilql", [*args, "--lora", "r=8,alpha=16", "--init-from", "RUN"])
+    assert (lora.value_model, lora.value_init, lora.aux_lm_weight) == ("separate", "policy", 0.1)
     with pytest.raises(SystemExit):
         parse_config("ilql", [*args, "--value-model", "shared", "--aux-lm-weight", "0.1"])
     assert "--aux-lm-weight 0.1 needs --value-model separate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config("ilql", [*args, "--lora", "r=8,alpha=16", "--value-init", "fresh"])
+    assert "--value-init fresh with --lora" in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_separate_run_without_a_bc_init_warns_unless_only_the_values_decode(assets):
