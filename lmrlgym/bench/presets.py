@@ -11,7 +11,9 @@
 
 Per-task hyperparameters come from each algorithm's ``preset(task)`` (paper Table 3: β, γ, τ,
 CQL weight, learning rates, prompt lengths); a profile rescales sizes and learning rates, and the
-small ones set the documented CPU-scale values (``SMALL_VALUE``, ``CPU_MAZE_ILQL``). ``lmrlgym bench run --profile P --dry-run`` prints every cell's resolved config.
+small ones set the documented CPU-scale values (``SMALL_VALUE``, ``SMALL_TASK``,
+``CPU_MAZE_ILQL``). ``lmrlgym bench run --profile P --dry-run`` prints every cell's resolved
+config.
 """
 
 from __future__ import annotations
