@@ -128,15 +128,17 @@ class PhaseBars:
             self.phase = phase
             unit = "round" if self.online and phase == "train" else self.UNITS.get(phase, "it")
             # smoothing 0: the ETA is the mean rate so far, not the last burst's.
+            # A log file (not a terminal) gets a line every 30 s, not every step.
             self.bar = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr, smoothing=0,
                             dynamic_ncols=True, disable=not self.enabled,
+                            mininterval=0.1 if sys.stderr.isatty() else 30.0,
                             bar_format=None if total else "{desc}: {elapsed}")
         self.bar.total, self.bar.n = total, done
         shown = {k.split("/", 1)[1]: f"{v:.4g}" for k, v in metrics.items()
                  if k in ("train/loss", "time/tokens_per_s")}
         if shown:
             self.bar.set_postfix(shown, refresh=False)
-        self.bar.refresh()
+        self.bar.update(0)  # redraws once mininterval has passed; close() draws the last state
 
     def close(self) -> None:
         if self.bar is not None:
