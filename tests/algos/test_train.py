@@ -226,7 +226,7 @@ def test_cli_trains_and_the_run_loads_as_a_value_guided_policy(assets, tmp_path)
     run_dir = train_main(["ilql", "--task", "Maze-FO-v0", "--data", assets["data"], "--out",
                           str(out), "--model", assets["model"], "--vocab-size", "300",
                           "--batch-size", "8", "--max-steps", "2", "--beta", "3",
-                          "--no-tensorboard"])
+                          "--no-tensorboard", "--preset", "paper"])
     assert run_dir == out
     saved = json.loads((out / "config.json").read_text())
     assert saved["beta"] == 3.0 and saved["tau"] == 0.99  # Maze preset, flag override
