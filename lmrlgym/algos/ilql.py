@@ -71,7 +71,7 @@ class ILQLConfig(ValueGuidedConfig):
     ``ValueGuidedConfig`` (§2.3)."""
 
     ALGO: ClassVar[str] = "ilql"
-    SEPARATE_ONLY: ClassVar[tuple[str, ...]] = ("value_init", "aux_lm_weight")
+    SEPARATE_ONLY: ClassVar[tuple[str, ...]] = (*ValueGuidedConfig.SEPARATE_ONLY, "aux_lm_weight")
 
     lr: float = 1e-4
     """AdamW learning rate (paper Table 3: 1e-4; Wordle 3e-5)."""

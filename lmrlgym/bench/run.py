@@ -172,8 +172,8 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
 
     config = cell_config(profile, cell, out, data)
     run_dir = Path(config.out)
-    if run_dir.exists() and latest_checkpoint(run_dir) is not None and not _same_settings(
-            run_dir, config):
+    checkpointed = run_dir.exists() and latest_checkpoint(run_dir) is not None
+    if checkpointed and not _same_settings(run_dir, config):
         # A run of other settings must not be resumed (it would finish the old run); it is
         # kept beside the new one, replacing an older one kept there.
         old = run_dir.with_name(run_dir.name + ".replaced")
@@ -181,7 +181,7 @@ def run_method(profile: presets.Profile, cell: Cell, out: Path, data: Path) -> d
         run_dir.rename(old)
         warnings.warn(f"{run_dir}: trained with other settings; moved to {old.name}, "
                       "training anew", stacklevel=2)
-    if run_dir.exists() and latest_checkpoint(run_dir) is not None:
+    elif checkpointed:
         config = dataclasses.replace(config, resume=str(run_dir))
     elif run_dir.exists():
         shutil.rmtree(run_dir)  # started but never checkpointed: nothing to keep
