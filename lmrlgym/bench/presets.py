@@ -52,8 +52,11 @@ SMALL_VALUE = {
 # ones: the sub-maze dataset's episodes stop at the sub-maze exits, so only ~10 % succeed, all in
 # the goal's sub-maze, and a policy cloned from them never sees the other start cells (measured
 # in docs/cpu-scale.md, "Filtered BC on Maze-FO").
+# Maze-PO's default dataset is the same sub-maze behaviour, so it gets the same filter (by that
+# argument; the fraction was selected on Maze-FO only).
 SMALL_TASK = {("Maze-FO-v0", "mc"): {"head_bias": -5.0},
-              ("Maze-FO-v0", "filtered_bc"): {"keep": "top_fraction", "top_fraction": 0.3}}
+              **{(t, "filtered_bc"): {"keep": "top_fraction", "top_fraction": 0.3}
+                 for t in ("Maze-FO-v0", "Maze-PO-v0")}}
 # ILQL on Maze-FO in the cpu profile (docs/cpu-scale.md, "The cpu profile's ILQL"): the value
 # heads on a fresh trunk of their own, one TD hop per move, the world-model loss that tells
 # mirror cells apart, and the four moves reranked by Q at each move's last token. The policy's
@@ -103,13 +106,17 @@ class Profile:
     data_workers: int = 1
     method_names: tuple[str, ...] = ALL_METHODS
     """The methods trained on each of ``method_tasks``."""
+    task_methods: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """Per-task method lists replacing ``method_names`` (tasks of ``method_tasks`` only)."""
 
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.method_tasks + self.reference_tasks
 
     def methods(self, task: str) -> tuple[str, ...]:
-        return self.method_names if task in self.method_tasks else ()
+        if task not in self.method_tasks:
+            return ()
+        return self.task_methods.get(task, self.method_names)
 
     def data_episodes(self, task: str) -> int:
         return self.data[task]
@@ -183,8 +190,8 @@ _SMOKE_EVAL = {"Maze-FO-v0": 100, "Maze-PO-v0": 25, "Wordle-v0": 64, "TextNav-FO
 
 _CPU = Profile(
     name="cpu",
-    method_tasks=("Maze-FO-v0", "Wordle-v0"),
-    reference_tasks=tuple(t for t in TASKS if t not in ("Maze-FO-v0", "Wordle-v0")),
+    method_tasks=("Maze-FO-v0", "Maze-PO-v0", "Wordle-v0"),
+    reference_tasks=tuple(t for t in TASKS if t not in ("Maze-FO-v0", "Maze-PO-v0", "Wordle-v0")),
     seeds=(0, 1, 2),
     model={t: "gpt2-tiny" for t in TASKS},
     data={**{t: 1000 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 5000},
@@ -199,6 +206,9 @@ _CPU = Profile(
     extra={"*": {"vocab_size": 512}, **SMALL_VALUE},
     task_extra={**SMALL_TASK, ("Maze-FO-v0", "ilql"): CPU_MAZE_ILQL},
     lengths=SMALL_LENGTHS,
+    # Maze-PO: the offline methods only. Its rows carry up to 40 turns of history (~8 min per
+    # BC cell on 2 cores, 4x Maze-FO's); online cells were not measured at this scale.
+    task_methods={"Maze-PO-v0": ("bc", "filtered_bc", "mc", "ilql")},
 )
 
 PROFILES: dict[str, Profile] = {
@@ -206,6 +216,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": dataclasses.replace(
         _CPU,
         name="smoke",
+        method_tasks=("Maze-FO-v0", "Wordle-v0"),
+        reference_tasks=tuple(t for t in TASKS if t not in ("Maze-FO-v0", "Wordle-v0")),
         seeds=(0, 1),
         data={**{t: 400 for t in TASKS}, "Maze-FO-v0": 1240, "Wordle-v0": 2000},
         eval=_SMOKE_EVAL,

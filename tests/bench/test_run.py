@@ -130,6 +130,15 @@ def test_seeds_replace_the_profiles():
                                       f"{TASK}__bc__7", f"{TASK}__mc__7"]
 
 
+def test_a_profile_can_train_fewer_methods_on_one_task():
+    # cpu: the offline four on Maze-PO, every method on Maze-FO; smoke keeps its two tasks.
+    cpu = presets.get_profile("cpu")
+    methods = lambda task: {c.method for c in run.plan(cpu, [task], None, seeds=[0])}  # noqa: E731
+    assert methods("Maze-PO-v0") == {"behaviour", "optimal", "bc", "filtered_bc", "mc", "ilql"}
+    assert methods(TASK) == {"behaviour", "optimal", *presets.ALL_METHODS}
+    assert presets.get_profile("smoke").methods("Maze-PO-v0") == ()
+
+
 def test_machine_info_names_what_decides_cpu_kernels():
     import torch
 
