@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import lmrlgym
 
 ROOT = Path(lmrlgym.__file__).parent
@@ -100,6 +102,7 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+@pytest.mark.slow(seconds=13)
 def test_every_module_imports_on_its_own():
     # A fresh interpreter imports ``lmrlgym`` and notes which of its modules are loaded:
     # importing any module of the package starts exactly so (the parent package runs first).

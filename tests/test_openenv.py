@@ -5,17 +5,20 @@ import json
 import pytest
 from websockets.sync.client import connect
 
-pytest.importorskip("openenv", reason='needs openenv-core: pip install "lmrlgym[openenv]"')
+import lmrlgym
+from lmrlgym.envjson import json_info
+from lmrlgym.envserver import serve_in_thread
 
-import lmrlgym  # noqa: E402
-from lmrlgym.envjson import json_info  # noqa: E402
-from lmrlgym.envserver import serve_in_thread  # noqa: E402
-from lmrlgym.openenv_adapter import (  # noqa: E402
-    LmrlgymAction,
-    LmrlgymEnvClient,
-    LmrlgymEnvironment,
-    create_openenv_app,
-)
+
+@pytest.fixture(scope="module")
+def oe():
+    """The adapter module. Imported here, not at collection: openenv pulls in gradio (~6 s),
+    which every xdist worker would otherwise pay before running any test."""
+    pytest.importorskip("openenv", reason='needs openenv-core: pip install "lmrlgym[openenv]"')
+    from lmrlgym import openenv_adapter
+
+    return openenv_adapter
+
 
 ACTIONS = {"Maze-FO-v0": ["move up", "move left", "</script>\"'", "move down"] * 3,
            "Wordle-v0": ["crane", "sloth", "bad", "pious", "dwarf", "fjord"],
@@ -24,21 +27,21 @@ ACTIONS = {"Maze-FO-v0": ["move up", "move left", "</script>\"'", "move down"] *
 
 
 @pytest.fixture(scope="module")
-def url():
-    with serve_in_thread(create_openenv_app(tuple(ACTIONS), max_sessions=2)) as base:
+def url(oe):
+    with serve_in_thread(oe.create_openenv_app(tuple(ACTIONS), max_sessions=2)) as base:
         yield base
 
 
 @pytest.mark.parametrize("task", list(ACTIONS))
-def test_openenv_client_matches_local_env(url, task):
+def test_openenv_client_matches_local_env(oe, url, task):
     local = lmrlgym.make(task)
-    with LmrlgymEnvClient(base_url=url).sync() as client:
+    with oe.LmrlgymEnvClient(base_url=url).sync() as client:
         result = client.reset(task_id=task, seed=4)
         text, info = local.reset(seed=4)
         assert (result.observation.text, result.done) == (text, False)
         assert result.observation.info == json.loads(json.dumps(json_info(info)))
         for action in ACTIONS[task]:
-            result = client.step(LmrlgymAction(text=action))
+            result = client.step(oe.LmrlgymAction(text=action))
             text, reward, terminated, truncated, info = local.step(action)
             obs = result.observation
             assert (obs.text, result.reward, obs.terminated, obs.truncated, result.done) == (
@@ -50,8 +53,8 @@ def test_openenv_client_matches_local_env(url, task):
         assert (state.task_id, state.seed, state.step_count) == (task, 4, len(local.turns) // 2)
 
 
-def test_sessions_are_bounded_and_unknown_tasks_refused(url):
-    with LmrlgymEnvClient(base_url=url).sync() as a, LmrlgymEnvClient(base_url=url).sync() as b:
+def test_sessions_are_bounded_and_unknown_tasks_refused(oe, url):
+    with oe.LmrlgymEnvClient(base_url=url).sync() as a, oe.LmrlgymEnvClient(base_url=url).sync() as b:
         a.reset(task_id="Wordle-v0", seed=0)
         b.reset(task_id="Maze-FO-v0", seed=0)
         # A third connection is told why before OpenEnv closes it (its client only sees the close).
@@ -64,13 +67,13 @@ def test_sessions_are_bounded_and_unknown_tasks_refused(url):
             a.reset(task_id="Wordle-v1")
 
 
-def test_environment_directly():
-    env = LmrlgymEnvironment(("Wordle-v0",))  # one task: reset needs no task_id
+def test_environment_directly(oe):
+    env = oe.LmrlgymEnvironment(("Wordle-v0",))  # one task: reset needs no task_id
     obs = env.reset(seed=1)
     assert obs.task_id == "Wordle-v0" and not obs.done and obs.reward is None
     local = lmrlgym.make("Wordle-v0")
     local.reset(seed=1)
-    step = env.step(LmrlgymAction(text="crane"))
+    step = env.step(oe.LmrlgymAction(text="crane"))
     assert (step.text, step.reward) == local.step("crane")[:2]
     with pytest.raises(ValueError, match="unknown reset arguments"):
         env.reset(colour="red")

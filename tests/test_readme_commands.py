@@ -264,7 +264,7 @@ def _run_in_process(argv: list[str], where: str) -> None:
                         f"{err.getvalue()[-3000:]}")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=23)
 def test_runnable_blocks_run_top_to_bottom(tmp_path, monkeypatch):
     """`make docs-check`: each runnable command in order, with TINY's flags, in a fresh folder;
     servers (`&`) run in the background on a free port until the end, the other commands in

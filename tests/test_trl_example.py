@@ -24,7 +24,7 @@ def load_example():
     return module
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=2)
 def test_grpo_trains_on_env_rewards(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # everything is local; a download would fail
     ex = load_example()

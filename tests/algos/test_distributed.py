@@ -219,7 +219,7 @@ def losses(run_dir):
     return [x["train/loss"] for x in lines if "train/loss" in x]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=13)
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(assets, tmp_path, monkeypatch):
     # batch 7 over 2 ranks: slices of 4 and 3 rows with different token counts, so a plain
     # average of per-rank means would NOT match; the token-weighted sync must.
@@ -237,7 +237,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(assets, tmp
         assert (tmp_path / f"{algo}_2ranks" / "checkpoints" / "latest").read_text().strip() == "step_00000003"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=12)
 def test_a_failing_rank_stops_the_job_named_and_keeps_the_last_checkpoint(assets, tmp_path):
     run = tmp_path / "bc_fail"
     job = launch(tmp_path, jobs(bc=("bc", settings(assets, run, max_steps=6, save_every=1))), mode="fail")
@@ -264,7 +264,7 @@ def test_mixed_precision_trains_close_to_fp32_with_fp32_weights(precision, asset
     assert any(not torch.equal(p, r) for p, r in zip(params, ref, strict=True))  # it did run in low precision
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=22)
 def test_a_hung_rank_makes_the_others_time_out(assets, tmp_path):
     run = tmp_path / "bc_hang"
     job = launch(tmp_path, jobs(bc=("bc", settings(assets, run, max_steps=6, save_every=1,
@@ -277,7 +277,7 @@ def test_a_hung_rank_makes_the_others_time_out(assets, tmp_path):
     assert latest_checkpoint(run).name == "step_00000002"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=18)
 def test_fsdp_two_gloo_ranks_equal_one_process_and_resume_from_a_sharded_checkpoint(
         assets, tmp_path, monkeypatch):
     # Each run trains 3 steps, is rewound to its step-2 checkpoint (full weights and optimizer
@@ -360,7 +360,7 @@ ONLINE = {"ppo": (ppo, dict(value_head_bias=0.0, kl_target=0.1, kl_horizon=20)),
           "online_filtered_bc": (online_filtered_bc, dict(keep="top_fraction", top_fraction=0.5))}
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=12)
 def test_online_methods_on_two_gloo_ranks_equal_one_process_with_the_same_rollouts(
         toy_init, tmp_path, monkeypatch):
     # Each rank plays its share of every round's episodes; the update shards each microbatch

@@ -47,6 +47,7 @@ def train_and_evaluate(module, task, data, model, out, n_episodes, **kw):
     return evaluate(load_policy(run_dir), task, n_episodes).metrics
 
 
+@pytest.mark.slow(seconds=16)
 def test_reward_aware_methods_pick_the_rewarded_move_on_a_one_step_toy(root, model):
     # ILQL is not asserted here: at this scale it learns the toy with seed 1 (success 1.0 after
     # 500 steps) but not with seed 0 (0.55, its Q heads stay unconditioned on the colour); see
@@ -71,6 +72,7 @@ def test_reward_aware_methods_pick_the_rewarded_move_on_a_one_step_toy(root, mod
         assert success[name] > 0.9, success
 
 
+@pytest.mark.slow(seconds=6)
 def test_bc_reaches_a_low_imitation_loss_on_optimal_maze_data(root, model):
     data = maze_dataset(root / "optimal", 100, "maze-optimal")
     run_dir = bc.train(bc.preset("Maze-FO-v0", data=data, out=str(root / "bc-opt"), model=model,
@@ -83,6 +85,7 @@ def test_bc_reaches_a_low_imitation_loss_on_optimal_maze_data(root, model):
     assert val_nll < 0.15 < first_nll  # per action token; ln(400) ≈ 6 at init
 
 
+@pytest.mark.slow(seconds=77)
 def test_ilql_and_mc_beat_bc_on_suboptimal_maze_data(root, model):
     # Mostly random moves with 15 % shortest-path moves (docs/tasks.md §2 mixture), unconfined; the
     # same data, model, seed and step count for all. CPU-scale settings (deviations from the
@@ -113,6 +116,7 @@ def test_ilql_and_mc_beat_bc_on_suboptimal_maze_data(root, model):
     assert returns["mc"] > returns["bc"] + 5, returns
 
 
+@pytest.mark.slow(seconds=63)
 def test_ilql_turn_backup_orders_the_maze_cells_sooner_than_token_backup(root, model):
     # Value heads alone on their own trunk (separate layout, no BC term, no CQL) with the
     # world-model loss, the CPU-scale settings of docs/cpu-scale.md ("The cpu profile's ILQL on

@@ -98,7 +98,7 @@ def test_a_round_without_successes_is_skipped_and_logged(tmp_path_factory):
 # --- learning (docs/algorithms.md §5.2 item 4) -----------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=31)
 def test_online_filtered_bc_improves_over_its_init_on_maze_fo(tmp_path_factory):
     # The BC init succeeds in about half of the episodes; cloning its own successes (shorter
     # paths to the goal) raises the return. The policy after three rounds is evaluated on the

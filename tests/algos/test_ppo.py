@@ -314,7 +314,7 @@ def eval_returns(run):
     return [(ln["step"], ln["eval/return"]) for ln in logged(run) if "eval/return" in ln]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=32)
 def test_ppo_improves_its_bc_init_on_maze_fo(tmp_path_factory):
     # BC on the behaviour data succeeds in about half of the episodes; PPO moves the policy
     # toward the goal within a few rounds. The policy after two rounds is evaluated on the same

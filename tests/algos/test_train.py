@@ -264,7 +264,7 @@ def test_value_guided_decoding_is_the_behaviour_policy_at_init_or_beta_zero(beta
     assert torch.equal(mc.logits_adjust(q_heads, beta)(h, logits), logits) == (beta == 0.0)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=6)
 def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_weights(assets, tmp_path):
     import os
     import signal

@@ -240,6 +240,7 @@ def test_missing_textworld_names_the_install_command(monkeypatch):
 
 
 # --- the compiled-game cache -----------------------------------------------------------------
+@pytest.mark.slow(seconds=17)
 def test_corrupted_cache_is_rebuilt(tmp_path):
     good = _textnav_game.game_files()
     key = good["kitchen"].parent.name
@@ -294,7 +295,7 @@ def test_half_expert_halves(fo):
         make_policy("textnav-half-expert(q_follow=1.5)", "TextNav-FO-v0")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=6)
 def test_default_dataset_statistics_near_the_paper(fo):
     # docs/tasks.md §3: paper success 0.26, length 12.2; the spec's own 600-episode check gave
     # 0.25 / 12.6. 150 episodes: the success rate's standard error is about 0.035.
@@ -306,7 +307,7 @@ def test_default_dataset_statistics_near_the_paper(fo):
     assert all(ep.ret == float(ep.success) for ep in episodes)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_parallel_generation_is_identical_and_replays(tmp_path, monkeypatch, po):
     one = generate_dataset("TextNav-PO-v0", tmp_path / "one", 24, workers=1)
     # Two spawned workers, one shard each, both finding an empty game cache: they build it at
