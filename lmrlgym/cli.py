@@ -329,7 +329,7 @@ def bench_run(
                             list(seeds) or None))
         return
     t0 = _time.time()
-    bar = None
+    bar = data_bar = None
 
     def progress(cell, i, n):
         nonlocal bar
@@ -339,10 +339,19 @@ def bench_run(
         bar.n = i
         bar.refresh()
 
+    def data_progress(task, done, n):  # a dataset being generated, under the cells' bar
+        nonlocal data_bar
+        if data_bar is None:
+            data_bar = tqdm(total=n, desc=f"{task} data", unit="ep", leave=False, position=1)
+        data_bar.update(done - data_bar.n)
+        if done == n:
+            data_bar.close()
+            data_bar = None
+
     failures = None
     try:
         run_grid(profile, out, list(tasks) or None, list(methods) or None, progress,
-                 list(seeds) or None)
+                 list(seeds) or None, data_progress)
     except CellFailures as e:
         failures = e
     if bar is not None:

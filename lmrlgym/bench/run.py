@@ -121,8 +121,10 @@ def _read_cell(path: Path, want_hash: str) -> dict[str, Any] | None:
     return data
 
 
-def ensure_dataset(profile: presets.Profile, task: str, out: Path) -> Path:
-    """Generate the task's dataset once; regenerate it (with a warning) if it is incomplete."""
+def ensure_dataset(profile: presets.Profile, task: str, out: Path,
+                   progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """Generate the task's dataset once; regenerate it (with a warning) if it is incomplete.
+    ``progress(task, episodes_done, episodes)`` while generating."""
     from lmrlgym.data.generate import DATA_SEED_BASE, generate_dataset
     from lmrlgym.data.policies import default_policy
 
@@ -138,8 +140,16 @@ def ensure_dataset(profile: presets.Profile, task: str, out: Path) -> Path:
         if path.exists():
             warnings.warn(f"{path}: incomplete dataset (no valid manifest); regenerating",
                           stacklevel=2)
+    done = 0
+
+    def played(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress:
+            progress(task, done, n)
+
     generate_dataset(task, path, n, policy, DATA_SEED_BASE, workers=profile.data_workers,
-                     overwrite=True)
+                     overwrite=True, progress=played)
     return path
 
 
@@ -262,9 +272,11 @@ def run_grid(
     methods: list[str] | None = None,
     progress: Callable[[Cell, int, int], None] | None = None,
     seeds: list[int] | None = None,
+    data_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the grid and write the results; returns the results dict.
-    ``seeds`` replaces the profile's training seeds (e.g. more seeds for tighter intervals)."""
+    ``seeds`` replaces the profile's training seeds (e.g. more seeds for tighter intervals);
+    ``data_progress(task, episodes_done, episodes)`` reports a dataset being generated."""
     profile = presets.get_profile(profile_name)
     _validate(profile, tasks, methods, seeds)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,7 +289,7 @@ def run_grid(
         if progress:
             progress(cell, i, len(cells))
         if cell.method in ALGORITHMS:
-            data = ensure_dataset(profile, cell.task, out)
+            data = ensure_dataset(profile, cell.task, out, data_progress)
             h = config_hash(cell_config(profile, cell, out, data))
         else:
             h = config_hash({"cell": cell.key, "eval": profile.eval_episodes(cell.task)})

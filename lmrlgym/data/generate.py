@@ -59,16 +59,21 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=list))
 
 
-def _generate_shard(job: tuple) -> tuple[int, int]:
+def _generate_shard(job: tuple, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Play and write one shard; ``progress(1)`` after each episode (in-process callers only:
+    a worker pool reports whole shards)."""
     task, env_kwargs, policy_spec, seeds, path = job
     from lmrlgym.registry import make  # noqa: PLC0415  (fresh import in spawned workers)
 
     env = make(task, **env_kwargs)
     policy = make_policy(policy_spec, task)
     try:
-        episodes = [run_episode(env, policy, s, task) for s in seeds]
-        for ep in episodes:
-            ep.env_kwargs = dict(env_kwargs)
+        episodes = []
+        for s in seeds:
+            episodes.append(run_episode(env, policy, s, task))
+            episodes[-1].env_kwargs = dict(env_kwargs)
+            if progress:
+                progress(1)
         write_shard(path, episodes)
     finally:
         policy.close()
@@ -106,10 +111,8 @@ def generate_dataset(
         seeds = [seed + i for i in range(start, min(start + SHARD_SIZE, n_episodes))]
         jobs.append((task, env_kwargs, policy_spec, seeds, out / f"shard-{k:05d}.jsonl"))
     if workers == 1 or len(jobs) == 1:
-        results = map(_generate_shard, jobs)
-        for n, _ in results:
-            if progress:
-                progress(n)
+        for job in jobs:  # in this process: progress after every episode
+            _generate_shard(job, progress)
     else:
         with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
             for n, _ in pool.imap_unordered(_generate_shard, jobs):

@@ -35,7 +35,10 @@ def _cell_mtimes(out):
 
 def test_grid_resumes_and_reruns_broken_cells(tmp_path, tiny_profile):
     out = tmp_path / "grid"
-    results = run.run_grid("tiny", out, methods=["ilql"])  # pulls in BC, which ILQL starts from
+    played = []  # the dataset's generation is reported episode by episode
+    results = run.run_grid("tiny", out, methods=["ilql"],  # pulls in BC, which ILQL starts from
+                           data_progress=lambda *a: played.append(a))
+    assert played == [(TASK, i, 30) for i in range(1, 31)]
     keys = sorted(c["method"] for c in results["cells"])
     assert keys == ["bc", "behaviour", "ilql", "optimal"]
     assert results["summary"][TASK]["optimal"]["normalized_score"] == pytest.approx(100.0)
@@ -44,8 +47,8 @@ def test_grid_resumes_and_reruns_broken_cells(tmp_path, tiny_profile):
 
     # A rerun trains nothing: every cell file is left as it was.
     before = _cell_mtimes(out)
-    run.run_grid("tiny", out, methods=["ilql"])
-    assert _cell_mtimes(out) == before
+    run.run_grid("tiny", out, methods=["ilql"], data_progress=lambda *a: played.append(a))
+    assert _cell_mtimes(out) == before and len(played) == 30  # the dataset was reused
 
     # A corrupted cell result and a run dir that died before its first checkpoint: both cells
     # are rerun with a warning; the others are kept.
