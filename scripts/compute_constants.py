@@ -134,8 +134,8 @@ def _dataset_rows(task: str, n: int, workers: int) -> tuple[np.ndarray, float, f
 
 def _chess_constants(task: str, n: int, workers: int) -> dict[str, Constants]:
     # docs/tasks.md §5-6: min -400 (400 illegal moves), max 1 (a win), avg = the default dataset's
-    # mean return: its first n episodes against the default opponent (Elo 1350, 100 ms/move,
-    # nondeterministic, so a rerun differs within the printed standard error).
+    # mean return: its first n episodes against the default opponent (Elo 1350's weakened pick,
+    # seeded from each episode: a rerun with the same engine build gives the same mean).
     from lmrlgym.data.policies import default_policy
 
     data, success, length = _dataset_rows(task, n, workers)
@@ -143,7 +143,7 @@ def _chess_constants(task: str, n: int, workers: int) -> dict[str, Constants]:
     source = (
         f"{SCRIPT} {task.split('-')[0].lower()}: avg = {name} default dataset, first {n} "
         f"episodes (seeds {DATA_SEED_BASE}+i) against the default opponent "
-        f"(stockfish-elo:1350, 100 ms), mean {_mean_se(data)}, success {success:.3f}, "
+        f"(stockfish-elo-seeded:1350), mean {_mean_se(data)}, success {success:.3f}, "
         f"length {length:.1f}; Stockfish 15.1; min = 400 illegal moves; max = a win; {_stamp()}"
     )
     return {task: Constants(-400.0, round(float(data.mean()), 3), 1.0, source)}

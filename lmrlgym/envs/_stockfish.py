@@ -17,6 +17,13 @@ Strength settings are parsed here once for both users:
   (nondeterministic below 20).
 - ``nodes:<N>``: full strength with ``N`` nodes per move: deterministic for one engine build
   when every game starts from a fresh hash.
+- ``elo-seeded:<E>`` (opponents only): the ``elo:<E>`` weakening made reproducible. The engine
+  plays at full strength and searches, from a fresh hash, to the depth where Stockfish 15.1
+  makes its weakened pick (``1 + int(level)``) with four principal variations; lmrlgym then
+  applies Stockfish's pick formula (:func:`skill_pick`) with draws from the episode's seeded
+  generator instead of the engine's clock-seeded one. Differences from the engine's own pick:
+  the draws, and the hash (Stockfish keeps it between the moves of a game, so its shallow
+  scores can reuse deeper ones).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import dataclasses
 import re
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from lmrlgym.registry import DependencyNotInstalled, find_binary
@@ -60,7 +68,7 @@ class Strength:
 
     @property
     def deterministic(self) -> bool:
-        return self.kind == "nodes" or (self.kind == "skill" and self.value == 20)
+        return self.kind in ("nodes", "elo-seeded") or (self.kind == "skill" and self.value == 20)
 
     def options(self) -> dict[str, Any]:
         """UCI options selecting this strength (every option is set, so none leaks over)."""
@@ -75,6 +83,8 @@ class Strength:
 
         if self.kind == "nodes":
             return chess.engine.Limit(nodes=self.value)
+        if self.kind == "elo-seeded":
+            return chess.engine.Limit(depth=1 + int(skill_level(self.value)))
         if self.nodes is not None:
             return chess.engine.Limit(nodes=self.nodes)
         return chess.engine.Limit(time=self.move_time)
@@ -110,6 +120,53 @@ def parse_strength(text: str, default_move_time: float = 0.1, default_nodes: int
     if default_nodes is not None:
         return Strength(kind, value, nodes=default_nodes)
     return Strength(kind, value, move_time=default_move_time)
+
+
+# --- Stockfish 15.1's weakened move choice, with the caller's draws -----------------------------
+#: Stockfish 15.1's constants (src/types.h, src/uci.h): a middlegame pawn and the internal value
+#: of 100 reported centipawns, the mate value.
+PAWN_VALUE_MG = 126
+NORMALIZE_TO_PAWN_VALUE = 361
+VALUE_MATE = 32000
+#: Principal variations searched for the weakened pick (Stockfish uses at least 4).
+SKILL_MULTIPV = 4
+
+
+def skill_level(elo: int) -> float:
+    """The skill level Stockfish 15.1 derives from ``UCI_Elo`` (src/search.cpp, ``Skill``):
+    ~0.01 at Elo 1350, 18.5 at 2850 (the engine is weakened below level 20)."""
+    return min(max((elo - 1346.6) / 143.4, 0.0) ** (1 / 0.806), 20.0)
+
+
+def internal_value(score: Any) -> int:
+    """A python-chess score (side to move's view) in Stockfish's internal units: centipawns
+    times 3.61, and a mate in n moves as ``VALUE_MATE`` minus its plies (the inverse of
+    ``UCI::value``, exact up to the centipawn rounding)."""
+    mate = score.mate()
+    if mate is not None:
+        return VALUE_MATE + 1 - 2 * mate if mate > 0 else -VALUE_MATE - 2 * mate
+    return round(score.score() * NORMALIZE_TO_PAWN_VALUE / 100)
+
+
+def skill_pick(scored: Sequence[tuple[Any, int]], level: float, draws: Sequence[int]) -> Any:
+    """Stockfish 15.1's weakened choice (src/search.cpp, ``Skill::pick_best``) among the
+    principal variations ``scored`` (move, internal value), best first, with one unsigned
+    32-bit draw per move. Each score gets a push toward the best one,
+    ``(weakness·(top − score) + delta·(draw mod ⌊weakness⌋)) / 128`` with weakness
+    ``120 − 2·level`` and delta ``min(top − worst, PAWN_VALUE_MG)``; the highest pushed score
+    wins, ties going to the later move. At level ~0 the pick is close to uniform among the
+    moves within about a pawn of the best."""
+    if not scored or len(draws) != len(scored):
+        raise ValueError(f"need one draw per move: {len(scored)} moves, {len(draws)} draws")
+    top = scored[0][1]
+    delta = min(top - scored[-1][1], PAWN_VALUE_MG)
+    weakness = 120 - 2 * level
+    best, best_value = None, None
+    for (move, value), draw in zip(scored, draws, strict=True):
+        push = int((weakness * (top - value) + delta * (draw % int(weakness))) / 128)
+        if best_value is None or value + push >= best_value:
+            best, best_value = move, value + push
+    return best
 
 
 def stockfish_path() -> str:
@@ -213,8 +270,8 @@ class Stockfish:
         """Configure a strength, checking Elo/skill against the engine's advertised range."""
         if strength == self._strength:
             return
-        if strength.kind in ("elo", "skill"):
-            option = "UCI_Elo" if strength.kind == "elo" else "Skill Level"
+        if strength.kind in ("elo", "elo-seeded", "skill"):
+            option = "Skill Level" if strength.kind == "skill" else "UCI_Elo"
             lo, hi = self.option_range(option)
             if not lo <= strength.value <= hi:
                 raise ValueError(
@@ -228,13 +285,21 @@ class Stockfish:
         """The next search starts a new game: python-chess sends ``ucinewgame`` (clears hash)."""
         self._game = object()
 
-    def play(self, board: Any, strength: Strength | None = None) -> Any:
-        """The engine's move in ``board`` at ``strength`` (default: the last one set)."""
+    def play(self, board: Any, strength: Strength | None = None, rng: Any = None) -> Any:
+        """The engine's move in ``board`` at ``strength`` (default: the last one set);
+        ``elo-seeded`` draws its pick from ``rng`` (a numpy Generator)."""
         if strength is not None:
             self.set_strength(strength)
         if self._strength is None:
             raise ValueError("no strength set; call set_strength() first")
         limit = self._strength.limit()
+        if self._strength.kind == "elo-seeded":
+            if rng is None:
+                raise ValueError(f"{self._strength} needs a seeded generator (rng=...)")
+            infos = self.analyse(board, limit, multipv=SKILL_MULTIPV)
+            scored = [(i["pv"][0], internal_value(i["score"].relative)) for i in infos if i.get("pv")]
+            draws = rng.integers(2**32, size=len(scored)).tolist()
+            return skill_pick(scored, skill_level(self._strength.value), draws)
         game = self._game
         result = self._call(
             lambda e: _run(e, lambda: e.protocol.play(board, limit, game=game), limit)
@@ -243,22 +308,27 @@ class Stockfish:
             raise EngineError(f"Stockfish returned no move for {board.fen()!r}")
         return result.move
 
-    def analyse(self, board: Any, limit: Any) -> dict[str, Any]:
-        """``go`` with ``limit`` in a fresh game; returns python-chess's info dict."""
+    def analyse(self, board: Any, limit: Any, multipv: int | None = None) -> Any:
+        """``go`` with ``limit`` in a fresh game; returns python-chess's info dict (a list of
+        them, best first, with ``multipv``)."""
         self.new_game()
         game = self._game
-        return self._call(
-            lambda e: _run(e, lambda: e.protocol.analyse(board, limit, game=game), limit)
-        )
+        return self._call(lambda e: _run(
+            e, lambda: e.protocol.analyse(board, limit, multipv=multipv, game=game), limit))
 
     def info(self) -> dict[str, Any]:
         """Name, path and options in force, for ``info["engine"]`` and manifests."""
         strength = self._strength
-        return {
+        info = {
             "name": self.name,
             "options": {**BASE_OPTIONS, **(strength.options() if strength else {})},
             "limit": None if strength is None else _limit_text(strength.limit()),
         }
+        if strength is not None and strength.kind == "elo-seeded":
+            info["pick"] = (f"Skill::pick_best at Elo {strength.value} (level "
+                            f"{skill_level(strength.value):.4f}) over {SKILL_MULTIPV} PVs, "
+                            "seeded draws")
+        return info
 
     def _call(self, fn: Any) -> Any:
         import chess.engine

@@ -42,8 +42,10 @@ engine).
 Arguments
 ---------
 - ``mode``: ``"game"`` or ``"endgame"``.
-- ``opponent``: ``"stockfish-elo:1350"`` (default; ``UCI_LimitStrength`` at Elo 1350, 100 ms
-  per move; nondeterministic), ``"stockfish-elo:<E>:<ms>"``, ``"stockfish-nodes:<N>"``
+- ``opponent``: ``"stockfish-elo-seeded:<E>"`` (default Elo 1350: Stockfish 15.1's weakened
+  pick with draws from the episode's generator, deterministic; docs/tasks.md §5),
+  ``"stockfish-elo:<E>[:<ms>]"`` (``UCI_LimitStrength``, the engine's own clock-seeded pick,
+  100 ms per move; nondeterministic), ``"stockfish-nodes:<N>"``
   (full strength, N nodes per move, deterministic) or ``"random"`` (uniform legal move from the
   episode's generator).
 - ``types``: endgame types drawn for training positions (default: all four, uniformly).
@@ -57,8 +59,9 @@ Arguments
 
 Differences from LMRL-Gym
 -------------------------
-1. The default opponent is Stockfish at Elo 1350 (Stockfish 15.1's minimum), said plainly; the
-   original asked for 1200, which the engine ignored. Out-of-range Elo raises ``ValueError``.
+1. The default opponent is Stockfish's Elo-1350 weakening (Stockfish 15.1's minimum), said
+   plainly, with seeded draws so games replay; the original asked for 1200, which the engine
+   ignored. Out-of-range Elo raises ``ValueError``.
 2. Deterministic opponents (``stockfish-nodes:N``, ``random``) for reproducible tests.
 3. The observation ends with ``"\\n"``, as the original's training data did.
 4. The cap is 400 agent steps (the original allowed 401).
@@ -80,6 +83,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,7 +102,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
                                  'pip install "lmrlgym[chess]"') from e
 
 MAX_STEPS = 400
-DEFAULT_OPPONENT = "stockfish-elo:1350"
+DEFAULT_OPPONENT = "stockfish-elo-seeded:1350"
 #: Endgame type -> White's pieces besides the king (Black has only its king).
 ENDGAME_PIECES: dict[str, str] = {"kQK": "Q", "kRK": "R", "kQRK": "QR", "kRRK": "RR"}
 EVAL_SET = Path(__file__).resolve().parent / "data" / "endgames_eval_645.jsonl"
@@ -293,14 +297,18 @@ def training_endgame(rng: np.random.Generator, types: Sequence[str], eval_keys: 
 
 # --- opponents --------------------------------------------------------------------------------
 def parse_opponent(spec: str) -> Strength | None:
-    """``stockfish-elo:<E>[:<ms>]`` / ``stockfish-nodes:<N>`` -> a Strength; ``random`` -> None."""
+    """``stockfish-elo-seeded:<E>`` / ``stockfish-elo:<E>[:<ms>]`` / ``stockfish-nodes:<N>`` ->
+    a Strength; ``random`` -> None."""
     if spec == "random":
         return None
     if not spec.startswith("stockfish-"):
         raise ValueError(
-            f"unknown opponent {spec!r}; expected 'stockfish-elo:<E>[:<ms>]', "
-            "'stockfish-nodes:<N>' or 'random'"
+            f"unknown opponent {spec!r}; expected 'stockfish-elo-seeded:<E>', "
+            "'stockfish-elo:<E>[:<ms>]', 'stockfish-nodes:<N>' or 'random'"
         )
+    seeded = re.fullmatch(r"stockfish-elo-seeded:(\d+)", spec)
+    if seeded:
+        return Strength("elo-seeded", int(seeded.group(1)))
     strength = parse_strength(spec.removeprefix("stockfish-"), default_move_time=0.1)
     if strength.kind == "skill":
         raise ValueError(f"opponent {spec!r}: use stockfish-elo or stockfish-nodes")
@@ -483,7 +491,7 @@ class ChessEnv(TextEnv):
         if self._engine is None:
             moves = list(self._board.legal_moves)
             return moves[int(self._rng.integers(len(moves)))]
-        return self._engine.play(self._board)
+        return self._engine.play(self._board, rng=self._rng)
 
     def _position_info(self, opponent_move: str | None) -> dict[str, Any]:
         info = {

@@ -109,22 +109,22 @@ PROJECT: dict[str, Constants] = {
         "lmrlgym 0.1.0, 2026-11-25",
     ),
     # Chess and Endgames (docs/tasks.md §5-6): min = 400 illegal moves; avg = the default dataset
-    # against the default opponent (nondeterministic, hence the SE); max = a win.
+    # against the default (seeded, replayable) opponent, with its standard error; max = a win.
     "Chess-v0": Constants(
-        -400.0, 0.267, 1.0,
+        -400.0, 0.393, 1.0,
         "scripts/compute_constants.py chess: avg = chess-stockfish(epsilon=(0.0, 0.25),"
         "strength='nodes:500-5000') default dataset, first 150 episodes (seeds 1000000+i) "
-        "against the default opponent (stockfish-elo:1350, 100 ms), mean 0.2667 +- 0.0790 "
-        "(SE), success 0.633, length 44.8; Stockfish 15.1; min = 400 illegal moves; "
-        "max = a win; lmrlgym 0.1.0, 2026-11-25",
+        "against the default opponent (stockfish-elo-seeded:1350), mean 0.3933 +- 0.0726 "
+        "(SE), success 0.667, length 49.8; Stockfish 15.1; min = 400 illegal moves; "
+        "max = a win; lmrlgym 0.1.0, 2026-12-05",
     ),
     "Endgames-v0": Constants(
-        -400.0, 0.57, 1.0,
+        -400.0, 0.64, 1.0,
         "scripts/compute_constants.py endgames: avg = endgame-epsilon(epsilon_dist=(0.1, 0.6),"
         "strength='nodes:2000') default dataset, first 300 episodes (seeds 1000000+i) against "
-        "the default opponent (stockfish-elo:1350, 100 ms), mean 0.5700 +- 0.0286 (SE), "
-        "success 0.570, length 17.8; Stockfish 15.1; min = 400 illegal moves; max = a win; "
-        "lmrlgym 0.1.0, 2026-11-25",
+        "the default opponent (stockfish-elo-seeded:1350), mean 0.6400 +- 0.0278 (SE), "
+        "success 0.640, length 17.2; Stockfish 15.1; min = 400 illegal moves; max = a win; "
+        "lmrlgym 0.1.0, 2026-12-05",
     ),
 }  # fmt: skip
 

@@ -14,8 +14,7 @@ from tests.conftest import skip_if_missing
 
 SPECS = list(lmrlgym.registry.values())
 
-# The default Chess/Endgames opponent thinks for 100 ms per move; a deterministic node-limited
-# opponent keeps the registry-wide run fast and makes lockstep comparisons meaningful.
+# A one-node Stockfish opponent: the fastest deterministic one, for the registry-wide runs.
 FAST_KWARGS = {"Chess-v0": {"opponent": "stockfish-nodes:1"},
                "Endgames-v0": {"opponent": "stockfish-nodes:1"}}
 

@@ -49,7 +49,7 @@ def proc_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
         return False
 
 
@@ -289,8 +289,8 @@ GOLDEN_NODES_REPLIES = [
 
 
 @needs_stockfish
-def test_default_opponent_is_elo_1350_at_100ms_and_nondeterministic():
-    env = lmrlgym.make("Chess-v0")
+def test_engine_elo_opponent_is_1350_at_100ms_and_nondeterministic():
+    env = lmrlgym.make("Chess-v0", opponent="stockfish-elo:1350")
     try:
         _, info = env.reset(seed=0)
         assert env.deterministic is False and info["deterministic"] is False
@@ -304,6 +304,58 @@ def test_default_opponent_is_elo_1350_at_100ms_and_nondeterministic():
         env.close()
     with pytest.raises(ValueError, match=r"1350\.\.2850"):
         lmrlgym.make("Chess-v0", opponent="stockfish-elo:1200")
+
+
+def test_skill_pick_is_stockfish_formula():
+    # Hand computed with Skill::pick_best (Stockfish 15.1) at level 0: weakness 120, delta =
+    # min(100 - (-300), 126) = 126; push_i = int((120 (100 - v_i) + 126 (draw_i mod 120)) / 128).
+    scored = [("a", 100), ("b", 80), ("c", 20), ("d", -300)]
+    # pushes 0, 18, 75, 375: 100, 98, 95, 75 -> the best move
+    assert _stockfish.skill_pick(scored, 0.0, [0, 0, 0, 0]) == "a"
+    # b's draw 119: int((2400 + 14994) / 128) = 135 -> 215; c's and d's stay below
+    assert _stockfish.skill_pick(scored, 0.0, [0, 119, 0, 0]) == "b"
+    assert _stockfish.skill_pick(scored, 0.0, [0, 240, 0, 0]) == "a"  # 240 mod 120 = 0
+    # two moves: delta = 20, b gets 80 + int((2400 + 20·x) / 128): 99 at x = 7, 100 (a tie,
+    # which goes to the later move) at x = 8
+    assert _stockfish.skill_pick(scored[:2], 0.0, [0, 7]) == "a"
+    assert _stockfish.skill_pick(scored[:2], 0.0, [0, 8]) == "b"
+    with pytest.raises(ValueError, match="one draw per move"):
+        _stockfish.skill_pick(scored, 0.0, [0])
+    assert 0 < _stockfish.skill_level(1350) < 0.02 < _stockfish.skill_level(1500) < 20
+    engine = pytest.importorskip("chess.engine")
+    assert _stockfish.internal_value(engine.Cp(100)) == 361
+    assert _stockfish.internal_value(engine.Mate(1)) == 32000 - 1  # mate in one ply
+    assert _stockfish.internal_value(engine.Mate(-1)) == -32000 + 2  # mated after two plies
+
+
+@needs_stockfish
+def test_default_opponent_replays_its_seed_and_picks_among_the_best_four():
+    def replies(seed):
+        env = lmrlgym.make("Chess-v0")
+        assert env.opponent == "stockfish-elo-seeded:1350"
+        try:
+            _, info = env.reset(seed=seed)
+            out, boards = [], []  # the opponent's reply, and the position it replied to
+            for move in ["e4", "Nf3", "Bc4", "d3", "O-O", "Nc3"]:
+                boards.append(env.board)
+                boards[-1].push_san(move)
+                out.append(env.step(move)[4]["opponent_move"])
+            return out, boards, info
+        finally:
+            env.close()
+
+    first, boards, info = replies(0)
+    assert replies(0)[0] == first and info["deterministic"] is True
+    assert any(replies(s)[0] != first for s in (1, 2, 3))  # the draws come from the seed
+    assert info["engine"]["limit"] == "depth=1" and "pick" in info["engine"]
+    engine = _stockfish.Stockfish()
+    try:
+        engine.set_strength(_stockfish.Strength("nodes", 1))
+        for board, reply in zip(boards, first, strict=True):
+            top = engine.analyse(board, chess.engine.Limit(depth=1), multipv=4)
+            assert reply in [board.san(i["pv"][0]) for i in top], (board.fen(), reply)
+    finally:
+        engine.close()
 
 
 @needs_stockfish

@@ -28,7 +28,8 @@ from lmrlgym.core import TextEnv
 from lmrlgym.data.policies import BehaviourPolicy
 from lmrlgym.envs._stockfish import EngineError, Stockfish, Strength, parse_strength
 
-# Chosen to land near the paper's Table 1 against the default opponent (Elo 1350, 100 ms).
+# Chosen to land near the paper's Table 1 against the engine's own Elo-1350 pick (100 ms), the
+# default opponent when chosen.
 # Measured (scripts/compute_constants.py, first episodes from seed 1,000,000): Chess, 150 games:
 # success 0.633, return 0.267 +- 0.079, length 44.8 (paper 0.60 / 0.21 / 46.7); epsilon (0, 0.2)
 # gave 0.73 / 0.49 and (0, 0.3) 0.52 / 0.07 (200 games each). Endgames, 300 games: success and
