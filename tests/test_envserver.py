@@ -24,7 +24,7 @@ from lmrlgym.registry import register, registry
 from tests.conftest import skip_if_missing
 
 SPECS = [lmrlgym.spec(t) for t in lmrlgym.envs.TASK_IDS]
-# Deterministic node-limited opponents (the default one thinks for 100 ms: nondeterministic).
+# One-node Stockfish opponents: deterministic and the fastest.
 KWARGS = {"Chess-v0": {"opponent": "stockfish-nodes:1"},
           "Endgames-v0": {"opponent": "stockfish-nodes:1"}}
 HOSTILE = "</script><img src=x onerror=alert(1)> \"'\ud800 é\n"

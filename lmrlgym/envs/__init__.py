@@ -90,8 +90,7 @@ register(
 register(
     "Chess-v0",
     "lmrlgym.envs.chess:ChessEnv",
-    {"mode": "game"},
-    nondeterministic=True,  # default opponent: Stockfish with UCI_LimitStrength and a time limit
+    {"mode": "game"},  # the default opponent's weakened pick draws from the episode's seed
     requires=(CHESS, STOCKFISH),
     description="Full chess game as White against Stockfish (Elo 1350).",
     lengths=Lengths(256, 16),
@@ -103,7 +102,6 @@ register(
     "Endgames-v0",
     "lmrlgym.envs.chess:ChessEnv",
     {"mode": "endgame"},
-    nondeterministic=True,
     requires=(CHESS, STOCKFISH),
     description="Chess endgames (kQK, kRK, kQRK, kRRK) as White against Stockfish.",
     lengths=Lengths(150, 10),
