@@ -298,6 +298,8 @@ class Stockfish:
                 raise ValueError(f"{self._strength} needs a seeded generator (rng=...)")
             infos = self.analyse(board, limit, multipv=SKILL_MULTIPV)
             scored = [(i["pv"][0], internal_value(i["score"].relative)) for i in infos if i.get("pv")]
+            if not scored:
+                raise EngineError(f"Stockfish returned no variation for {board.fen()!r}")
             scored.sort(key=lambda move_value: -move_value[1])  # as Stockfish's root moves
             draws = rng.integers(2**32, size=len(scored)).tolist()
             return skill_pick(scored, skill_level(self._strength.value), draws)
