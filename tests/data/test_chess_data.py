@@ -66,6 +66,7 @@ def test_episode_record_replays_exactly_and_is_deterministic():
         again = run_episode(env, policy, 1_000_003, "Endgames-v0")
         assert ep.to_json() == again.to_json()
         assert set(ep.meta) >= {"strength", "epsilon", "position_type", "outcome"}
+        assert ep.meta["opponent"] == "stockfish-nodes:50"
         assert ep.meta["engine_moves"] + ep.meta["random_moves"] == ep.n_actions
         obs, _ = env.reset(seed=ep.seed, options=ep.reset_options)
         assert obs == ep.turns[0].text

@@ -127,6 +127,9 @@ class _StockfishPlayer(BehaviourPolicy):
             "engine_moves": self._game["engine_moves"],
             "random_moves": self._game["random_moves"],
             "outcome": info.get("outcome"),
+            # The opponent the game was played against: datasets from before the seeded
+            # default (stockfish-elo-seeded:1350) have no such key.
+            "opponent": getattr(env, "opponent", None),
         }
         if info.get("engine_error"):
             meta["engine_error"] = info["engine_error"]
