@@ -306,9 +306,11 @@ def parse_opponent(spec: str) -> Strength | None:
             f"unknown opponent {spec!r}; expected 'stockfish-elo-seeded:<E>', "
             "'stockfish-elo:<E>[:<ms>]', 'stockfish-nodes:<N>' or 'random'"
         )
-    seeded = re.fullmatch(r"stockfish-elo-seeded:(\d+)", spec)
-    if seeded:
-        return Strength("elo-seeded", int(seeded.group(1)))
+    if spec.startswith("stockfish-elo-seeded:"):
+        elo = spec.removeprefix("stockfish-elo-seeded:")
+        if not re.fullmatch(r"\d+", elo):
+            raise ValueError(f"opponent {spec!r}: expected 'stockfish-elo-seeded:<E>', E an Elo")
+        return Strength("elo-seeded", int(elo))
     strength = parse_strength(spec.removeprefix("stockfish-"), default_move_time=0.1)
     if strength.kind == "skill":
         raise ValueError(f"opponent {spec!r}: use stockfish-elo or stockfish-nodes")

@@ -180,6 +180,8 @@ def test_bad_opponent_specs():
     for spec in ["stockfish", "elo:1350", "stockfish-skill:3", "stockfish-nodes:0", "gnuchess"]:
         with pytest.raises(ValueError, match="opponent|node budget|strength"):
             ChessEnv(opponent=spec)
+    with pytest.raises(ValueError, match=r"'stockfish-elo-seeded:x'.*stockfish-elo-seeded:<E>"):
+        ChessEnv(opponent="stockfish-elo-seeded:x")
 
 
 # --- endgames ---------------------------------------------------------------------------------
