@@ -27,17 +27,25 @@ def pytest_collection_modifyitems(items):
     # contiguous run of the short ones (a module's fixtures stay on one worker). At the end an
     # idle worker steals the other's last, short tests. In file order, one worker got every long
     # test and ran them in a row for 420 s while the other finished its short ones at 350 s.
+    # Long tests of one `slow(group=...)` share an expensive module fixture: they are dealt as
+    # one unit, so the fixture runs on one worker only.
+    def marker(item):
+        return item.get_closest_marker("slow")
+
     def seconds(item):
-        marker = item.get_closest_marker("slow")
-        return 0 if marker is None else marker.kwargs.get("seconds", 10)
+        return 0 if marker(item) is None else marker(item).kwargs.get("seconds", 10)
 
     n = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    long = sorted((item for item in items if seconds(item)), key=seconds, reverse=True)
+    units: dict[str, list] = {}
+    for item in items:
+        if seconds(item):
+            units.setdefault(marker(item).kwargs.get("group", item.nodeid), []).append(item)
+    long = sorted(units.values(), key=lambda unit: sum(map(seconds, unit)), reverse=True)
     short = [item for item in items if not seconds(item)]
     ordered, left = [], len(items)
     for i in range(n):
         size = left // (n - i)  # worksteal's share for the i-th worker
-        lane = long[i::n]
+        lane = [item for unit in long[i::n] for item in unit]
         take = max(0, size - len(lane))
         ordered += lane + short[:take]
         short, left = short[take:], left - size

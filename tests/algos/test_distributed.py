@@ -172,6 +172,15 @@ def settings(assets, out, **kw):
                    batch_size=7, max_steps=3, log_every=1, tensorboard=False), **kw}
 
 
+# BC also runs an env evaluation at the end: rank 0 alone samples from the gathered weights.
+FSDP_EXTRA = {"bc": dict(save_every=1, eval_episodes=1), "ilql": dict(save_every=1)}
+
+
+def fsdp_settings(assets, root):
+    return {algo: settings(assets, root / f"{algo}_fsdp", data_parallel="fsdp", **extra)
+            for algo, extra in FSDP_EXTRA.items()}
+
+
 def launch(tmp_path, runs, mode="ok"):
     """torchrun with 2 gloo processes running the driver's ``runs`` (see :func:`jobs`)."""
     driver = tmp_path / "driver.py"
@@ -219,22 +228,20 @@ def losses(run_dir):
     return [x["train/loss"] for x in lines if "train/loss" in x]
 
 
-@pytest.mark.slow(seconds=13)
-def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(assets, tmp_path, monkeypatch):
+@pytest.mark.slow(seconds=14, group="gloo_job")  # the first of the group: runs the job
+def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(assets, gloo_job, tmp_path, monkeypatch):
     # batch 7 over 2 ranks: slices of 4 and 3 rows with different token counts, so a plain
     # average of per-rank means would NOT match; the token-weighted sync must.
-    job = launch(tmp_path, jobs(**{algo: (algo, settings(assets, tmp_path / f"{algo}_2ranks"))
-                                   for algo in ALGOS}))
-    assert job.returncode == 0, job.stderr[-3000:]
+    root = gloo_job
     for algo, module in ALGOS.items():
         run_dir, params = single_process(module, settings(assets, tmp_path / f"{algo}_1"), monkeypatch)
-        assert_ranks_equal_one_process(tmp_path, algo, params)
-        two, one = losses(tmp_path / f"{algo}_2ranks"), losses(run_dir)
+        assert_ranks_equal_one_process(root, algo, params)
+        two, one = losses(root / f"{algo}_2ranks"), losses(run_dir)
         assert len(two) == len(one) == 3
         np.testing.assert_allclose(two, one, rtol=1e-5, err_msg=algo)
         # rank 0 alone wrote the run: one metrics line per step, the export and checkpoints
-        assert (tmp_path / f"{algo}_2ranks" / "model" / "config.json").exists()
-        assert (tmp_path / f"{algo}_2ranks" / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+        assert (root / f"{algo}_2ranks" / "model" / "config.json").exists()
+        assert (root / f"{algo}_2ranks" / "checkpoints" / "latest").read_text().strip() == "step_00000003"
 
 
 @pytest.mark.slow(seconds=12)
@@ -277,25 +284,21 @@ def test_a_hung_rank_makes_the_others_time_out(assets, tmp_path):
     assert latest_checkpoint(run).name == "step_00000002"
 
 
-@pytest.mark.slow(seconds=18)
+@pytest.mark.slow(seconds=2, group="gloo_job")
 def test_fsdp_two_gloo_ranks_equal_one_process_and_resume_from_a_sharded_checkpoint(
-        assets, tmp_path, monkeypatch):
+        assets, gloo_job, tmp_path, monkeypatch):
     # Each run trains 3 steps, is rewound to its step-2 checkpoint (full weights and optimizer
     # state gathered by both ranks, written by rank 0) and resumed under FSDP: the optimizer
     # state is sliced back into shards. ILQL adds an FSDP-sharded EMA target trunk and extra
-    # bootstrap forwards that only some ranks run.
-    # BC also runs an env evaluation at the end: rank 0 alone samples from the gathered weights.
-    extra = {"bc": dict(save_every=1, eval_episodes=1), "ilql": dict(save_every=1)}
-    fsdp = {algo: settings(assets, tmp_path / f"{algo}_fsdp", data_parallel="fsdp", **extra[algo])
-            for algo in extra}
-    job = launch(tmp_path, jobs(**{f"{algo}_fsdp": (algo, config, 2) for algo, config in fsdp.items()}))
-    assert job.returncode == 0, job.stderr[-3000:]
+    # bootstrap forwards that only some ranks run (FSDP_EXTRA: BC's env evaluation).
+    root = gloo_job
+    fsdp = fsdp_settings(assets, root)
     for algo, config in fsdp.items():
         module = ALGOS[algo]
-        run_dir, params = single_process(module, settings(assets, tmp_path / f"{algo}_1", **extra[algo]),
+        run_dir, params = single_process(module, settings(assets, tmp_path / f"{algo}_1", **FSDP_EXTRA[algo]),
                                          monkeypatch)
-        assert_ranks_equal_one_process(tmp_path, f"{algo}_fsdp", params)
-        with safe_open(str(tmp_path / f"{algo}_fsdp.rank0.safetensors"), "pt") as f:
+        assert_ranks_equal_one_process(root, f"{algo}_fsdp", params)
+        with safe_open(str(root / f"{algo}_fsdp.rank0.safetensors"), "pt") as f:
             assert int(f.metadata()["sharded"]) == 12  # the block's weights were DTensor shards
         two = Path(config["out"])
         np.testing.assert_allclose(losses(two), losses(run_dir), rtol=1e-5, err_msg=algo)
@@ -360,23 +363,39 @@ ONLINE = {"ppo": (ppo, dict(value_head_bias=0.0, kl_target=0.1, kl_horizon=20)),
           "online_filtered_bc": (online_filtered_bc, dict(keep="top_fraction", top_fraction=0.5))}
 
 
-@pytest.mark.slow(seconds=12)
+@pytest.fixture(scope="module")
+def gloo_job(assets, toy_init):
+    """The directory of one torchrun job (2 gloo ranks) that ran the launched runs of the
+    three tests marked ``group="gloo_job"``: the DDP runs of every offline method (label: the
+    method), the FSDP runs rewound to step 2 and resumed (``<method>_fsdp``) and the online
+    runs on the toy task. Starting a job (three processes importing torch and transformers,
+    ~13 CPU-s) costs more than its runs, so the tests share one; the test suite's scheduler
+    keeps a group on one worker (tests/conftest.py)."""
+    root = assets["root"] / "gloo_job"
+    root.mkdir()
+    runs = {**jobs(**{algo: (algo, settings(assets, root / f"{algo}_2ranks")) for algo in ALGOS}),
+            **jobs(**{f"{algo}_fsdp": (algo, config, 2) for algo, config in fsdp_settings(assets, root).items()}),
+            **jobs(task=TOY, **{algo: (algo, online_settings(toy_init, root / f"{algo}_2ranks", **extra))
+                                for algo, (_, extra) in ONLINE.items()})}
+    job = launch(root, runs)
+    assert job.returncode == 0, job.stderr[-3000:]
+    return root
+
+
+@pytest.mark.slow(seconds=1, group="gloo_job")
 def test_online_methods_on_two_gloo_ranks_equal_one_process_with_the_same_rollouts(
-        toy_init, tmp_path, monkeypatch):
+        toy_init, gloo_job, tmp_path, monkeypatch):
     # Each rank plays its share of every round's episodes; the update shards each microbatch
     # and syncs token-weighted gradients, as the offline loops do. The adaptive KL controller
     # and PPO's advantage whitening use the whole round.
-    two = {algo: online_settings(toy_init, tmp_path / f"{algo}_2ranks", **extra)
-           for algo, (_, extra) in ONLINE.items()}
-    job = launch(tmp_path, jobs(task=TOY, **{algo: (algo, config) for algo, config in two.items()}))
-    assert job.returncode == 0, job.stderr[-3000:]
+    root = gloo_job
     for algo, (module, extra) in ONLINE.items():
         one, params = single_process(module, online_settings(toy_init, tmp_path / f"{algo}_1", **extra),
                                      monkeypatch, task=TOY)
-        assert_ranks_equal_one_process(tmp_path, algo, params)
+        assert_ranks_equal_one_process(root, algo, params)
         init = load_file(str(Path(toy_init) / "model" / "model.safetensors"))["transformer.wte.weight"]
         assert (params[0] - init).abs().max() > 1e-4  # the embeddings (parameter 0) trained
-        run = Path(two[algo]["out"])
+        run = root / f"{algo}_2ranks"
         a, b = logged(run), logged(one)
         assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2]
         for x, y in zip(a, b, strict=True):  # the same rollouts, global metrics
