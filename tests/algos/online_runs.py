@@ -7,8 +7,10 @@ test session (cached under pytest's session temp dir).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -59,15 +61,21 @@ def maze_bc_init(base: Path) -> Path:
     at lr 3e-3 give a policy that succeeds in about 60 % of the protocol episodes (mean return
     -73 on the 50 episodes of seed 1), so online methods have something to improve. The
     learning tests of the online methods start here; on this model a round costs about a
-    third of what it did on ``gpt2-tiny`` (2 x 160: BC init 10.7 s -> 3.8 s on one core)."""
-    run = base / "maze_bc"
-    if (run / MODEL_DIR).exists():
-        return run
-    config = bc.BCConfig(task="Maze-FO-v0", data=str(dataset(base, "Maze-FO-v0", 300)),
-                         out=str(run), vocab_size=512, max_steps=80, batch_size=32, lr=3e-3,
-                         save_every=1000, max_new_tokens=8,
-                         **{**TINY, "model": micro_model(base / "maze_bc_model", n_layer=2, n_embd=64)})
-    bc.train(config)
+    third of what it did on ``gpt2-tiny`` (2 x 160: BC init 10.7 s -> 3.8 s on one core).
+
+    Built once per test session: under xdist in the session's directory that all workers
+    share, by whichever worker asks first (the others wait on a file lock)."""
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    run = shared / "maze_bc"
+    with open(shared / "maze_bc.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run / MODEL_DIR).exists():
+            config = bc.BCConfig(
+                task="Maze-FO-v0", data=str(dataset(shared, "Maze-FO-v0", 300)), out=str(run),
+                vocab_size=512, max_steps=80, batch_size=32, lr=3e-3, save_every=1000,
+                max_new_tokens=8,
+                **{**TINY, "model": micro_model(shared / "maze_bc_model", n_layer=2, n_embd=64)})
+            bc.train(config)
     return run
 
 

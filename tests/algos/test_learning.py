@@ -47,14 +47,15 @@ def train_and_evaluate(module, task, data, model, out, n_episodes, **kw):
     return evaluate(load_policy(run_dir), task, n_episodes).metrics
 
 
-@pytest.mark.slow(seconds=16)
+@pytest.mark.slow(seconds=11)
 def test_reward_aware_methods_pick_the_rewarded_move_on_a_one_step_toy(root, model):
     # ILQL is not asserted here: at this scale it learns the toy with seed 1 (success 1.0 after
     # 500 steps) but not with seed 0 (0.55, its Q heads stay unconditioned on the colour); see
     # the algorithms report.
     data = root / "toy.jsonl"  # a single file: no manifest needed
     write_shard(data, toy_episodes(400, seed=0))
-    common = dict(max_steps=500, max_context_tokens=16, max_new_tokens=4, gamma=1.0)
+    # 300 steps: success rates BC 0.55, filtered BC 1.0, MC 1.0 (as at 500 steps).
+    common = dict(max_steps=300, max_context_tokens=16, max_new_tokens=4, gamma=1.0)
     success = {}
     for name, module, kw in (
         ("bc", bc, {}),
@@ -101,6 +102,8 @@ def test_ilql_and_mc_beat_bc_on_suboptimal_maze_data(root, model):
     #   bc_weight 10, one initialisation in five sampled 44 % illegal moves, even at β 0).
     # Filtered BC is not asserted here: at this scale its Maze-FO result depends on the
     # initialisation (see the module docstring); the one-step toy checks it.
+    # 500 steps (2026-12-06): BC −65.8, ILQL −34.1, MC −45.5; at 400 steps ILQL had not yet
+    # learned (BC −77.3, ILQL −81.1, MC −59.7), nor at 300 (ILQL +4.6 over BC).
     data = maze_dataset(root / "mixture", 300, "maze-mixture(p_solver=0.15)")
     returns = {}
     for name, module, kw in (
