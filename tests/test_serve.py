@@ -37,7 +37,7 @@ def serve(request):
 
     yield start
     for srv in servers:
-        srv.stop()
+        srv.stop(wait=False)
 
 
 def test_health_answers_while_a_huge_prompt_is_tokenized(serve):
