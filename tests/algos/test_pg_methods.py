@@ -128,9 +128,9 @@ def test_each_method_improves_its_bc_init_on_maze_fo(algo, tmp_path_factory):
     # neither rollouts nor updates, so the test stops at round 2 for GRPO, RLOO and GiGPO (+17,
     # +15, +13) and at ArCHer's round 3 (+16 with 50 critic updates per round; +15 with the 30
     # of LEARN). One draw: with config seed 2 (init -65.8) GRPO, RLOO (round 3), GiGPO and ArCHer
-    # gained +8, +10, +12 and +9; with 100 evaluation episodes, seeds 1 / 2: +14 / +13, +13 / +14,
-    # +11 / +8, +10 / +6. The methods improve the init by about 10 to 15 points; the margin is
-    # about that, so a new seed or machine can fall short of it.
+    # (50 updates) gained +7.9, +9.7, +11.7 and +9.3; with 100 evaluation episodes, seeds 1 / 2:
+    # +13.9 / +12.8, +13.0 / +13.7, +11.3 / +8.0, +10.4 / +5.7. The methods improve the init by
+    # about 10 to 15 points; the margin is about that, so a new seed or machine can fall short.
     base = tmp_path_factory.getbasetemp()
     init = maze_bc_init(base)
     n_rounds = LEARN[algo]["n_rounds"]
