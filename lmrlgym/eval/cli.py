@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -95,26 +95,13 @@ def eval_main(
     choice = choose_preset(preset, device)
 
     if run is not None:
-        from lmrlgym.algos import load_config, load_policy
-
-        if not run.is_dir():
-            raise FileNotFoundError(f"run directory not found: {run}")
-        config = load_config(run)
-        task = task or config.task
         # These flags, left unset, keep the run's own (e.g. the value methods' Maze reranker).
         given = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("decode", decode),
                                    ("rerank_score", rerank_score)) if v is not None}
-        if decode not in (None, "rerank") and rerank_score is None:
-            given["rerank_score"] = "logprob"  # a value score only ranks candidates
-        decoding = dataclasses.replace(config.decoding, greedy=greedy, temperature=temperature,
-                                       top_k=top_k, top_p=top_p, seed=seed, **given)
-        pol = load_policy(run, beta=beta, device=choice.device, decoding=decoding,
-                          batch_size=batch_size)
+        sampling = dict(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        pol, task = _run_policy(run, task, {**sampling, **given}, beta, choice.device, batch_size)
         out = out or run / "eval" / f"{task}__seed{seed}"
     else:
-        from lmrlgym.data.policies import make_policy
-        from lmrlgym.eval.openai_policy import is_openai_spec, policy_from_spec
-
         if task is None:
             raise ValueError("--task is required with --policy")
         if decode not in (None, "sample"):
@@ -122,11 +109,7 @@ def eval_main(
                              "policies choose their actions themselves")
         if out is None:
             raise ValueError("--out is required with --policy (there is no run directory)")
-        if is_openai_spec(policy):
-            pol = policy_from_spec(policy, mode=served_mode, top_p=top_p, max_tokens=max_new_tokens,
-                                   temperature=0.0 if greedy else temperature)
-        else:
-            pol = make_policy(policy, task)
+        pol = _named_policy(policy, task, served_mode, greedy, temperature, top_p, max_new_tokens)
     if episodes is None:
         episodes = choice.profile.eval_episodes(task)
         announcement = choice.announcement(f"{episodes} episodes")
@@ -149,3 +132,31 @@ def eval_main(
         print(format_summary_table(result.summary))
         print(explain_normalization(result.summary))
         print(f"wrote {out}/episodes.jsonl and {out}/eval_summary.json")
+
+
+def _run_policy(run: Path, task: str | None, decoding: dict[str, Any], beta: float | None,
+                device: str, batch_size: int) -> tuple[Any, str]:
+    """A trained run's policy and its task (``task`` or the run's). ``decoding``: the
+    :class:`~lmrlgym.models.decoding.Decoding` fields that replace the run's own."""
+    from lmrlgym.algos import load_config, load_policy
+
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run}")
+    config = load_config(run)
+    if decoding.get("decode") not in (None, "rerank") and "rerank_score" not in decoding:
+        decoding["rerank_score"] = "logprob"  # a value score only ranks candidates
+    decoding = dataclasses.replace(config.decoding, **decoding)
+    return load_policy(run, beta=beta, device=device, decoding=decoding,
+                       batch_size=batch_size), task or config.task
+
+
+def _named_policy(spec: str, task: str, served_mode: str, greedy: bool, temperature: float,
+                  top_p: float | None, max_new_tokens: int | None) -> Any:
+    """A scripted policy (``maze-optimal``) or a served one (``openai:<base_url>/<model>``)."""
+    from lmrlgym.data.policies import make_policy
+    from lmrlgym.eval.openai_policy import is_openai_spec, policy_from_spec
+
+    if is_openai_spec(spec):
+        return policy_from_spec(spec, mode=served_mode, top_p=top_p, max_tokens=max_new_tokens,
+                                temperature=0.0 if greedy else temperature)
+    return make_policy(spec, task)
