@@ -181,14 +181,28 @@ def fsdp_settings(assets, root):
             for algo, extra in FSDP_EXTRA.items()}
 
 
-def launch(tmp_path, runs, mode="ok"):
-    """torchrun with 2 gloo processes running the driver's ``runs`` (see :func:`jobs`)."""
+def start(tmp_path, runs, mode="ok"):
+    """torchrun with 2 gloo processes running the driver's ``runs`` (see :func:`jobs`), started."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(driver), str(tmp_path), mode, json.dumps(runs)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(job):
+    """The started job's end: its ``returncode``, ``stdout`` and ``stderr``."""
+    try:
+        stdout, stderr = job.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        raise
+    return subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+
+
+def launch(tmp_path, runs, mode="ok"):
+    return finish(start(tmp_path, runs, mode))
 
 
 def single_process(module, kwargs, monkeypatch, task="Maze-FO-v0"):
@@ -228,7 +242,7 @@ def losses(run_dir):
     return [x["train/loss"] for x in lines if "train/loss" in x]
 
 
-@pytest.mark.slow(seconds=14, group="gloo_job")  # the first of the group: runs the job
+@pytest.mark.slow(seconds=16, group="gloo_job")  # the first of the group: runs both jobs
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(assets, gloo_job, tmp_path, monkeypatch):
     # batch 7 over 2 ranks: slices of 4 and 3 rows with different token counts, so a plain
     # average of per-rank means would NOT match; the token-weighted sync must.
@@ -271,11 +285,10 @@ def test_mixed_precision_trains_close_to_fp32_with_fp32_weights(precision, asset
     assert any(not torch.equal(p, r) for p, r in zip(params, ref, strict=True))  # it did run in low precision
 
 
-@pytest.mark.slow(seconds=22)
-def test_a_hung_rank_makes_the_others_time_out(assets, tmp_path):
-    run = tmp_path / "bc_hang"
-    job = launch(tmp_path, jobs(bc=("bc", settings(assets, run, max_steps=6, save_every=1,
-                                                   dist_timeout=8.0))), mode="hang")
+@pytest.mark.slow(seconds=6, group="gloo_job")
+def test_a_hung_rank_makes_the_others_time_out(hung_job):
+    run, job = hung_job
+    job = finish(job)
     assert job.returncode != 0
     log = job.stdout + job.stderr
     # rank 0 waited --dist-timeout seconds in the gradient all-reduce, then failed by itself
@@ -364,13 +377,29 @@ ONLINE = {"ppo": (ppo, dict(value_head_bias=0.0, kl_target=0.1, kl_horizon=20)),
 
 
 @pytest.fixture(scope="module")
-def gloo_job(assets, toy_init):
+def hung_job(assets):
+    """A BC job whose rank 1 hangs in its third step, started in the background before
+    ``gloo_job``: it spends most of its time waiting out ``--dist-timeout``, which that job's
+    work fills. Returns the run directory and the started job."""
+    root = assets["root"] / "hung_job"
+    root.mkdir()
+    run = root / "bc_hang"
+    config = settings(assets, run, max_steps=6, save_every=1, dist_timeout=8.0)
+    job = start(root, jobs(bc=("bc", config)), mode="hang")
+    yield run, job
+    if job.poll() is None:  # the test did not wait for it
+        job.kill()
+        job.wait()
+
+
+@pytest.fixture(scope="module")
+def gloo_job(assets, toy_init, hung_job):
     """The directory of one torchrun job (2 gloo ranks) that ran the launched runs of the
     three tests marked ``group="gloo_job"``: the DDP runs of every offline method (label: the
     method), the FSDP runs rewound to step 2 and resumed (``<method>_fsdp``) and the online
     runs on the toy task. Starting a job (three processes importing torch and transformers,
     ~13 CPU-s) costs more than its runs, so the tests share one; the test suite's scheduler
-    keeps a group on one worker (tests/conftest.py)."""
+    keeps a group on one worker (tests/conftest.py), with ``hung_job`` running beside it."""
     root = assets["root"] / "gloo_job"
     root.mkdir()
     runs = {**jobs(**{algo: (algo, settings(assets, root / f"{algo}_2ranks")) for algo in ALGOS}),
