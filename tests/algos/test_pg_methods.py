@@ -122,7 +122,7 @@ def test_each_method_improves_its_bc_init_on_maze_fo(algo, tmp_path_factory):
     # As PPO's test: the same BC init (about 60 % of its episodes succeed), evaluated on the
     # same 50 protocol episodes at step 0 and after the last round. Before token centring
     # (docs/algorithms.md §3.8) GRPO, RLOO and ArCHer fell from -75 to -134 or below (up to 44 %
-    # and 96 % illegal moves). Measured with every round evaluated (2026-12-06, the 2 x 64 BC
+    # and 96 % illegal moves). Measured with every round evaluated (2026-12-05, the 2 x 64 BC
     # init, -73.0): GRPO -> -57.1, -55.9; RLOO -> -68.9, -58.4, -55.9; GiGPO -> -70.7, -59.8;
     # ArCHer (round 1 trains only the critic) -> -73.0, -62.5, -57.1, -62.5. Evaluations change
     # neither rollouts nor updates, so the test stops at round 2 for GRPO, RLOO and GiGPO (+17,
