@@ -134,18 +134,18 @@ def eval_main(
         print(f"wrote {out}/episodes.jsonl and {out}/eval_summary.json")
 
 
-def _run_policy(run: Path, task: str | None, decoding: dict[str, Any], beta: float | None,
+def _run_policy(run: Path, task: str | None, changes: dict[str, Any], beta: float | None,
                 device: str, batch_size: int) -> tuple[Any, str]:
-    """A trained run's policy and its task (``task`` or the run's). ``decoding``: the
+    """A trained run's policy and its task (``task`` or the run's). ``changes``: the
     :class:`~lmrlgym.models.decoding.Decoding` fields that replace the run's own."""
     from lmrlgym.algos import load_config, load_policy
 
     if not run.is_dir():
         raise FileNotFoundError(f"run directory not found: {run}")
     config = load_config(run)
-    if decoding.get("decode") not in (None, "rerank") and "rerank_score" not in decoding:
-        decoding["rerank_score"] = "logprob"  # a value score only ranks candidates
-    decoding = dataclasses.replace(config.decoding, **decoding)
+    if changes.get("decode") not in (None, "rerank") and "rerank_score" not in changes:
+        changes = {**changes, "rerank_score": "logprob"}  # a value score only ranks candidates
+    decoding = dataclasses.replace(config.decoding, **changes)
     return load_policy(run, beta=beta, device=device, decoding=decoding,
                        batch_size=batch_size), task or config.task
 
