@@ -48,7 +48,7 @@ from lmrlgym.algos.backbone import hidden_states
 from lmrlgym.algos.loop import Progress, make_optimizer
 from lmrlgym.algos.rl import polyak_update
 from lmrlgym.models.heads import make_head
-from lmrlgym.models.render import ContextFn, TokenCache, prompt_ids
+from lmrlgym.models.render import ContextFn, TokenCache, pad_ids, prompt_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,12 +192,7 @@ class TurnCritic(nn.Module):
 
     def _states(self, seqs: Sequence[Sequence[int]], at: Sequence[Sequence[int]]) -> list[Tensor]:
         device = next(self.parameters()).device
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.tensor(s)
-            mask[b, : len(s)] = 1
+        ids, mask = pad_ids(seqs, self.pad_id)
         h = hidden_states(self.trunk, ids.to(device), mask.to(device))  # (B, T, d)
         rows = torch.arange(len(seqs), device=device)
         return [h[rows, torch.tensor(col, device=device)] for col in zip(*at, strict=True)]

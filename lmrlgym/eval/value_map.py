@@ -30,6 +30,7 @@ import torch
 
 from lmrlgym.envs.maze import COMMANDS, Cell, MazeEnv
 from lmrlgym.models.policy import ValueReadout
+from lmrlgym.models.render import pad_ids
 
 MAZE_TASKS = ("Maze-FO-v0", "Maze-PO-v0")
 
@@ -94,13 +95,8 @@ def maze_value_map(model: torch.nn.Module, tokenizer, readout: ValueReadout,
         for move in moves:
             rows.append(obs + move)
             spans.append((len(obs) - 1, len(obs) + len(move) - 2, move[-1]))
-    width = max(map(len, rows))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
+    input_ids, mask = pad_ids(rows, pad)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

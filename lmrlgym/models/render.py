@@ -379,6 +379,14 @@ def _pad(seqs: Sequence[Tensor], value: float | int | bool, dtype: torch.dtype) 
     return pad_sequence(list(seqs), batch_first=True, padding_value=value).to(dtype)
 
 
+def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token-id lists right-padded with ``pad_id``: ``(ids, attention_mask)``, each (B, T) long,
+    T the longest list."""
+    ids = _pad([torch.tensor(s, dtype=torch.long) for s in seqs], pad_id, torch.long)
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    return ids, (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+
+
 def collate(segments: Sequence[Segment], pad_id: int, pack: bool = False) -> Batch:
     """Pad segments on the right into one :class:`Batch`; ``pack`` also packs them for the
     trunk (``Batch.packing``)."""
