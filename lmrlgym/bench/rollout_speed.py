@@ -26,12 +26,20 @@ so every mode plays the same episodes), per task, with the tools a user would co
   episodes' prompts (its KV cache, the newline tokens as end tokens, special tokens suppressed);
 - ``ours-no-reuse``: ``LMPolicy`` batched with its KV cache, each turn's prompt re-encoded;
 - ``ours-reuse``: the same, each live episode keeping its cache between turns (the default).
+
+By default the episodes are played by a model first trained by BC for ``bc_steps`` steps on
+each task's behaviour data, so an action has the task's length (a Maze-FO move is 3 tokens, a
+Wordle guess 6), as in the rollouts of an online method, which starts from BC. The untrained
+model's greedy action is a newline: one token, which leaves nothing for a KV cache to save
+within an action and measures prompt encoding alone (``--bc-steps 0``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import torch
@@ -169,6 +177,31 @@ class HFGeneratePolicy(LMPolicy):
         return self.last
 
 
+# Behaviour episodes and BC steps that give a task-shaped policy (``bc_steps``): Maze-FO's
+# moves are 3 tokens, a Wordle guess 6, where an untrained model's greedy action is a newline.
+BC_EPISODES = {"Maze-FO-v0": 300, "Wordle-v0": 500}
+
+
+def bc_model(model: str, task: str, steps: int, seed: int, workdir: Path) -> tuple[Any, Any]:
+    """(tokenizer, model): ``model`` trained by BC (``lmrlgym train bc``'s loop) for ``steps``
+    steps on the task's behaviour data, generated into ``workdir``."""
+    from lmrlgym.algos import bc
+    from lmrlgym.algos.rundir import MODEL_DIR, TOKENIZER_DIR
+    from lmrlgym.data.generate import DATA_SEED_BASE, generate_dataset
+    from lmrlgym.data.policies import default_policy
+    from lmrlgym.models.factory import build_model
+    from lmrlgym.models.tokenizer import load_tokenizer
+
+    data, run = workdir / f"{task}_data", workdir / f"{task}_bc"
+    generate_dataset(task, data, BC_EPISODES.get(task, 300), default_policy(task), DATA_SEED_BASE,
+                     workers=1, overwrite=True)
+    bc.train(bc.BCConfig(task=task, data=str(data), out=str(run), model=model, seed=seed,
+                         vocab_size=512, max_steps=steps, batch_size=32, lr=1e-3,
+                         max_context_tokens=256, save_every=steps, tensorboard=False))
+    tok = load_tokenizer(run / TOKENIZER_DIR)
+    return tok, build_model(str(run / MODEL_DIR), tok).eval()
+
+
 def bench_episodes(
     model: str = "gpt2-mini",
     tasks: tuple[str, ...] = ("Maze-FO-v0", "Wordle-v0"),
@@ -177,11 +210,17 @@ def bench_episodes(
     max_new_tokens: int = 16,
     seed: int = 0,
     modes: tuple[str, ...] = EPISODE_MODES,
+    bc_steps: int = 0,
 ) -> list[dict[str, Any]]:
     """Actions/s of greedy evaluation rollouts per (task, mode): ``n_episodes`` episodes at
     once (``naive``: ``n_episodes_naive``, one at a time), each task's prompt budget ``P``,
     ``max_new_tokens`` per action. ``episodes_sha1`` digests the transcripts: the modes play
-    the same episodes (the naive mode its first ones)."""
+    the same episodes (the naive mode its first ones).
+
+    ``bc_steps`` > 0 first trains the model by BC on each task's behaviour data
+    (:func:`bc_model`), so its actions have the task's length, as a rollout of an online
+    method's BC start has; 0 times the untrained model, whose greedy actions are mostly one
+    token, so prompt encoding is almost all of each action's work."""
     from lmrlgym.envs import task_lengths
     from lmrlgym.eval.evaluate import evaluate
     from lmrlgym.models.decoding import Decoding
@@ -191,12 +230,18 @@ def bench_episodes(
     unknown = set(modes) - set(EPISODE_MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; valid: {', '.join(EPISODE_MODES)}")
+    if bc_steps < 0:
+        raise ValueError(f"bc_steps must be >= 0, got {bc_steps}")
     tok, _ = workload(2, seed)
     torch.manual_seed(seed)
-    lm = build_model(model, tok, dropout=0.0).eval()
+    untrained = build_model(model, tok, dropout=0.0).eval()
     decoding = Decoding(greedy=True, max_new_tokens=max_new_tokens, seed=seed)
     rows = []
     for task in tasks:
+        lm = untrained
+        if bc_steps:
+            with tempfile.TemporaryDirectory(prefix="lmrlgym-bench-rollout-") as workdir:
+                tok, lm = bc_model(model, task, bc_steps, seed, Path(workdir))
         env = make(task)
         window, budget = env.context_turns, task_lengths()[task]["max_context_tokens"]
         env.close()
@@ -211,10 +256,12 @@ def bench_episodes(
             start = time.perf_counter()
             episodes = evaluate(policy, task, n, seed=seed, max_concurrent=n).episodes
             seconds = time.perf_counter() - start
-            actions = sum(t.is_action for ep in episodes for t in ep.turns)
+            actions = [t.text for ep in episodes for t in ep.turns if t.is_action]
             transcript = [[t.text for t in ep.turns] for ep in episodes]
-            rows.append({"task": task, "mode": mode, "actions_per_s": actions / seconds,
-                         "actions": actions, "episodes": n, "seconds": seconds,
+            action_tokens = sum(len(tok.encode(a, add_special_tokens=False)) for a in actions)
+            rows.append({"task": task, "mode": mode, "actions_per_s": len(actions) / seconds,
+                         "actions": len(actions), "episodes": n, "seconds": seconds,
+                         "tokens_per_action": action_tokens / len(actions), "bc_steps": bc_steps,
                          "max_new_tokens": max_new_tokens, "max_context_tokens": budget,
                          "model": model, "threads": torch.get_num_threads(),
                          "episodes_sha1": hashlib.sha1(repr(transcript).encode()).hexdigest()})
@@ -237,6 +284,7 @@ def rollout_main(
     repeats: int = 3,
     episodes: int = 16,
     episodes_naive: int = 1,
+    bc_steps: int = 150,
     json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
     """Measure generated actions/s with and without batching and KV cache (Maze/Wordle prompts).
@@ -255,6 +303,9 @@ def rollout_main(
         episodes: Greedy Maze-FO and Wordle episodes played at once per rollout mode (naive,
             HF generate batched, ours without and with cross-turn KV reuse); 0 skips them.
         episodes_naive: Episodes of the naive rollout mode (one at a time, no cache).
+        bc_steps: BC steps on each task's behaviour data before its episodes are played, so the
+            actions have the task's length (Maze-FO 3 tokens, Wordle 6) as an online method's
+            BC start's do; 0: the untrained model, whose greedy actions are one token.
         json_output: One JSON object per mode (mode, actions_per_s, ...).
     """
     import json
@@ -263,13 +314,14 @@ def rollout_main(
         if threads <= 0:
             raise ValueError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
-    if episodes < 0 or episodes_naive < 1:
-        raise ValueError(f"--episodes must be >= 0 and --episodes-naive >= 1, got {episodes} "
-                         f"and {episodes_naive}")
+    if episodes < 0 or episodes_naive < 1 or bc_steps < 0:
+        raise ValueError(f"--episodes and --bc-steps must be >= 0 and --episodes-naive >= 1, got "
+                         f"{episodes}, {bc_steps} and {episodes_naive}")
     rows = bench_rollout(model, prompts, prompts_unbatched, max_new_tokens, seed=seed,
                          repeats=repeats)
     episode_rows = (bench_episodes(model, n_episodes=episodes, n_episodes_naive=episodes_naive,
-                                   max_new_tokens=max_new_tokens, seed=seed) if episodes else [])
+                                   max_new_tokens=max_new_tokens, seed=seed, bc_steps=bc_steps)
+                    if episodes else [])
     if json_output:
         for r in rows + episode_rows:
             print(json.dumps(r))
@@ -281,7 +333,10 @@ def rollout_main(
     if episode_rows:
         print()
         print_table(["task", "rollout", "actions/s", "vs naive", "vs HF generate", "actions",
-                      "episodes"],
+                      "tokens/action", "episodes"],
                      [[r["task"], r["mode"], f"{r['actions_per_s']:.1f}", f"{r['vs_naive']:.1f}x",
-                       f"{r['vs_hf_generate']:.2f}x", str(r["actions"]), str(r["episodes"])]
+                       f"{r['vs_hf_generate']:.2f}x", str(r["actions"]),
+                       f"{r['tokens_per_action']:.1f}", str(r["episodes"])]
                       for r in episode_rows])
+        print(f"(models trained by BC for {bc_steps} steps per task)" if bc_steps
+              else "(untrained model)")

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -263,7 +264,8 @@ class LMPolicy:
         if action_sets is not None and self.settings.decode != "sample":
             sets = [None if a is None else self._action_sets(a) for a in action_sets]
         was_training = self.model.training
-        self.model.eval()  # dropout off in every rollout (docs/algorithms.md §2.4)
+        if was_training:  # (eval() walks every module: a cost per call when already off)
+            self.model.eval()  # dropout off in every rollout (docs/algorithms.md §2.4)
         try:
             ids: list[list[int]] = [[] for _ in prompts]
             truncated = [False] * len(prompts)
@@ -290,7 +292,8 @@ class LMPolicy:
             texts = [self.tokenizer.decode(g, skip_special_tokens=False) if a is None
                      else a.actions[a.index[tuple(g)]] + "\n" for g, a in zip(ids, sets, strict=True)]
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         self.n_actions += len(ids)
         self.n_truncated += sum(truncated)
         if self.settings.decode != "sample":
@@ -313,9 +316,7 @@ class LMPolicy:
             past = stored.get(key)
             if past is None:
                 continue
-            shared, n = 0, min(len(past.ids), len(prompts[i]) - 1)
-            while shared < n and past.ids[shared] == prompts[i][shared]:
-                shared += 1
+            shared = _common_prefix(past.ids, prompts[i], min(len(past.ids), len(prompts[i]) - 1))
             if shared >= 2:
                 out[i] = past if shared == len(past.ids) else _Past(
                     past.ids[:shared], [(k[:shared], v[:shared]) for k, v in past.kv])
@@ -368,9 +369,10 @@ class LMPolicy:
         B = len(prompts)
         rests = [p[len(q.ids):] if q is not None else p for p, q in zip(prompts, pasts, strict=True)]
         seq_ids, seq_mask = self._left_pad(rests)  # (n, t): the rows still generating
-        cache = None
+        room = self.settings.max_new_tokens
+        cache = _roomy_cache(self.model, room) if self.use_cache else None
         if any(q is not None for q in pasts):
-            cache, past_mask = _stack_pasts(pasts, self.model)
+            cache, past_mask = _stack_pasts(pasts, self.model, seq_ids.shape[1] + room)
             seq_mask = torch.cat([past_mask.to(device), seq_mask], 1)
         node = [0] * B  # each constrained row's trie node: the prefix generated so far
         new_ids = seq_ids  # what the next forward pass reads: the prompt, then one token
@@ -522,6 +524,14 @@ class LMPolicy:
         return torch.tensor(["\n" in p for p in pieces], dtype=torch.bool)
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int], n: int) -> int:
+    """The length of the common prefix of ``a[:n]`` and ``b[:n]`` (one list comparison when
+    one holds the other's head, as a growing history does)."""
+    if list(a[:n]) == list(b[:n]):
+        return n
+    return next(k for k in range(n) if a[k] != b[k])
+
+
 def _candidate_chunks(sizes: list[int], limit: int) -> list[list[tuple[int, int, int]]]:
     """The (prompt, candidate) rows of prompts with ``sizes`` candidates each, in order, cut
     into chunks of at most ``limit`` rows; a chunk is a list of ``(prompt, first, end)``."""
@@ -572,7 +582,7 @@ def _row_pasts(cache: Any, ks: list[int], mask: Tensor, ids: list[list[int]]) ->
     pasts of ``ids``; Nones for a cache of other layer types than plain dynamic ones (a sliding
     window's would not hold every position)."""
     layers = _cache_layers(cache)
-    if any(type(layer) is not DynamicLayer for layer in layers):
+    if any(type(layer) not in (DynamicLayer, _RoomyLayer) for layer in layers):
         return [None] * len(ks)
     real = mask[ks].bool()  # (m, W)
     row, col = real.nonzero(as_tuple=True)  # row-major: each row's positions in order
@@ -585,11 +595,10 @@ def _row_pasts(cache: Any, ks: list[int], mask: Tensor, ids: list[list[int]]) ->
     return [_Past(ids[m], [(k[m], v[m]) for k, v in parts]) for m in range(len(ks))]
 
 
-def _stack_pasts(pasts: list[_Past | None], model: Any) -> tuple[Any, Tensor]:
+def _stack_pasts(pasts: list[_Past | None], model: Any, room: int) -> tuple[Any, Tensor]:
     """A batch cache of the rows' pasts, left-padded with zeros to the longest (a row without
-    one is all padding), and its (B, C) attention mask."""
-    from lmrlgym.models.dual import DualLM
-
+    one is all padding), with ``room`` more positions for what is fed next, and its (B, C)
+    attention mask."""
     width = max(len(q.ids) for q in pasts if q is not None)
     pad = [width - len(q.ids) if q is not None else width for q in pasts]  # left padding per row
     mask = (torch.arange(width)[None, :] >= torch.tensor(pad)[:, None]).long()
@@ -608,7 +617,66 @@ def _stack_pasts(pasts: list[_Past | None], model: Any) -> tuple[Any, Tensor]:
             stacked = torch.cat(parts).view(len(pasts), width, *zeros.shape[1:])
             pair.append(stacked.transpose(1, 2))  # (B, H, C, D)
         kv.append(tuple(pair))
+    return _roomy_cache(model, room, kv), mask
+
+
+class _RoomyLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are the head of buffers with ``room`` spare
+    positions, so a decoding step writes its token in place: ``DynamicLayer.update`` copies
+    the whole cache into a new tensor at every step (on CPU, 30 times the cost of the write).
+    A buffer that fills up is regrown with ``room`` more."""
+
+    def __init__(self, room: int, keys: Tensor | None = None, values: Tensor | None = None):
+        super().__init__()
+        self.room = room
+        self._bufs: tuple[Tensor, Tensor] | None = None
+        if keys is not None and values is not None:
+            self.lazy_initialization(keys, values)
+            self._regrow(keys, values, 0)
+
+    def _regrow(self, keys: Tensor, values: Tensor, extra: int) -> None:
+        """New buffers holding ``keys``/``values`` with room for ``extra + room`` more positions."""
+        B, H, T, D = keys.shape
+        self._bufs = (keys.new_empty((B, H, T + extra + self.room, D)),
+                      values.new_empty((B, H, T + extra + self.room, values.shape[-1])))
+        self._bufs[0][:, :, :T] = keys
+        self._bufs[1][:, :, :T] = values
+        self.keys, self.values = self._bufs[0][:, :, :T], self._bufs[1][:, :, :T]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any,
+               ) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._regrow(key_states[:, :, :0], value_states[:, :, :0], key_states.shape[-2])
+        n, m = self.keys.shape[-2], key_states.shape[-2]
+        kbuf, vbuf = self._bufs
+        if n + m > kbuf.shape[-2] or self.keys.data_ptr() != kbuf.data_ptr():
+            self._regrow(self.keys, self.values, m)  # full, or keys replaced from outside
+            kbuf, vbuf = self._bufs
+        kbuf[:, :, n : n + m] = key_states
+        vbuf[:, :, n : n + m] = value_states
+        self.keys, self.values = kbuf[:, :, : n + m], vbuf[:, :, : n + m]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        n = self.keys.shape[-2]
+        self._bufs = tuple(b.index_select(0, indices) for b in self._bufs)
+        self.keys, self.values = self._bufs[0][:, :, :n], self._bufs[1][:, :, :n]
+
+
+def _roomy_cache(model: Any, room: int, kv: list[tuple[Tensor, Tensor]] | None = None) -> Any:
+    """An empty KV cache for ``model`` made of :class:`_RoomyLayer` (a separate-layout model's
+    :class:`DualCache` of two), or one holding ``kv`` (per layer (B, H, T, D) keys and values;
+    a separate-layout model's policy layers, then its value layers)."""
+    from lmrlgym.models.dual import DualLM
+
     if isinstance(model, DualLM):
         n = model.policy.config.get_text_config(decoder=True).num_hidden_layers
-        return DualCache(DynamicCache(kv[:n]), DynamicCache(kv[n:])), mask
-    return DynamicCache(kv), mask
+        return DualCache(_roomy_cache(model.policy, room, kv and kv[:n]),
+                         _roomy_cache(model.value, room, kv and kv[n:]))
+    cache = DynamicCache()
+    if kv is None:
+        cache.layer_class_to_replicate = functools.partial(_RoomyLayer, room)
+    else:
+        cache.layers = [_RoomyLayer(room, k, v) for k, v in kv]
+    return cache

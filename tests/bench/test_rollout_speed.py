@@ -49,3 +49,17 @@ def test_episode_rollout_modes_play_the_same_greedy_episodes():
     assert len({r["episodes_sha1"] for r in rows}) == 1
     assert all(r["actions"] >= 3 and r["vs_naive"] > 0 for r in rows)
     assert rows[1]["vs_hf_generate"] == 1.0
+
+
+def test_bc_shaped_episodes_have_the_tasks_action_length():
+    # A few BC steps on Maze-FO's behaviour data: greedy moves are "move up\n"-like (3 tokens),
+    # where the untrained model's are one token; every mode still plays the same episodes.
+    rows = bench_episodes("gpt2-tiny", tasks=("Maze-FO-v0",), n_episodes=2, n_episodes_naive=2,
+                          max_new_tokens=8, modes=("naive", "ours-reuse"), bc_steps=40)
+    assert len({r["episodes_sha1"] for r in rows}) == 1
+    assert all(r["bc_steps"] == 40 and 2.5 <= r["tokens_per_action"] <= 3.5 for r in rows)
+    untrained = bench_episodes("gpt2-tiny", tasks=("Maze-FO-v0",), n_episodes=2,
+                               max_new_tokens=8, modes=("ours-reuse",))
+    assert untrained[0]["tokens_per_action"] < 2
+    with pytest.raises(ValueError, match="bc_steps"):
+        bench_episodes("gpt2-tiny", bc_steps=-1)

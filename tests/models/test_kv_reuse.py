@@ -163,3 +163,26 @@ def test_rows_with_pasts_of_different_lengths_share_a_batch_exactly(tok, model):
     second = [reuse._pasts[k].ids + tail[: 2 + k] for k in range(3)] + [first[0]]
     with_reuse = reuse.generate(second, sessions=[0, 1, 2, 3]).action_ids
     assert with_reuse == plain.generate(second).action_ids
+
+
+def test_roomy_cache_layer_matches_the_dynamic_layer():
+    # Decoding writes each token into the buffer's spare room instead of copying the cache;
+    # the keys/values it returns equal DynamicLayer's through regrowth and row selection.
+    from transformers.cache_utils import DynamicLayer
+
+    from lmrlgym.models.policy import _RoomyLayer
+
+    torch.manual_seed(0)
+    roomy, plain = _RoomyLayer(room=2), DynamicLayer()
+    for step, n in enumerate([5, 1, 1, 1, 3]):  # prefill, decode (in place), full -> regrown
+        k, v = torch.randn(3, 2, n, 4), torch.randn(3, 2, n, 4)
+        buffer = roomy._bufs[0] if roomy._bufs else None
+        got, want = roomy.update(k, v), plain.update(k, v)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+        assert (roomy._bufs[0] is buffer) == (step in (1, 2))  # written in place while room lasts
+    rows = torch.tensor([2, 0])
+    roomy.batch_select_indices(rows)
+    plain.batch_select_indices(rows)
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    assert all(torch.equal(a, b) for a, b in zip(roomy.update(k, v), plain.update(k, v),
+                                                   strict=True))
