@@ -83,13 +83,17 @@ class Generation:
 
 @dataclasses.dataclass
 class _Past:
-    """A live episode's KV cache between turns: the ids it holds, and per cache layer (a
-    separate-layout model's policy layers, then its value layers) keys and values (T, H, D),
-    position first, so a batch's pasts are cut out with one gather and stacked back with one
-    concatenation per tensor."""
+    """A live episode's KV cache between turns: the ids it holds, and where their keys and
+    values are: row ``row`` of a batch's cache buffers ``bufs`` (per cache layer, a
+    separate-layout model's policy layers then its value layers, keys and values
+    (B, W, H, D)), at positions ``cols``. The rows of a batch share its buffers, so keeping a
+    row copies nothing, and the next turn's batch is gathered from them with one
+    ``index_select`` per tensor (:func:`_stack_pasts`)."""
 
     ids: list[int]
-    kv: list[tuple[Tensor, Tensor]]
+    bufs: list[tuple[Tensor, Tensor]]
+    row: int
+    cols: Tensor
 
 
 class LMPolicy:
@@ -318,8 +322,8 @@ class LMPolicy:
                 continue
             shared = _common_prefix(past.ids, prompts[i], min(len(past.ids), len(prompts[i]) - 1))
             if shared >= 2:
-                out[i] = past if shared == len(past.ids) else _Past(
-                    past.ids[:shared], [(k[:shared], v[:shared]) for k, v in past.kv])
+                out[i] = past if shared == len(past.ids) else dataclasses.replace(
+                    past, ids=past.ids[:shared], cols=past.cols[:shared])
         return out
 
     def _chunks_of(self, rows: list[int], prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -578,105 +582,123 @@ def _cache_layers(cache: Any) -> list[Any]:
 
 
 def _row_pasts(cache: Any, ks: list[int], mask: Tensor, ids: list[list[int]]) -> list[_Past | None]:
-    """Rows ``ks`` of a batch cache, each row's real positions (``mask`` (n, W)) only, as the
-    pasts of ``ids``; Nones for a cache of other layer types than plain dynamic ones (a sliding
-    window's would not hold every position)."""
+    """Rows ``ks`` of a batch cache, each row's real positions (``mask`` (n, W)), as the pasts
+    of ``ids``; Nones for a cache not made of :class:`_RoomyLayer` (e.g. a sliding window's,
+    which would not hold every position).
+
+    Nothing is copied when every row of the batch is kept (the usual last step of a turn);
+    otherwise the kept rows' buffers are selected, so a past holds only its own batch rows."""
     layers = _cache_layers(cache)
-    if any(type(layer) not in (DynamicLayer, _RoomyLayer) for layer in layers):
+    if any(type(layer) is not _RoomyLayer for layer in layers):
         return [None] * len(ks)
+    bufs = [layer._bufs for layer in layers]
+    rows = ks
+    if len(ks) < mask.shape[0]:
+        index = torch.tensor(ks, device=mask.device)
+        bufs = [(k.index_select(0, index), v.index_select(0, index)) for k, v in bufs]
+        rows = list(range(len(ks)))
     real = mask[ks].bool()  # (m, W)
-    row, col = real.nonzero(as_tuple=True)  # row-major: each row's positions in order
-    row = torch.tensor(ks, device=mask.device)[row]
-    counts = real.sum(1).tolist()
-    assert counts == [len(i) for i in ids], "a kept cache must hold exactly its ids"
-    # (total, H, D) per tensor, cut into the rows' (T, H, D) pieces.
-    parts = [[t.transpose(1, 2)[row, col].split(counts) for t in (layer.keys, layer.values)]
-             for layer in layers]
-    return [_Past(ids[m], [(k[m], v[m]) for k, v in parts]) for m in range(len(ks))]
+    pasts: list[_Past | None] = []
+    for m, row in enumerate(rows):
+        cols = real[m].nonzero().squeeze(1)
+        assert len(cols) == len(ids[m]), "a kept cache must hold exactly its ids"
+        pasts.append(_Past(ids[m], bufs, row, cols))
+    return pasts
 
 
 def _stack_pasts(pasts: list[_Past | None], model: Any, room: int) -> tuple[Any, Tensor]:
-    """A batch cache of the rows' pasts, left-padded with zeros to the longest (a row without
-    one is all padding), with ``room`` more positions for what is fed next, and its (B, C)
-    attention mask."""
+    """A batch cache of the rows' pasts, left-aligned to the longest (a row without one is all
+    padding), with ``room`` more positions for what is fed next, and its (B, C) attention mask.
+
+    Each tensor is one ``index_select`` of its source buffers (their concatenation when the
+    pasts come from several): the padding positions read arbitrary finite values, which the
+    mask keeps out of attention (their weight is exactly 0)."""
     width = max(len(q.ids) for q in pasts if q is not None)
     pad = [width - len(q.ids) if q is not None else width for q in pasts]  # left padding per row
     mask = (torch.arange(width)[None, :] >= torch.tensor(pad)[:, None]).long()
-    like = next(q for q in pasts if q is not None)
+    srcs: list[list[tuple[Tensor, Tensor]]] = []  # the distinct source buffers, in order
+    offset: dict[int, int] = {}  # id(bufs) -> where its positions start in their concatenation
+    for q in pasts:
+        if q is not None and id(q.bufs) not in offset:
+            offset[id(q.bufs)] = sum(b[0][0].shape[0] * b[0][0].shape[1] for b in srcs)
+            srcs.append(q.bufs)
+    cap = width + room
+    pieces = []  # each row's source positions: padding, its past, room (any valid position)
+    for q, n in zip(pasts, pad, strict=True):
+        if q is None:
+            pieces.append(torch.zeros(cap, dtype=torch.long))
+            continue
+        cols = q.cols.cpu() + offset[id(q.bufs)] + q.row * q.bufs[0][0].shape[1]
+        pieces += [cols[:1].expand(n), cols, cols[:1].expand(room)]
+    index = torch.cat(pieces).to(srcs[0][0][0].device)
     kv = []
-    for j in range(len(like.kv)):
+    for j in range(len(srcs[0])):
         pair = []
         for t in (0, 1):
-            zeros = like.kv[j][t].new_zeros((width, *like.kv[j][t].shape[1:]))
-            parts = []  # one concatenation copies every row's past into place: (B * C, H, D)
-            for q, n in zip(pasts, pad, strict=True):
-                if n:
-                    parts.append(zeros[:n])
-                if q is not None:
-                    parts.append(q.kv[j][t])
-            stacked = torch.cat(parts).view(len(pasts), width, *zeros.shape[1:])
-            pair.append(stacked.transpose(1, 2))  # (B, H, C, D)
-        kv.append(tuple(pair))
-    return _roomy_cache(model, room, kv), mask
+            flat = [bufs[j][t].flatten(0, 1) for bufs in srcs]  # (B_s * W_s, H, D)
+            src = flat[0] if len(flat) == 1 else torch.cat(flat)
+            pair.append(src.index_select(0, index).view(len(pasts), cap, *src.shape[1:]))
+        kv.append((pair[0], pair[1]))
+    return _roomy_cache(model, room, kv, width), mask
 
 
 class _RoomyLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose keys and values are the head of buffers with ``room`` spare
-    positions, so a decoding step writes its token in place: ``DynamicLayer.update`` copies
-    the whole cache into a new tensor at every step (on CPU, 30 times the cost of the write).
-    A buffer that fills up is regrown with ``room`` more."""
+    """A ``DynamicLayer`` whose keys and values are the head of position-major buffers
+    (B, capacity, H, D) with spare positions, so a decoding step writes its token in place:
+    ``DynamicLayer.update`` copies the whole cache into a new tensor at every step (on CPU, 30
+    times the cost of the write). A full buffer is regrown with ``room`` more positions.
+    Position-major, a batch's next cache is gathered from kept rows with one ``index_select``
+    per tensor (:func:`_stack_pasts`); attention reads the (B, H, T, D) view."""
 
-    def __init__(self, room: int, keys: Tensor | None = None, values: Tensor | None = None):
+    def __init__(self, room: int, bufs: tuple[Tensor, Tensor] | None = None, length: int = 0):
         super().__init__()
         self.room = room
         self._bufs: tuple[Tensor, Tensor] | None = None
-        if keys is not None and values is not None:
-            self.lazy_initialization(keys, values)
-            self._regrow(keys, values, 0)
+        if bufs is not None:
+            self.lazy_initialization(*bufs)
+            self._view(bufs, length)
 
-    def _regrow(self, keys: Tensor, values: Tensor, extra: int) -> None:
-        """New buffers holding ``keys``/``values`` with room for ``extra + room`` more positions."""
-        B, H, T, D = keys.shape
-        self._bufs = (keys.new_empty((B, H, T + extra + self.room, D)),
-                      values.new_empty((B, H, T + extra + self.room, values.shape[-1])))
-        self._bufs[0][:, :, :T] = keys
-        self._bufs[1][:, :, :T] = values
-        self.keys, self.values = self._bufs[0][:, :, :T], self._bufs[1][:, :, :T]
+    def _view(self, bufs: tuple[Tensor, Tensor], length: int) -> None:
+        self._bufs = bufs
+        self.keys, self.values = (b[:, :length].transpose(1, 2) for b in bufs)
 
     def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any,
                ) -> tuple[Tensor, Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            self._regrow(key_states[:, :, :0], value_states[:, :, :0], key_states.shape[-2])
-        n, m = self.keys.shape[-2], key_states.shape[-2]
-        kbuf, vbuf = self._bufs
-        if n + m > kbuf.shape[-2] or self.keys.data_ptr() != kbuf.data_ptr():
-            self._regrow(self.keys, self.values, m)  # full, or keys replaced from outside
-            kbuf, vbuf = self._bufs
-        kbuf[:, :, n : n + m] = key_states
-        vbuf[:, :, n : n + m] = value_states
-        self.keys, self.values = kbuf[:, :, : n + m], vbuf[:, :, : n + m]
+        n, m = self.get_seq_length(), key_states.shape[-2]
+        if self._bufs is None or n + m > self._bufs[0].shape[1]:
+            new = [s.new_empty((s.shape[0], n + m + self.room, s.shape[1], s.shape[3]))
+                   for s in (key_states, value_states)]
+            if n:
+                for buf, old in zip(new, (self.keys, self.values), strict=True):
+                    buf[:, :n] = old.transpose(1, 2)
+            self._bufs = (new[0], new[1])
+        for buf, states in zip(self._bufs, (key_states, value_states), strict=True):
+            buf[:, n : n + m] = states.transpose(1, 2)
+        self._view(self._bufs, n + m)
         return self.keys, self.values
 
     def batch_select_indices(self, indices: Tensor) -> None:
-        n = self.keys.shape[-2]
-        self._bufs = tuple(b.index_select(0, indices) for b in self._bufs)
-        self.keys, self.values = self._bufs[0][:, :, :n], self._bufs[1][:, :, :n]
+        k, v = self._bufs
+        self._view((k.index_select(0, indices), v.index_select(0, indices)), self.get_seq_length())
 
 
-def _roomy_cache(model: Any, room: int, kv: list[tuple[Tensor, Tensor]] | None = None) -> Any:
+def _roomy_cache(model: Any, room: int, kv: list[tuple[Tensor, Tensor]] | None = None,
+                 length: int = 0) -> Any:
     """An empty KV cache for ``model`` made of :class:`_RoomyLayer` (a separate-layout model's
-    :class:`DualCache` of two), or one holding ``kv`` (per layer (B, H, T, D) keys and values;
-    a separate-layout model's policy layers, then its value layers)."""
+    :class:`DualCache` of two), or one over the buffers ``kv`` (per layer, keys and values
+    (B, capacity, H, D) holding ``length`` positions; a separate-layout model's policy layers,
+    then its value layers)."""
     from lmrlgym.models.dual import DualLM
 
     if isinstance(model, DualLM):
         n = model.policy.config.get_text_config(decoder=True).num_hidden_layers
-        return DualCache(_roomy_cache(model.policy, room, kv and kv[:n]),
-                         _roomy_cache(model.value, room, kv and kv[n:]))
+        return DualCache(_roomy_cache(model.policy, room, kv and kv[:n], length),
+                         _roomy_cache(model.value, room, kv and kv[n:], length))
     cache = DynamicCache()
     if kv is None:
         cache.layer_class_to_replicate = functools.partial(_RoomyLayer, room)
     else:
-        cache.layers = [_RoomyLayer(room, k, v) for k, v in kv]
+        cache.layers = [_RoomyLayer(room, pair, length) for pair in kv]
     return cache

@@ -104,7 +104,8 @@ def test_kept_cache_equals_reencoding_and_leaves_with_its_episode(tok, model):
     policy.generate(prompts, sessions=["a", "b", "c"])
     past = policy._pasts["b"]
     out = model(torch.tensor([past.ids]), use_cache=True)
-    for layer, (keys, values) in zip(out.cache.layers, past.kv, strict=True):  # past: (T, H, D)
+    for layer, (keys, values) in zip(out.cache.layers, past.bufs, strict=True):  # (B, W, H, D)
+        keys, values = keys[past.row, past.cols], values[past.row, past.cols]  # (T, H, D)
         assert torch.allclose(layer.keys[0], keys.transpose(0, 1), atol=1e-5)
         assert torch.allclose(layer.values[0], values.transpose(0, 1), atol=1e-5)
     policy.generate([past.ids + prompts[0][1:]], sessions=["b"])
@@ -186,3 +187,4 @@ def test_roomy_cache_layer_matches_the_dynamic_layer():
     k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
     assert all(torch.equal(a, b) for a, b in zip(roomy.update(k, v), plain.update(k, v),
                                                    strict=True))
+    assert roomy.get_seq_length() == plain.get_seq_length() == 12
