@@ -597,7 +597,7 @@ def _row_pasts(cache: Any, ks: list[int], mask: Tensor, ids: list[list[int]]) ->
         index = torch.tensor(ks, device=mask.device)
         bufs = [(k.index_select(0, index), v.index_select(0, index)) for k, v in bufs]
         rows = list(range(len(ks)))
-    real = mask[ks].bool()  # (m, W)
+    real = mask[ks].bool().cpu()  # (m, W), on the CPU, where the next turn builds its index
     pasts: list[_Past | None] = []
     for m, row in enumerate(rows):
         cols = real[m].nonzero().squeeze(1)
@@ -628,7 +628,7 @@ def _stack_pasts(pasts: list[_Past | None], model: Any, room: int) -> tuple[Any,
         if q is None:
             pieces.append(torch.zeros(cap, dtype=torch.long))
             continue
-        cols = q.cols.cpu() + offset[id(q.bufs)] + q.row * q.bufs[0][0].shape[1]
+        cols = q.cols + offset[id(q.bufs)] + q.row * q.bufs[0][0].shape[1]
         pieces += [cols[:1].expand(n), cols, cols[:1].expand(room)]
     index = torch.cat(pieces).to(srcs[0][0][0].device)
     kv = []
