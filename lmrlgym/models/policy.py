@@ -644,9 +644,9 @@ def _stack_pasts(pasts: list[_Past | None], model: Any, room: int) -> tuple[Any,
 
 class _RoomyLayer(DynamicLayer):
     """A ``DynamicLayer`` whose keys and values are the head of position-major buffers
-    (B, capacity, H, D) with spare positions, so a decoding step writes its token in place:
-    ``DynamicLayer.update`` copies the whole cache into a new tensor at every step (on CPU, 30
-    times the cost of the write). A full buffer is regrown with ``room`` more positions.
+    (B, capacity, H, D) with spare positions, so a decoding step writes its token in place,
+    where ``DynamicLayer.update`` copies the whole cache into a new tensor at every step. A full
+    buffer is regrown with ``room`` more positions.
     Position-major, a batch's next cache is gathered from kept rows with one ``index_select``
     per tensor (:func:`_stack_pasts`); attention reads the (B, H, T, D) view."""
 
