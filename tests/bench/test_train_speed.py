@@ -45,8 +45,10 @@ def test_bench_train_times_trl_sft_on_the_same_rows(tmp_path, monkeypatch):
     model = micro_model(tmp_path / "micro")
     rows = bench_train(model, ("bc",), batch_size=4, steps=1, max_context_tokens=64,
                        episodes=4, workdir=str(tmp_path), packing=(True,), trl=True)
-    assert [(r["algo"], r["packing"]) for r in rows] == [("bc", True), ("trl_sft", False)]
-    bc, trl = rows
+    assert [(r["algo"], r["packing"]) for r in rows] == [("bc", True), ("trl_sft", False),
+                                                         ("trl_sft_shipped", False)]
+    bc, trl, shipped = rows
+    assert shipped["tokens_per_s"] > 0 and shipped["flops_per_token"] == bc["flops_per_token"]
     assert trl["tokens_per_s"] > 0 and 0 < trl["mfu"] < 1.5 and 0 <= trl["pad_fraction"] < 1
     # The same rows: the same FLOPs per token and workload statistics as BC's.
     assert trl["flops_per_token"] == bc["flops_per_token"]
