@@ -28,6 +28,8 @@ from lmrlgym.models.heads import make_head
 from lmrlgym.models.render import render
 from lmrlgym.models.tokenizer import load_tokenizer
 from tests.algos.online_runs import (
+    LEARNING_EPISODES,
+    LEARNING_MARGIN,
     MAX_NEW_TOKENS,
     TINY,
     assert_all_finite,
@@ -36,14 +38,6 @@ from tests.algos.online_runs import (
     maze_bc_init,
     random_init,
 )
-
-# Mean-return gain that counts as learning (Maze-FO returns run from about −101 to 0, and the
-# standard error of a 50-episode mean is ~5). With this seed the PPO test's settings gained
-# 11.0, 22.2 and 11.5 over the init (−73.0) after rounds 1, 2 and 3 (at lr 5e-4: 13.6, 5.6,
-# 21.7; on the earlier gpt2-tiny init, −75.5: 10.8, 14.5, 9.3, and a 4th round once collapsed
-# to −155 with 47 % illegal moves, the paper's Maze-FO pattern), which is why the test stops
-# early. One draw: with config seed 2 the round-2 gain was 9.5 (init −65.8).
-LEARNING_MARGIN = 10.0
 
 CFG = PPOConfig(clip_range=0.2, value_clip_range=0.2, vf_coef=0.5)
 
@@ -315,18 +309,22 @@ def eval_returns(run):
     return [(ln["step"], ln["eval/return"]) for ln in logged(run) if "eval/return" in ln]
 
 
-@pytest.mark.slow(seconds=13)
+@pytest.mark.slow(seconds=15)
 def test_ppo_improves_its_bc_init_on_maze_fo(tmp_path_factory):
     # BC on the behaviour data succeeds in about half of the episodes; PPO moves the policy
     # toward the goal within a few rounds. The policy after two rounds is evaluated on the same
-    # 50 protocol episodes (2 per start cell) as the init (step 0); see LEARNING_MARGIN for
-    # why it stops there. Evaluations change neither the rollouts nor the updates, so the
-    # round-2 gain is the one measured with an evaluation after every round.
+    # LEARNING_EPISODES protocol episodes as the init (step 0; online_runs.LEARNING_MARGIN). With
+    # 50 episodes and this seed the rounds gained 11.0, 22.2 and 11.5 over the init (−73.0) (at
+    # lr 5e-4: 13.6, 5.6, 21.7; on the earlier gpt2-tiny init, −75.5: 10.8, 14.5, 9.3, and a 4th
+    # round once collapsed to −155 with 47 % illegal moves, the paper's Maze-FO pattern), hence
+    # the early stop. Evaluations change neither the rollouts nor the updates, so the round-2
+    # gain is the one measured with an evaluation after every round.
     base = tmp_path_factory.getbasetemp()
     init = maze_bc_init(base)
     config = ppo.preset("Maze-FO-v0", init_from=str(init), out=str(base / "ppo_learn"),
                         n_rounds=2, rollouts_per_round=32, batch_size=64, epochs_per_round=1,
-                        lr=1e-3, eval_every=2, eval_episodes=50, max_new_tokens=8, **TINY)
+                        lr=1e-3, eval_every=2, eval_episodes=LEARNING_EPISODES, max_new_tokens=8,
+                        **TINY)
     returns = eval_returns(ppo.train(config))
     assert [s for s, _ in returns] == [0, 2]
     (_, init_return), (_, trained) = returns
