@@ -158,12 +158,11 @@ def transcript(ep: dict[str, Any], opened: bool = False) -> str:
 
 
 def _config(results_dir: Path, cell: dict[str, Any], key: str) -> str:
-    candidates = [results_dir / "runs" / key / "config.json"]
-    if cell.get("run_dir"):
-        candidates.append(Path(cell["run_dir"]) / "config.json")
-    for path in candidates:
-        if path.exists():
-            return f"<pre class=\"config\">{esc(path.read_text(encoding='utf-8'))}</pre>"
+    # Only inside the results directory, never the cell's absolute run_dir: the page must be a
+    # function of the directory alone, so a committed page regenerates the same on any clone.
+    path = results_dir / "runs" / key / "config.json"
+    if path.exists():
+        return f"<pre class=\"config\">{esc(path.read_text(encoding='utf-8'))}</pre>"
     if cell.get("policy"):
         return f"<p>scripted policy <code>{esc(cell['policy'])}</code></p>"
     return (f'<p class="missing">config: runs/{esc(key)}/config.json is not in the results '
