@@ -21,33 +21,29 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-# Stockfish is a system package: installed with apt when missing and possible, otherwise the
-# chess tasks are skipped (with this message, and again by the tests and `lmrlgym envs list`).
-stockfish:
-	@if command -v stockfish >/dev/null || [ -x /usr/games/stockfish ] || [ -n "$$LMRLGYM_STOCKFISH" ]; then \
+# System packages: installed with apt when missing and possible, otherwise what needs them is
+# skipped, with this message (and again by the tests). $(call apt_install,PACKAGE,FOUND,WHAT):
+# FOUND is a shell test that the package is present, WHAT names what is skipped without it.
+define apt_install
+	@if $(2); then \
 	  true; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing stockfish with apt-get"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q stockfish >/dev/null 2>&1 || \
-	  (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q stockfish >/dev/null 2>&1) || \
-	  echo "could not install stockfish; Chess/Endgames will be skipped (sudo apt-get install stockfish)"; \
+	  echo "installing $(1) with apt-get"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) >/dev/null 2>&1) || \
+	  echo "could not install $(1); $(3) will be skipped (sudo apt-get install $(1))"; \
 	else \
-	  echo "stockfish not found; Chess/Endgames will be skipped. Install: sudo apt-get install stockfish"; \
+	  echo "$(1) not found; $(3) will be skipped. Install: sudo apt-get install $(1)"; \
 	fi
+endef
 
-# Chromium (headless) renders the results site in one test (tests/bench/test_site.py): installed
-# the same way for `make test`, else that test is skipped with the same kind of message.
+# Stockfish: the chess tasks (also reported by `lmrlgym envs list`).
+stockfish:
+	$(call apt_install,stockfish,command -v stockfish >/dev/null || [ -x /usr/games/stockfish ] || [ -n "$$LMRLGYM_STOCKFISH" ],Chess/Endgames)
+
+# Chromium (headless): the test that renders the results site (tests/bench/test_site.py).
 chromium:
-	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
-	  true; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing chromium with apt-get (for the results-site test)"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1) || \
-	  echo "could not install chromium; the site rendering test will be skipped (sudo apt-get install chromium)"; \
-	else \
-	  echo "chromium not found; the site rendering test will be skipped. Install: sudo apt-get install chromium"; \
-	fi
+	$(call apt_install,chromium,command -v chromium >/dev/null || command -v chromium-browser >/dev/null,the results-site rendering test)
 
 bench: $(VENV)/.core stockfish
 	$(BIN)/lmrlgym bench run --profile smoke
