@@ -301,6 +301,7 @@ def bench_run(
     tasks: tuple[str, ...] = (),
     methods: tuple[str, ...] = (),
     seeds: tuple[int, ...] = (),
+    threads: int | None = None,
     dry_run: bool = False,
 ) -> None:
     """Run (or resume) the benchmark grid and print the results table.
@@ -315,6 +316,10 @@ def bench_run(
         methods: Only these methods (BC runs too when an RL method needs its init).
         seeds: Training seeds instead of the profile's (e.g. --seeds 0 1 2 3 4 5 6 7 8 9 for
             tighter intervals).
+        threads: torch intra-op threads for every cell (default: torch's choice). 1 when other
+            jobs share the cores: threads waiting on a busy core slowed a smoke grid ~10x. The
+            committed `cpu` tables ran with 1 (results.json records it), and a cell's digits
+            depend on the thread count.
         dry_run: Print every cell with its resolved config instead of running.
     """
     import time as _time
@@ -323,6 +328,12 @@ def bench_run(
 
     from lmrlgym.bench.run import CellFailures, describe_grid, run_grid
 
+    if threads is not None:
+        if threads <= 0:
+            raise ValueError(f"--threads must be positive, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     out = out or Path("bench_out") / profile
     if dry_run:
         print(describe_grid(profile, out, list(tasks) or None, list(methods) or None,

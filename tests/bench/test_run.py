@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from lmrlgym.algos.bc import BCConfig
 from lmrlgym.algos.ilql import ILQLConfig
@@ -165,3 +166,17 @@ def test_fields_added_later_leave_old_cells_done_at_their_defaults():
     assert run.config_hash(dataclasses.replace(ilql, backup="turn")) != run.config_hash(old)
     aux = dataclasses.replace(ilql, value_model="separate", aux_lm_weight=0.1)
     assert run.config_hash(aux) != run.config_hash(dataclasses.replace(aux, aux_lm_weight=0.0))
+
+
+def test_threads_apply_to_every_cell_and_are_recorded(tmp_path, tiny_profile, capsys):
+    # --threads sets torch's intra-op threads before any cell runs; results.json records them.
+    before = torch.get_num_threads()
+    try:
+        main(["bench", "run", "--profile", "tiny", "--out", str(tmp_path / "g"), "--methods", "bc",
+              "--threads", "1"])
+        assert json.loads((tmp_path / "g" / "results.json").read_text())["machine"]["torch_threads"] == 1
+        with pytest.raises(SystemExit) as e:
+            main(["bench", "run", "--profile", "tiny", "--threads", "0"])
+        assert e.value.code == 2 and "--threads must be positive" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
