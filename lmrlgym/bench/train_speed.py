@@ -46,7 +46,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
@@ -121,6 +121,7 @@ def bench_train(
     workdir: str | None = None,
     packing: tuple[bool, ...] = (False, True),
     trl: bool = False,
+    mixed_precision: str = "no",
 ) -> list[dict[str, Any]]:
     """Train each algorithm for ``2 · steps`` steps and measure the last ``steps``, once per
     ``packing`` setting, then (``trl``) TRL's ``SFTTrainer`` on the first run's rows.
@@ -139,6 +140,8 @@ def bench_train(
             raise ValueError(f"unknown algorithm {algo!r}; valid: {', '.join(ALGOS)}")
     if not algos or not packing:
         raise ValueError("bench train needs at least one algorithm and one packing setting")
+    if mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"--mixed-precision must be no or bf16, got {mixed_precision!r}")
     with tempfile.TemporaryDirectory(dir=workdir, prefix="lmrlgym-bench-train-") as tmp:
         root = Path(tmp)
         data = root / "data"
@@ -155,7 +158,8 @@ def bench_train(
                     "Maze-PO-v0", data=str(data), out=str(root / f"{algo}-{int(pack)}"), model=model,
                     seed=seed, batch_size=batch_size, max_steps=2 * steps, log_every=steps,
                     save_every=10 * steps, max_context_tokens=max_context_tokens,
-                    val_fraction=0.0, tensorboard=False, packing=pack, **extra)
+                    val_fraction=0.0, tensorboard=False, packing=pack,
+                    mixed_precision=mixed_precision, **extra)
                 run_dir = module.train(config)
                 last = _last_logged(run_dir, ("time/tokens_per_s", "time/pad_fraction"))
                 workload = workload or (load_tokenizer(run_dir / TOKENIZER_DIR),
@@ -169,7 +173,8 @@ def bench_train(
             tokenizer, segments = first
             for name, shipped in (("trl_sft", False), ("trl_sft_shipped", True)):
                 tokens_per_s, pad = trl_sft_rate(segments, tokenizer, model, batch_size, steps,
-                                                 seed, root / name, shipped)
+                                                 seed, root / name, shipped,
+                                                 bf16=mixed_precision == "bf16")
                 rows.append(_result(name, False, pad, tokens_per_s, model, tokenizer, segments,
                                     peak, batch_size))
         for r in rows:  # wall-clock seconds per token relative to the first run
@@ -201,11 +206,12 @@ def _result(algo: str, packing: bool, pad_fraction: float, tokens_per_s: float, 
 
 
 def trl_sft_rate(segments: list, tokenizer: Any, model: str, batch_size: int, steps: int,
-                 seed: int, out: Path, shipped: bool = False) -> tuple[float, float]:
+                 seed: int, out: Path, shipped: bool = False, bf16: bool = False,
+                 ) -> tuple[float, float]:
     """TRL ``SFTTrainer`` on ``segments`` (see the module docstring) for ``2 · steps`` steps:
     real tokens/s over the last ``steps``, and the share of padding in those batches.
     ``shipped`` keeps TRL's own precision and checkpointing defaults (bf16 autocast, activation
-    checkpointing) instead of ours (fp32, none)."""
+    checkpointing) instead of ours (no checkpointing, and ``bf16`` autocast or fp32)."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -220,7 +226,7 @@ def trl_sft_rate(segments: list, tokenizer: Any, model: str, batch_size: int, st
         output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=2 * steps,
         learning_rate=1e-4, lr_scheduler_type="constant", adam_beta1=0.9, adam_beta2=0.95,
         weight_decay=0.0, max_grad_norm=1.0,
-        **({} if shipped else {"bf16": False, "activation_checkpointing": False}),
+        **({} if shipped else {"bf16": bf16, "activation_checkpointing": False}),
         completion_only_loss=True, max_length=None, seed=seed, use_cpu=True, report_to="none",
         save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
     ends: list[float] = []  # perf_counter at the end of each optimizer step
@@ -269,6 +275,7 @@ def train_speed_main(
     max_context_tokens: int = 512,
     packing: tuple[bool, ...] = (False, True),
     trl: bool | None = None,
+    mixed_precision: Literal["no", "bf16"] = "no",
     threads: int | None = None,
     seed: int = 0,
     json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
@@ -284,6 +291,8 @@ def train_speed_main(
         max_context_tokens: Prompt budget P, which bounds the row length.
         packing: Packing settings to run each algorithm with (--packing of training).
         trl: Also time TRL's SFTTrainer (default: when trl is installed, the dev extra).
+        mixed_precision: Train our algorithms (and TRL's matched row) under bf16 autocast, the
+            precision TRL ships with; MFU stays against the float32 matmul peak.
         threads: torch intra-op threads (default: torch's choice; 1 is faster on a busy machine).
         seed: Seed of the dataset, model init and batch order.
         json_output: One JSON object per run (algo, packing, tokens_per_s, mfu, ...).
@@ -298,7 +307,8 @@ def train_speed_main(
     if trl and not has_trl:
         raise ValueError('--trl needs trl (pip install "lmrlgym[dev]"), or pass --no-trl')
     rows = bench_train(model, tuple(algos), batch_size, steps, max_context_tokens, seed=seed,
-                       packing=tuple(packing), trl=has_trl if trl is None else trl)
+                       packing=tuple(packing), trl=has_trl if trl is None else trl,
+                       mixed_precision=mixed_precision)
     if json_output:
         for r in rows:
             print(json.dumps(r))

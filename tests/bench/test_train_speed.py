@@ -53,3 +53,13 @@ def test_bench_train_times_trl_sft_on_the_same_rows(tmp_path, monkeypatch):
     # The same rows: the same FLOPs per token and workload statistics as BC's.
     assert trl["flops_per_token"] == bc["flops_per_token"]
     assert trl["rows_mean_tokens"] == bc["rows_mean_tokens"]
+
+
+def test_bench_train_under_bf16_autocast(tmp_path):
+    # --mixed-precision bf16 trains the algorithm under autocast (the precision TRL ships with).
+    model = micro_model(tmp_path / "micro")
+    (row,) = bench_train(model, ("bc",), batch_size=4, steps=1, max_context_tokens=64, episodes=4,
+                         workdir=str(tmp_path), packing=(False,), mixed_precision="bf16")
+    assert row["tokens_per_s"] > 0 and row["algo"] == "bc"
+    with pytest.raises(ValueError, match="mixed"):
+        bench_train(model, ("bc",), episodes=4, workdir=str(tmp_path), mixed_precision="fp8")
