@@ -30,7 +30,8 @@ rows are given to it pre-tokenized, with the action mask as its ``completion_mas
 ``completion_only_loss=True``, so it minimises BC's loss on the same tokens from the same
 contexts (text would be re-tokenized across turn boundaries, and prompt/completion pairs cannot
 express an append-only row's several actions). TRL's defaults stay except where they would
-measure something else: fp32 like ours (its default is bf16 autocast), no gradient
+measure something else: our precision (fp32, or bf16 autocast with ``--mixed-precision bf16``;
+its default is bf16 autocast), no gradient
 checkpointing (its default recomputes activations, a memory saving a 4M-parameter model does not
 need), AdamW(0.9, 0.95) at BC's constant learning rate and clip 1.0, offline (``report_to="none"``,
 no checkpoints). Its FLOPs are counted as BC's (the same work; TRL's head also scores the
@@ -179,6 +180,7 @@ def bench_train(
                                     peak, batch_size))
         for r in rows:  # wall-clock seconds per token relative to the first run
             r["rel_cost_per_token"] = rows[0]["tokens_per_s"] / r["tokens_per_s"]
+            r["mixed_precision"] = "bf16" if r["algo"] == "trl_sft_shipped" else mixed_precision
         return rows
 
 

@@ -60,6 +60,6 @@ def test_bench_train_under_bf16_autocast(tmp_path):
     model = micro_model(tmp_path / "micro")
     (row,) = bench_train(model, ("bc",), batch_size=4, steps=1, max_context_tokens=64, episodes=4,
                          workdir=str(tmp_path), packing=(False,), mixed_precision="bf16")
-    assert row["tokens_per_s"] > 0 and row["algo"] == "bc"
+    assert row["tokens_per_s"] > 0 and row["algo"] == "bc" and row["mixed_precision"] == "bf16"
     with pytest.raises(ValueError, match="mixed"):
         bench_train(model, ("bc",), episodes=4, workdir=str(tmp_path), mixed_precision="fp8")
