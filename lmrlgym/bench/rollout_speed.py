@@ -232,13 +232,13 @@ def bench_episodes(
         raise ValueError(f"unknown modes {sorted(unknown)}; valid: {', '.join(EPISODE_MODES)}")
     if bc_steps < 0:
         raise ValueError(f"bc_steps must be >= 0, got {bc_steps}")
-    tok, _ = workload(2, seed)
-    torch.manual_seed(seed)
-    untrained = build_model(model, tok, dropout=0.0).eval()
+    if not bc_steps:  # one untrained model, with a tokenizer of both tasks' text
+        tok, _ = workload(2, seed)
+        torch.manual_seed(seed)
+        lm = build_model(model, tok, dropout=0.0).eval()
     decoding = Decoding(greedy=True, max_new_tokens=max_new_tokens, seed=seed)
     rows = []
     for task in tasks:
-        lm = untrained
         if bc_steps:
             with tempfile.TemporaryDirectory(prefix="lmrlgym-bench-rollout-") as workdir:
                 tok, lm = bc_model(model, task, bc_steps, seed, Path(workdir))

@@ -374,10 +374,11 @@ class LMPolicy:
         rests = [p[len(q.ids):] if q is not None else p for p, q in zip(prompts, pasts, strict=True)]
         seq_ids, seq_mask = self._left_pad(rests)  # (n, t): the rows still generating
         room = self.settings.max_new_tokens
-        cache = _roomy_cache(self.model, room) if self.use_cache else None
         if any(q is not None for q in pasts):
             cache, past_mask = _stack_pasts(pasts, self.model, seq_ids.shape[1] + room)
             seq_mask = torch.cat([past_mask.to(device), seq_mask], 1)
+        else:
+            cache = _roomy_cache(self.model, room) if self.use_cache else None
         node = [0] * B  # each constrained row's trie node: the prefix generated so far
         new_ids = seq_ids  # what the next forward pass reads: the prompt, then one token
         rows = torch.arange(B)  # original index of each row still generating
